@@ -1,0 +1,208 @@
+"""Everything that differs between SQLite and PostgreSQL, in one place.
+
+- Engines: SQLite runs in WAL mode with a busy timeout, and every write transaction starts
+  with `BEGIN IMMEDIATE` so two writers queue on the lock instead of failing at commit.
+- Claiming: PostgreSQL adds `FOR UPDATE SKIP LOCKED` so concurrent claimers pass each other;
+  SQLite serialises writers anyway.
+- The migration lock: an advisory lock on PostgreSQL, the write lock on SQLite.
+- Wake-ups: `LISTEN/NOTIFY` on PostgreSQL; on SQLite only in-process events (a worker in
+  another process falls back to a slow poll).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger("videoserve.jobs")
+
+NOTIFY_CHANNEL = "videoserve_events"
+_MIGRATION_LOCK_ID = 0x56494445  # "VIDE": any constant shared by every videoserve process
+READ_ONLY = "videoserve_read_only"
+
+
+def is_postgres(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine configured for the dialect in `url`."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            from pathlib import Path
+
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        # Take transaction control from pysqlite so BEGIN IMMEDIATE below is ours to emit.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        # Reads take no write lock (WAL lets them run beside a writer); writes take it at BEGIN.
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def claim_subquery(engine: AsyncEngine, select: sa.Select) -> sa.Select:
+    """The oldest-queued-job SELECT, made safe for concurrent claimers on this dialect."""
+    if is_postgres(engine):
+        return select.with_for_update(skip_locked=True)
+    return select
+
+
+@contextlib.asynccontextmanager
+async def migration_lock(conn: AsyncConnection) -> AsyncIterator[None]:
+    """Hold the database-wide lock under which migrations run (inside conn's transaction)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+    # SQLite: the transaction began with BEGIN IMMEDIATE and so already holds the write lock.
+    yield
+
+
+class Notifier:
+    """In-process wake-ups: `publish(topic)` wakes every `wait(topic)` in this process.
+
+    Topics are `queued` (a job may be claimed) and `job:<id>` (that job changed state).
+    Subclasses also carry them between processes.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[str, list[asyncio.Event]] = defaultdict(list)
+
+    async def start(self) -> None:
+        """Begin receiving other processes' notifications (nothing to do in-process)."""
+
+    async def close(self) -> None:
+        """Stop receiving notifications."""
+
+    @property
+    def crosses_processes(self) -> bool:
+        return False
+
+    async def send(self, conn: AsyncConnection, topic: str) -> None:
+        """Announce `topic` to other processes from inside the writing transaction."""
+
+    def after_commit(self, topic: str) -> None:
+        """Wake this process's waiters once the writing transaction has committed."""
+        self._wake(topic)
+
+    def _wake(self, topic: str) -> None:
+        for waiter in self._events.pop(topic, []):
+            waiter.set()
+
+    async def wait(self, topic: str, timeout: float) -> bool:
+        """Wait until `topic` is published or `timeout` passes; True if it was published."""
+        waiter = asyncio.Event()
+        self._events[topic].append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._events.get(topic)
+            if waiters and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._events[topic]
+
+
+class PostgresNotifier(Notifier):
+    """Carries topics between processes with LISTEN/NOTIFY on one dedicated connection.
+
+    `pg_notify` inside the writing transaction is delivered only if it commits, so a worker is
+    never woken for a job it cannot yet see. A lost listener connection is re-opened; while it
+    is down, waiters still wake on their timeout (the caller's slow poll).
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def crosses_processes(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._listen_forever(), name="pg-listener")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._ready.wait()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def send(self, conn: AsyncConnection, topic: str) -> None:
+        await conn.execute(
+            sa.text("SELECT pg_notify(:channel, :topic)"), {"channel": NOTIFY_CHANNEL, "topic": topic}
+        )
+
+    async def _listen_forever(self) -> None:
+        import asyncpg
+
+        def on_notify(_conn, _pid, _channel, payload: str) -> None:  # type: ignore[no-untyped-def]
+            self._wake(payload)
+
+        backoff = 0.2
+        while True:
+            connection = None
+            try:
+                connection = await asyncpg.connect(self._dsn)
+                await connection.add_listener(NOTIFY_CHANNEL, on_notify)
+                self._ready.set()
+                backoff = 0.2
+                # Wake everyone once: anything published while we were away is caught up by
+                # the waiters re-reading the database.
+                self._wake("queued")
+                while not connection.is_closed():
+                    await asyncio.sleep(1.0)
+                    with contextlib.suppress(Exception):
+                        await connection.execute("SELECT 1")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is down or restarting
+                log.warning("notification listener lost its connection: %s", exc)
+            finally:
+                if connection is not None and not connection.is_closed():
+                    with contextlib.suppress(Exception):
+                        await connection.close()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+def create_notifier(engine: AsyncEngine, url: str) -> Notifier:
+    return PostgresNotifier(url) if is_postgres(engine) else Notifier()

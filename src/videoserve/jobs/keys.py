@@ -1,0 +1,97 @@
+"""API keys: created once, shown once, stored as a SHA-256 hash.
+
+A plain SHA-256 (not a slow password hash) is right here: keys are 32 random bytes, so there
+is nothing to brute-force, and every request must verify one cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import sqlalchemy as sa
+
+from videoserve.jobs import clock, schema
+from videoserve.jobs.records import ApiKey
+from videoserve.jobs.store import JobStore
+
+KEY_PREFIX = "vs_"
+ANONYMOUS = ApiKey(id="anonymous", name="anonymous (auth off)", prefix="", is_admin=True, created_at=0)
+
+keys = schema.api_keys
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def _record(row: object) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        is_admin=bool(row.is_admin),
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+class KeyStore:
+    """API keys in the job database."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+
+    async def create(self, name: str, *, admin: bool = False) -> tuple[ApiKey, str]:
+        """A new key; returns its record and the plaintext, which is never stored."""
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = "key_" + secrets.token_hex(8)
+        values = {
+            "id": key_id,
+            "name": name,
+            "key_hash": hash_key(plaintext),
+            "prefix": plaintext[:10],
+            "is_admin": admin,
+            "created_at": clock.now(),
+            "revoked_at": None,
+        }
+        async with self._store.engine.begin() as conn:
+            await conn.execute(keys.insert().values(**values))
+        return _record(_Values(values)), plaintext
+
+    async def authenticate(self, plaintext: str) -> ApiKey | None:
+        """The active key with this plaintext, or None."""
+        query = sa.select(keys).where(keys.c.key_hash == hash_key(plaintext), keys.c.revoked_at.is_(None))
+        async with self._store._read_engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _record(row) if row else None
+
+    async def list(self) -> list[ApiKey]:
+        async with self._store._read_engine.connect() as conn:
+            rows = (await conn.execute(sa.select(keys).order_by(keys.c.created_at))).all()
+        return [_record(r) for r in rows]
+
+    async def revoke(self, key_id_or_prefix: str) -> ApiKey | None:
+        """Revoke by id (key_...) or by the key's shown prefix; None if no active key matches."""
+        match = sa.or_(keys.c.id == key_id_or_prefix, keys.c.prefix == key_id_or_prefix)
+        async with self._store.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    keys.update()
+                    .where(match, keys.c.revoked_at.is_(None))
+                    .values(revoked_at=clock.now())
+                    .returning(*keys.c)
+                )
+            ).first()
+        return _record(row) if row else None
+
+    async def count(self) -> int:
+        async with self._store._read_engine.connect() as conn:
+            return int((await conn.execute(sa.select(sa.func.count()).select_from(keys))).scalar_one())
+
+
+class _Values:
+    """Attribute access over a dict, so a just-inserted row builds the same record."""
+
+    def __init__(self, values: dict) -> None:
+        self.__dict__.update(values)

@@ -1,0 +1,92 @@
+"""Tables of the job database and the versioned migrations that create them.
+
+Times are UNIX epoch seconds (floats) set by the application clock in one place
+(`videoserve.jobs.clock`): SQLite has no sub-second `now()` before 3.42, and one clock keeps
+both dialects identical. Hosts are expected to run NTP; leases are tens of seconds long.
+
+Why our own migration runner rather than Alembic: every API and worker process runs the
+migrations at start-up, possibly several at once on one database, so the runner must take a
+database lock first (an advisory lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite), and the
+migrations ship inside the package. That is thirty lines here, not a second configuration tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "videoserve_schema",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # public id, e.g. key_1a2b...
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # sha256 hex of the key
+    sa.Column("prefix", sa.String(16), nullable=False),  # first characters, to recognise a key
+    sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # request_id, one id for every dialect
+    sa.Column("api_key_id", sa.String(40), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),  # the public name the client asked for
+    sa.Column("served_by", sa.String(200), nullable=False),  # the model that runs it
+    sa.Column("params", sa.JSON, nullable=False),  # validated parameters
+    sa.Column("input_key", sa.String(400), nullable=True),  # blob key of the reference image
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("progress", sa.Integer, nullable=False, default=0),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),  # claims so far
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("lease_token", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=True),
+    sa.Column("worker_id", sa.String(200), nullable=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),  # first claim
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("expires_at", sa.Float, nullable=True),  # set when terminal: finished + retention
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("result", sa.JSON, nullable=True),  # video facts and metrics, see worker
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Column("request_hash", sa.String(64), nullable=True),
+    sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
+)
+
+sa.Index("ix_jobs_queue", jobs.c.status, jobs.c.created_at)
+sa.Index("ix_jobs_expires", jobs.c.expires_at)
+sa.Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_at)
+sa.Index("ix_jobs_key_created", jobs.c.api_key_id, jobs.c.created_at)
+
+
+def _v1_initial(conn: Connection) -> None:
+    for table in (api_keys, jobs):
+        table.create(conn, checkfirst=True)
+    for index in jobs.indexes:
+        index.create(conn, checkfirst=True)
+
+
+# Append only: a released migration never changes; a new schema is a new entry.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _v1_initial),
+]
+
+
+def pending(current: int) -> list[tuple[int, Callable[[Connection], None]]]:
+    return [(version, step) for version, step in MIGRATIONS if version > current]
+
+
+LATEST_VERSION = MIGRATIONS[-1][0]

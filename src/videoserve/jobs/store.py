@@ -1,0 +1,432 @@
+"""The job store: every job operation as one atomic statement over SQLAlchemy Core.
+
+Transitions never read-modify-write in Python: each is an UPDATE whose WHERE clause carries
+the allowed source states (from `states`) and, for a worker's writes, the lease it holds
+(job id, attempt, token). A zombie worker whose lease was taken over updates zero rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from videoserve.jobs import clock, dialects, schema
+from videoserve.jobs.records import Job, Lease
+from videoserve.jobs.states import TERMINAL, Status, sources
+
+log = logging.getLogger("videoserve.jobs")
+jobs = schema.jobs
+
+QUEUED_TOPIC = "queued"
+
+
+def job_topic(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What a submit stores."""
+
+    id: str
+    api_key_id: str
+    model: str
+    served_by: str
+    params: dict[str, Any]
+    max_attempts: int
+    input_key: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    # A job refused before it could run (content policy) is stored already FAILED.
+    failed_with: str | None = None
+    retention_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a heartbeat learns: whether the lease still holds, and whether to stop."""
+
+    alive: bool
+    cancel_requested: bool = False
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+class JobStore:
+    """Jobs on SQLite or PostgreSQL; one instance per process, shared by API and worker."""
+
+    def __init__(self, engine: AsyncEngine, notifier: dialects.Notifier) -> None:
+        self.engine = engine
+        self.notifier = notifier
+        self._read_engine = engine.execution_options(**{dialects.READ_ONLY: True})
+
+    @classmethod
+    def open(cls, url: str) -> JobStore:
+        engine = dialects.create_engine(url)
+        return cls(engine, dialects.create_notifier(engine, url))
+
+    async def start(self) -> None:
+        await self.migrate()
+        await self.notifier.start()
+
+    async def close(self) -> None:
+        await self.notifier.close()
+        await self.engine.dispose()
+
+    # --- schema ------------------------------------------------------------------------------
+    async def migrate(self) -> int:
+        """Bring the schema to the latest version; safe to run from many processes at once."""
+        async with self.engine.begin() as conn, dialects.migration_lock(conn):
+            await conn.run_sync(lambda sync: schema.schema_version.create(sync, checkfirst=True))
+            current = (
+                await conn.execute(sa.select(sa.func.max(schema.schema_version.c.version)))
+            ).scalar() or 0
+            for version, step in schema.pending(current):
+                await conn.run_sync(step)
+                await conn.execute(
+                    schema.schema_version.insert().values(version=version, applied_at=clock.now())
+                )
+                log.info("database schema migrated to version %d", version)
+        return schema.LATEST_VERSION
+
+    async def ping(self) -> None:
+        async with self._read_engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    # --- submit and read ---------------------------------------------------------------------
+    async def create(self, new: NewJob) -> tuple[Job, bool]:
+        """Store a job durably; returns (job, created). With an idempotency key already used
+        for the same request, returns the earlier job and False."""
+        now = clock.now()
+        values: dict[str, Any] = {
+            "id": new.id,
+            "api_key_id": new.api_key_id,
+            "model": new.model,
+            "served_by": new.served_by,
+            "params": new.params,
+            "input_key": new.input_key,
+            "status": Status.QUEUED.value,
+            "progress": 0,
+            "attempt": 0,
+            "max_attempts": new.max_attempts,
+            "cancel_requested": False,
+            "created_at": now,
+            "idempotency_key": new.idempotency_key,
+            "request_hash": new.request_hash,
+        }
+        if new.failed_with is not None:
+            values |= {
+                "status": Status.FAILED.value,
+                "error": new.failed_with,
+                "finished_at": now,
+                "expires_at": now + new.retention_seconds,
+            }
+        if new.idempotency_key is not None:
+            earlier = await self._by_idempotency_key(new.api_key_id, new.idempotency_key)
+            if earlier is not None:
+                return self._check_same_request(earlier, new), False
+        topic = QUEUED_TOPIC if new.failed_with is None else job_topic(new.id)
+        try:
+            async with self.engine.begin() as conn:
+                row = (await conn.execute(jobs.insert().values(**values).returning(*jobs.c))).one()
+                await self.notifier.send(conn, topic)
+        except IntegrityError:
+            if new.idempotency_key is None:
+                raise
+            # Two submits with one key raced; the other one's insert won.
+            earlier = await self._by_idempotency_key(new.api_key_id, new.idempotency_key)
+            if earlier is None:
+                raise
+            return self._check_same_request(earlier, new), False
+        self.notifier.after_commit(topic)
+        return Job.from_row(row), True
+
+    @staticmethod
+    def _check_same_request(earlier: Job, new: NewJob) -> Job:
+        if earlier.request_hash != new.request_hash:
+            raise IdempotencyConflict(new.idempotency_key)
+        return earlier
+
+    async def _by_idempotency_key(self, api_key_id: str, key: str) -> Job | None:
+        query = sa.select(jobs).where(jobs.c.api_key_id == api_key_id, jobs.c.idempotency_key == key)
+        async with self._read_engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return Job.from_row(row) if row else None
+
+    async def get(self, job_id: str, *, api_key_id: str | None = None) -> Job | None:
+        """The job, unless it does not exist, has expired, or belongs to another key."""
+        query = sa.select(jobs).where(
+            jobs.c.id == job_id,
+            sa.or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > clock.now()),
+        )
+        if api_key_id is not None:
+            query = query.where(jobs.c.api_key_id == api_key_id)
+        async with self._read_engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return Job.from_row(row) if row else None
+
+    async def queue_position(self, job: Job) -> int:
+        """1 for the next job a worker of its model will claim, 2 behind it, and so on."""
+        query = sa.select(sa.func.count()).where(
+            jobs.c.status == Status.QUEUED.value,
+            jobs.c.served_by == job.served_by,
+            sa.or_(
+                jobs.c.created_at < job.created_at,
+                sa.and_(jobs.c.created_at == job.created_at, jobs.c.id < job.id),
+            ),
+        )
+        async with self._read_engine.connect() as conn:
+            ahead = (await conn.execute(query)).scalar_one()
+        return int(ahead) + 1
+
+    async def count_by_status(self) -> dict[str, int]:
+        query = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+        async with self._read_engine.connect() as conn:
+            return {status: int(n) for status, n in (await conn.execute(query)).all()}
+
+    # --- the worker's side -------------------------------------------------------------------
+    async def claim(
+        self, worker_id: str, served_by: Sequence[str] | None, lease_seconds: float
+    ) -> tuple[Job, Lease] | None:
+        """Atomically take the oldest queued job of the given models, with a fresh lease."""
+        now = clock.now()
+        oldest = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.status.in_([s.value for s in sources(Status.PROCESSING)]))
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(1)
+        )
+        if served_by is not None:
+            oldest = oldest.where(jobs.c.served_by.in_(list(served_by)))
+        oldest = dialects.claim_subquery(self.engine, oldest)
+        token = secrets.token_hex(16)
+        statement = (
+            jobs.update()
+            .where(jobs.c.id == oldest.scalar_subquery(), jobs.c.status == Status.QUEUED.value)
+            .values(
+                status=Status.PROCESSING.value,
+                attempt=jobs.c.attempt + 1,
+                lease_token=token,
+                lease_expires_at=now + lease_seconds,
+                worker_id=worker_id,
+                progress=0,
+                started_at=sa.func.coalesce(jobs.c.started_at, now),
+            )
+            .returning(*jobs.c)
+        )
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(statement)).first()
+            if row is not None:
+                await self.notifier.send(conn, job_topic(row.id))
+        if row is None:
+            return None
+        job = Job.from_row(row)
+        self.notifier.after_commit(job_topic(job.id))
+        return job, Lease(job.id, job.attempt, token)
+
+    @staticmethod
+    def _holds(lease: Lease) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            jobs.c.id == lease.job_id,
+            jobs.c.attempt == lease.attempt,
+            jobs.c.lease_token == lease.token,
+            jobs.c.status == Status.PROCESSING.value,
+        )
+
+    async def heartbeat(
+        self, lease: Lease, lease_seconds: float, progress: int | None = None
+    ) -> Heartbeat:
+        """Extend the lease (and record progress); tells the worker if it lost the job."""
+        values: dict[str, Any] = {"lease_expires_at": clock.now() + lease_seconds}
+        if progress is not None:
+            values["progress"] = max(0, min(100, int(progress)))
+        statement = (
+            jobs.update().where(self._holds(lease)).values(**values).returning(jobs.c.cancel_requested)
+        )
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(statement)).first()
+            if row is not None and progress is not None:
+                await self.notifier.send(conn, job_topic(lease.job_id))
+        if row is None:
+            return Heartbeat(alive=False)
+        if progress is not None:
+            self.notifier.after_commit(job_topic(lease.job_id))
+        return Heartbeat(alive=True, cancel_requested=bool(row.cancel_requested))
+
+    async def complete(self, lease: Lease, result: dict[str, Any], retention_seconds: float) -> bool:
+        """Mark the job COMPLETED; only the current lease holder can (the video is stored)."""
+        now = clock.now()
+        return await self._finish(
+            self._holds(lease),
+            lease.job_id,
+            status=Status.COMPLETED.value,
+            progress=100,
+            result=result,
+            finished_at=now,
+            expires_at=now + retention_seconds,
+        )
+
+    async def fail(self, lease: Lease, error: str, retention_seconds: float) -> bool:
+        now = clock.now()
+        return await self._finish(
+            self._holds(lease),
+            lease.job_id,
+            status=Status.FAILED.value,
+            error=error,
+            finished_at=now,
+            expires_at=now + retention_seconds,
+        )
+
+    async def release(self, lease: Lease) -> bool:
+        """Hand a job back to the queue without spending an attempt (a draining worker)."""
+        return await self._finish(
+            self._holds(lease),
+            lease.job_id,
+            status=Status.QUEUED.value,
+            attempt=jobs.c.attempt - 1,
+            lease_token=None,
+            lease_expires_at=None,
+            worker_id=None,
+            progress=0,
+            topics=(QUEUED_TOPIC,),
+        )
+
+    async def _finish(
+        self,
+        where: sa.ColumnElement[bool],
+        job_id: str,
+        *,
+        topics: tuple[str, ...] = (),
+        **values: Any,
+    ) -> bool:
+        topics = (job_topic(job_id), *topics)
+        async with self.engine.begin() as conn:
+            changed = (await conn.execute(jobs.update().where(where).values(**values))).rowcount
+            if changed:
+                for topic in topics:
+                    await self.notifier.send(conn, topic)
+        if changed:
+            for topic in topics:
+                self.notifier.after_commit(topic)
+        return bool(changed)
+
+    async def request_cancel(self, job_id: str, api_key_id: str, retention_seconds: float) -> Job:
+        """Cancel: a queued job fails at once; a running one is asked to stop at its next step."""
+        now = clock.now()
+        failed = jobs.c.status.in_([s.value for s in sources(Status.FAILED)])
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.api_key_id == api_key_id)
+                .where(jobs.c.status == Status.QUEUED.value, failed)
+                .values(
+                    status=Status.FAILED.value,
+                    error="cancelled by the user",
+                    finished_at=now,
+                    expires_at=now + retention_seconds,
+                )
+            )
+            await conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.api_key_id == api_key_id)
+                .where(jobs.c.status == Status.PROCESSING.value)
+                .values(cancel_requested=True)
+            )
+            await self.notifier.send(conn, job_topic(job_id))
+        self.notifier.after_commit(job_topic(job_id))
+        job = await self.get(job_id, api_key_id=api_key_id)
+        if job is None:
+            raise KeyError(job_id)
+        return job
+
+    # --- maintenance -------------------------------------------------------------------------
+    async def reap_expired_leases(self, retention_seconds: float) -> tuple[int, int]:
+        """Requeue jobs whose worker stopped heartbeating; fail those out of attempts.
+
+        Returns (requeued, failed)."""
+        now = clock.now()
+        lost = sa.and_(
+            jobs.c.status == Status.PROCESSING.value,
+            jobs.c.lease_expires_at < now,
+        )
+        async with self.engine.begin() as conn:
+            failed = (
+                await conn.execute(
+                    jobs.update()
+                    .where(lost, jobs.c.attempt >= jobs.c.max_attempts)
+                    .values(
+                        status=Status.FAILED.value,
+                        error=sa.literal("worker lost: the job's lease expired on each of its ")
+                        + sa.cast(jobs.c.attempt, sa.String)
+                        + sa.literal(" attempts (last worker: ")
+                        + sa.func.coalesce(jobs.c.worker_id, "unknown")
+                        + sa.literal(")"),
+                        finished_at=now,
+                        expires_at=now + retention_seconds,
+                        lease_token=None,
+                    )
+                    .returning(jobs.c.id)
+                )
+            ).all()
+            requeued = (
+                await conn.execute(
+                    jobs.update()
+                    .where(lost, jobs.c.attempt < jobs.c.max_attempts)
+                    .values(
+                        status=Status.QUEUED.value,
+                        lease_token=None,
+                        lease_expires_at=None,
+                        worker_id=None,
+                        progress=0,
+                    )
+                    .returning(jobs.c.id)
+                )
+            ).all()
+            topics = [job_topic(r.id) for r in (*failed, *requeued)]
+            if requeued:
+                topics.append(QUEUED_TOPIC)
+            for topic in topics:
+                await self.notifier.send(conn, topic)
+        for topic in topics:
+            self.notifier.after_commit(topic)
+        for r in requeued:
+            log.warning("job %s lost its worker; requeued", r.id)
+        for r in failed:
+            log.error("job %s lost its worker too many times; failed", r.id)
+        return len(requeued), len(failed)
+
+    async def expired(self, limit: int = 100) -> list[Job]:
+        """Terminal jobs past their retention, oldest first."""
+        query = (
+            sa.select(jobs)
+            .where(
+                jobs.c.expires_at.is_not(None),
+                jobs.c.expires_at <= clock.now(),
+                jobs.c.status.in_([s.value for s in TERMINAL]),
+            )
+            .order_by(jobs.c.expires_at)
+            .limit(limit)
+        )
+        async with self._read_engine.connect() as conn:
+            return [Job.from_row(r) for r in (await conn.execute(query)).all()]
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        if not job_ids:
+            return 0
+        async with self.engine.begin() as conn:
+            return (await conn.execute(jobs.delete().where(jobs.c.id.in_(list(job_ids))))).rowcount
+
+    async def wait_for_change(self, job_id: str, timeout: float) -> bool:
+        return await self.notifier.wait(job_topic(job_id), timeout)
+
+    async def wait_for_queued(self, timeout: float) -> bool:
+        return await self.notifier.wait(QUEUED_TOPIC, timeout)

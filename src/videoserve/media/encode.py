@@ -1,0 +1,153 @@
+"""Turn model output frames into the files users download: an H.264 MP4 and a JPEG thumbnail.
+
+Both writers go through a temporary sibling and `os.replace`, so anyone reading `path` (the API
+serving it, a storage upload) sees the previous file or the complete new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from videoserve.media.probe import VideoInfo, probe_mp4
+
+# yuv420p with profile High is what every browser and phone plays back; faststart puts the
+# index (moov) before the data so playback starts before the download ends.
+_CODEC = "libx264"
+_PROFILE = "high"
+_PIX_FMT = "yuv420p"
+
+
+def encode_mp4(
+    frames: np.ndarray,
+    fps: float | Fraction,
+    path: Path,
+    *,
+    preset: str = "veryfast",
+    crf: int = 20,
+) -> VideoInfo:
+    """Encode RGB frames (T, H, W, 3) to an H.264 High yuv420p MP4 at `path` and probe it.
+
+    Frames are uint8, or floats in [0, 1] (clipped, then scaled). yuv420p subsamples chroma in
+    2x2 blocks, so an odd width or height is padded by repeating the last column or row: the
+    file is then one pixel wider or taller than the frames, and the returned info says so.
+    `fps` is turned into an exact rational (denominator at most 1001), so NTSC rates such as
+    30000/1001 stay exact and `frames / fps` equals the file's duration.
+    """
+    video = _as_uint8_video(frames)
+    rate = _frame_rate(fps)
+    video = _pad_to_even(video)
+    _, height, width, _ = video.shape
+    path = Path(path)
+    with _atomic_target(path, suffix=".mp4") as tmp:
+        with av.open(
+            str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}
+        ) as container:
+            stream = container.add_stream(
+                _CODEC,
+                rate=rate,
+                options={"preset": preset, "crf": str(crf), "profile": _PROFILE},
+            )
+            stream.width = width
+            stream.height = height
+            stream.pix_fmt = _PIX_FMT
+            for index, pixels in enumerate(video):
+                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+                frame.pts = index
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+    return probe_mp4(path)
+
+
+def write_thumbnail(frame: np.ndarray, path: Path, *, max_side: int = 512) -> tuple[int, int]:
+    """Write `frame` (H, W, 3) as a JPEG no larger than `max_side` on its long side; (w, h).
+
+    Small frames are kept at their size: upscaling would only blur a preview.
+    """
+    if max_side < 1:
+        raise ValueError(f"max_side must be at least 1, got {max_side}")
+    pixels = _as_uint8_video(np.asarray(frame)[np.newaxis], what="frame")[0]
+    image = Image.fromarray(pixels, mode="RGB")
+    scale = min(1.0, max_side / max(image.size))
+    if scale < 1.0:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    path = Path(path)
+    with _atomic_target(path, suffix=".jpg") as tmp:
+        image.save(tmp, format="JPEG", quality=85, optimize=True)
+    return image.size
+
+
+def _as_uint8_video(frames: np.ndarray, *, what: str = "frames") -> np.ndarray:
+    """Validate the (T, H, W, 3) shape and return contiguous uint8 pixels."""
+    array = np.asarray(frames)
+    if array.ndim != 4 or array.shape[-1] != 3:
+        shape = "(H, W, 3)" if what == "frame" else "(T, H, W, 3)"
+        raise ValueError(f"{what} must be RGB with shape {shape}, got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError("cannot encode a video with no frames")
+    if array.shape[1] == 0 or array.shape[2] == 0:
+        raise ValueError(f"{what} have an empty width or height: shape {array.shape}")
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{what} contain NaN or infinite values")
+        return np.ascontiguousarray(np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8))
+    raise ValueError(f"{what} must be uint8 or float in [0, 1], got dtype {array.dtype}")
+
+
+def _frame_rate(fps: float | Fraction) -> Fraction:
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
+        raise ValueError(f"fps must be a number, got {fps!r}")
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive finite number, got {fps!r}")
+    exact = Fraction(fps) if isinstance(fps, numbers.Rational) else Fraction(float(fps))
+    rate = exact.limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f"fps {fps!r} is too small to encode")
+    return rate
+
+
+def _pad_to_even(video: np.ndarray) -> np.ndarray:
+    """Repeat the last row/column where a dimension is odd, as yuv420p requires even sizes."""
+    _, height, width, _ = video.shape
+    pad_rows, pad_cols = height % 2, width % 2
+    if not (pad_rows or pad_cols):
+        return video
+    return np.pad(video, ((0, 0), (0, pad_rows), (0, pad_cols), (0, 0)), mode="edge")
+
+
+@contextmanager
+def _atomic_target(path: Path, *, suffix: str) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; move it into place on success, remove it on error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush the file to disk so a crash after the rename cannot leave an empty file behind."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

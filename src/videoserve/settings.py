@@ -1,0 +1,159 @@
+"""All configuration in one object, read from `VIDEOSERVE_*` environment variables.
+
+Every component receives a `Settings` instance from its caller; nothing below this module
+reads the environment, so tests can build as many differently-configured apps as they like.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when `host` only accepts connections from this machine."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """The server's, the worker's and the CLI's configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="VIDEOSERVE_", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(default=Path(".videoserve"), description="SQLite file, videos, caches")
+    database_url: str | None = Field(
+        default=None, description="sqlite:///path or postgresql://...; default: SQLite in data_dir"
+    )
+    storage_url: str | None = Field(
+        default=None, description="file:///path or s3://bucket/prefix; default: data_dir/blobs"
+    )
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    public_url: str | None = Field(
+        default=None, description="Absolute base URL clients reach us at; else taken from requests"
+    )
+    secret_key: str | None = Field(
+        default=None, description="HMAC key for signed output URLs; default: data_dir/secret.key"
+    )
+
+    # --- HTTP ----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth: bool = Field(default=True, description="off is accepted only on a loopback host")
+    max_body_bytes: int = 25 * 1024 * 1024
+    sync_timeout_seconds: float = Field(
+        default=600.0, description="How long POST /v1/{model} waits before answering 504"
+    )
+
+    # --- jobs ----------------------------------------------------------------------------
+    embedded_worker: bool = True
+    lease_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    retention_seconds: float = Field(default=3600.0, gt=0)
+    poll_interval_seconds: float = Field(
+        default=1.0, gt=0, description="Fallback wake-up for a worker that gets no notification"
+    )
+    sweep_interval_seconds: float = Field(default=30.0, gt=0)
+
+    # --- models --------------------------------------------------------------------------
+    models: Path | None = Field(default=None, description="TOML file of model entries")
+    aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description='"sora-2-pro=tiny-t2v,other=wan"'
+    )
+    worker_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Models this worker serves; empty: all available"
+    )
+    worker_concurrency: int = Field(default=1, ge=1)
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    max_prompt_chars: int = 4000
+
+    # --- inputs and moderation -----------------------------------------------------------
+    blocklist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allow_private_urls: bool = False
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    fetch_timeout_seconds: float = 15.0
+
+    log_level: str = "INFO"
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _parse_aliases(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = {}
+            for item in _split_csv(value):  # type: ignore[union-attr]
+                name, sep, target = item.partition("=")
+                if not sep or not name.strip() or not target.strip():
+                    raise ValueError(f"alias {item!r} is not of the form name=target")
+                pairs[name.strip()] = target.strip()
+            return pairs
+        return value
+
+    @field_validator("worker_models", "blocklist", mode="before")
+    @classmethod
+    def _parse_list(cls, value: object) -> object:
+        return _split_csv(value)
+
+    # --- derived values ------------------------------------------------------------------
+    @property
+    def heartbeat_seconds(self) -> float:
+        """Heartbeat three times a lease, so two lost beats still keep it."""
+        return self.lease_seconds / 3
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy async URL: the default SQLite file, or the configured one."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'videoserve.db').resolve()}"
+        for plain, async_driver in (
+            ("sqlite://", "sqlite+aiosqlite://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+        ):
+            if url.startswith(plain):
+                return async_driver + url[len(plain) :]
+        return url
+
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir / "blobs").resolve().as_uri()
+
+    def resolved_secret_key(self) -> bytes:
+        """The URL-signing key; created once in data_dir so every process on it agrees."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            candidate = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+            candidate.write_text(secrets.token_urlsafe(32))
+            candidate.chmod(0o600)
+            try:
+                # link() fails if another process won the race, so every process reads one key
+                path.hardlink_to(candidate)
+            except FileExistsError:
+                pass
+            finally:
+                candidate.unlink(missing_ok=True)
+        return path.read_text().strip().encode()
+
+    def tiny_model_dir(self) -> Path:
+        return self.data_dir / "models" / "tiny-t2v"
