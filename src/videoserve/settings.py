@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(default=1, ge=1)
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    model_cache_dir: Path | None = Field(
+        default=None, description="Where built-in models are built; default: data_dir/models"
+    )
     max_prompt_chars: int = 4000
 
     # --- inputs and moderation -----------------------------------------------------------
@@ -156,4 +159,4 @@ class Settings(BaseSettings):
         return path.read_text().strip().encode()
 
     def tiny_model_dir(self) -> Path:
-        return self.data_dir / "models" / "tiny-t2v"
+        return (self.model_cache_dir or self.data_dir / "models") / "tiny-t2v"

@@ -1,0 +1,60 @@
+"""`create_app(settings)`: one FastAPI application with everything it needs, no globals."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from videoserve import __version__
+from videoserve.api import errors as api_errors
+from videoserve.api.limits import BodyLimitMiddleware
+from videoserve.api.routes import files, meta, segmind
+from videoserve.models.registry import ModelRegistry
+from videoserve.moderation import Moderator
+from videoserve.runtime import Runtime
+from videoserve.settings import Settings, is_loopback_host
+
+log = logging.getLogger("videoserve.api")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    registry: ModelRegistry | None = None,
+    moderator: Moderator | None = None,
+) -> FastAPI:
+    """The API app; its lifespan starts the store, the maintenance loop and, unless disabled,
+    the embedded worker."""
+    settings = settings or Settings()
+    if not settings.auth and not is_loopback_host(settings.host):
+        raise ValueError(
+            f"VIDEOSERVE_AUTH=off is allowed only on a loopback host, not {settings.host!r}: "
+            "anyone who can reach the server could spend its GPUs"
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings, registry=registry, moderator=moderator)
+        app.state.runtime = runtime
+        await runtime.start(worker=settings.embedded_worker)
+        try:
+            yield
+        finally:
+            await runtime.stop(grace=5.0)
+
+    app = FastAPI(
+        title="videoserve",
+        version=__version__,
+        description="Self-hosted video generation: the Segmind serverless contract and "
+        "OpenAI's Videos API over open-weight models.",
+        lifespan=lifespan,
+    )
+    api_errors.install(app)
+    app.include_router(meta.router)
+    app.include_router(files.router)
+    app.include_router(segmind.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,70 @@
+"""Request-scoped dependencies: the runtime, the caller's key, and the JSON body."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from videoserve import errors
+from videoserve.jobs.keys import ANONYMOUS
+from videoserve.jobs.records import ApiKey
+from videoserve.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def presented_key(request: Request) -> str | None:
+    """The key from `x-api-key`, or from `Authorization: Bearer`."""
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+async def current_key(request: Request, runtime: RuntimeDep) -> ApiKey:
+    if not runtime.settings.auth:
+        return ANONYMOUS
+    presented = presented_key(request)
+    if presented is None:
+        raise errors.Unauthorized(
+            "missing API key: send it in the x-api-key header or as Authorization: Bearer"
+        )
+    key = await runtime.keys.authenticate(presented)
+    if key is None:
+        raise errors.Unauthorized("invalid API key")
+    request.state.api_key = key
+    return key
+
+
+KeyDep = Annotated[ApiKey, Depends(current_key)]
+
+
+async def json_body(request: Request) -> Any:
+    """The parsed JSON body; 400 for malformed JSON (size is capped by the body middleware)."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.InvalidRequest(f"malformed JSON body: {exc}") from None
+
+
+JsonBody = Annotated[Any, Depends(json_body)]
+
+
+def base_url(request: Request, runtime: Runtime) -> str:
+    """The absolute URL clients reach us at: configured, else the request's own."""
+    if runtime.settings.public_url:
+        return runtime.settings.public_url.rstrip("/")
+    return str(request.base_url).rstrip("/")

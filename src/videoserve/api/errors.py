@@ -1,0 +1,91 @@
+"""The one place domain exceptions become HTTP answers: `{"error": "..."}` with the code.
+
+Every client mistake maps to a 4xx with a precise message; anything unexpected is logged and
+answered 500 without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from videoserve import errors
+
+log = logging.getLogger("videoserve.api")
+
+STATUS_CODES: list[tuple[type[errors.VideoserveError], int]] = [
+    (errors.PayloadTooLarge, 413),
+    (errors.InvalidRequest, 400),
+    (errors.Unauthorized, 401),
+    (errors.Forbidden, 403),
+    (errors.NotFound, 404),
+    (errors.InsufficientCredits, 406),
+    (errors.InferenceFailed, 422),
+    (errors.RateLimited, 429),
+    (errors.ModelUnavailable, 502),
+    (errors.ServiceUnavailable, 503),
+    (errors.RequestTimeout, 504),
+]
+
+
+def status_for(exc: errors.VideoserveError) -> int:
+    for cls, code in STATUS_CODES:
+        if isinstance(exc, cls):
+            return code
+    return 500
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra):  # type: ignore[no-untyped-def]
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.VideoserveError)
+    async def _domain(request: Request, exc: errors.VideoserveError) -> JSONResponse:
+        status = status_for(exc)
+        headers: dict[str, str] = {}
+        extra: dict[str, object] = {}
+        if isinstance(exc, errors.RateLimited | errors.ServiceUnavailable):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        if isinstance(exc, errors.RequestTimeout) and exc.request_id:
+            extra["request_id"] = exc.request_id
+        if isinstance(exc, errors.InvalidRequest) and exc.param:
+            extra["param"] = exc.param
+        if status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
+        return error_response(status, exc.message or type(exc).__name__, headers, **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        message = first.get("msg", "invalid request")
+        return error_response(400, f"{where}: {message}" if where else message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"not found: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} not allowed on {request.url.path}"
+        return error_response(exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(ConnectionError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+        return error_response(
+            503, "the job database is unavailable; retry shortly", {"Retry-After": "2"}
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_response(500, "internal server error")

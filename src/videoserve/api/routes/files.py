@@ -1,0 +1,29 @@
+"""Signed, expiring links to stored outputs: no API key needed, HTTP Range supported."""
+
+from __future__ import annotations
+
+import mimetypes
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from videoserve import errors
+from videoserve.api.deps import RuntimeDep
+from videoserve.jobs import clock
+
+router = APIRouter(tags=["Files"])
+
+
+@router.api_route("/files/{key:path}", methods=["GET", "HEAD"], summary="Download an output")
+async def download(key: str, expires: int, signature: str, runtime: RuntimeDep) -> FileResponse:
+    if not runtime.signer.verify(key, expires, signature, now=clock.now()):
+        # Tampered and expired links get the same answer: nothing to learn from the difference.
+        raise errors.Forbidden("invalid or expired file link")
+    try:
+        path = runtime.blobs.local_path(key)
+    except ValueError:
+        path = None
+    if path is None or not path.is_file():
+        raise errors.NotFound("file not found (it may have expired)")
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type)

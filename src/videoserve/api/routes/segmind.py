@@ -1,0 +1,92 @@
+"""The Segmind serverless contract: `/v2/{model}` submit-and-poll, `/v1/{model}` blocking."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from videoserve.api import views
+from videoserve.api.deps import JsonBody, KeyDep, RuntimeDep, base_url
+from videoserve.jobs.states import Status
+
+router = APIRouter(tags=["Segmind"])
+
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "The model's parameters: see GET /v1/models for each schema.",
+                    "example": {
+                        "prompt": "A druid whispering to ancient trees under a golden sunset.",
+                        "duration": "8",
+                        "size": "1280x720",
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _failed(body: dict[str, Any]) -> JSONResponse:
+    # The contract: a FAILED request is served as HTTP 422, the body still carrying the detail.
+    return JSONResponse(body, status_code=422)
+
+
+@router.post("/v2/{model}", openapi_extra=_BODY, summary="Submit a request (returns at once)")
+async def submit(
+    model: str,
+    request: Request,
+    runtime: RuntimeDep,
+    key: KeyDep,
+    body: JsonBody,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    job = await runtime.service.submit(key, model, body, idempotency_key=idempotency_key)
+    return views.submitted(job, base_url(request, runtime))
+
+
+@router.get("/v2/requests/{request_id}/status", summary="Poll a request's status")
+async def status(request_id: str, runtime: RuntimeDep, key: KeyDep) -> Any:
+    job = await runtime.service.get(key, request_id)
+    body = await views.status(runtime, job)
+    return _failed(body) if job.status == Status.FAILED else body
+
+
+@router.get("/v2/requests/{request_id}", summary="Read a request's final response")
+async def result(request_id: str, request: Request, runtime: RuntimeDep, key: KeyDep) -> Any:
+    job = await runtime.service.get(key, request_id)
+    body = await views.result(runtime, job, base_url(request, runtime))
+    return _failed(body) if job.status == Status.FAILED else body
+
+
+@router.post(
+    "/v1/{model}",
+    openapi_extra=_BODY,
+    summary="Run a request and wait for the video (MP4 bytes)",
+    response_class=Response,
+    responses={200: {"content": {"video/mp4": {}}}},
+)
+async def run_blocking(
+    model: str,
+    runtime: RuntimeDep,
+    key: KeyDep,
+    body: JsonBody,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> Response:
+    job = await runtime.service.submit(key, model, body, idempotency_key=idempotency_key)
+    job = await runtime.service.wait(key, job.id, runtime.settings.sync_timeout_seconds)
+    if job.status == Status.FAILED:
+        return JSONResponse({"error": job.error, "request_id": job.id}, status_code=422)
+    assert job.result is not None
+    headers = {"X-Request-Id": job.id, "X-Served-By": job.result.get("served_by", job.served_by)}
+    output_key = job.result["output_key"]
+    path = runtime.blobs.local_path(output_key)
+    if path is not None:
+        return FileResponse(path, media_type="video/mp4", headers=headers)
+    return Response(await runtime.blobs.get_bytes(output_key), media_type="video/mp4", headers=headers)

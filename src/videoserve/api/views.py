@@ -1,0 +1,83 @@
+"""The Segmind dialect's JSON shapes, built from a stored job."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from videoserve.jobs.records import Job
+from videoserve.jobs.states import Status
+from videoserve.runtime import Runtime
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
+
+
+async def blob_url(runtime: Runtime, base: str, key: str, expires_at: float) -> str:
+    """An absolute URL for a stored file that needs no API key and dies with the retention."""
+    presigned = await runtime.blobs.presigned_get_url(
+        key, max(1.0, expires_at - datetime.now(UTC).timestamp())
+    )
+    if presigned:
+        return presigned
+    expires = int(expires_at)
+    signature = runtime.signer.sign(key, expires)
+    return f"{base}/files/{key}?expires={expires}&signature={signature}"
+
+
+def submitted(job: Job, base: str) -> dict[str, Any]:
+    return {
+        "request_id": job.id,
+        "status": job.status.value,
+        "status_url": f"{base}/v2/requests/{job.id}/status",
+        "response_url": f"{base}/v2/requests/{job.id}",
+    }
+
+
+async def status(runtime: Runtime, job: Job) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "request_id": job.id,
+        "status": job.status.value,
+        "model": job.model,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "completed_at": iso(job.finished_at),
+    }
+    if job.status == Status.QUEUED:
+        body["queue_position"] = await runtime.service.queue_position(job)
+    if job.status in (Status.PROCESSING, Status.COMPLETED):
+        body["progress"] = job.progress
+    if job.status == Status.FAILED:
+        body["error"] = job.error
+    if job.expires_at:
+        body["expires_at"] = iso(job.expires_at)
+    return body
+
+
+async def result(runtime: Runtime, job: Job, base: str) -> dict[str, Any]:
+    body = await status(runtime, job)
+    body["params"] = job.params
+    if job.status != Status.COMPLETED or not job.result:
+        return body
+    r = job.result
+    assert job.expires_at is not None
+    started = r.get("started_at") or job.started_at or job.created_at
+    body |= {
+        "output": await blob_url(runtime, base, r["output_key"], job.expires_at),
+        "thumbnail": await blob_url(runtime, base, r["thumbnail_key"], job.expires_at),
+        "served_by": r.get("served_by", job.served_by),
+        "width": r["width"],
+        "height": r["height"],
+        "fps": r["fps"],
+        "frames": r["frames"],
+        "seconds": r["seconds"],
+        "seed": r.get("seed"),
+        "metrics": {
+            "queue_time": round(started - job.created_at, 4),
+            "inference_time": r["inference_time"],
+            "encode_time": r.get("encode_time"),
+            "total_time": round((job.finished_at or started) - job.created_at, 4),
+        },
+    }
+    return body

@@ -1,0 +1,94 @@
+"""`videoserve generate`: one video through a running server, or through an embedded one.
+
+The embedded path starts the real server on a loopback port with auth off and talks to it
+with the same client, so both paths exercise the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from videoserve.settings import Settings
+
+
+def run_generation(
+    params: dict[str, Any],
+    *,
+    model: str,
+    output: Path,
+    url: str | None,
+    api_key: str | None,
+    timeout: float,
+    settings: Settings,
+    console: Console,
+) -> dict[str, Any]:
+    from videoserve.client import Client
+
+    with contextlib.ExitStack() as stack:
+        if url is None:
+            url = stack.enter_context(embedded_server(settings))
+            api_key = api_key or "unused"
+        client = stack.enter_context(Client(api_key=api_key, base_url=url, timeout=60.0))
+        job = client.submit_async(model, **params)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task(f"{job.request_id} queued", total=100)
+
+            def on_status(body: dict[str, Any]) -> None:
+                state = body.get("status", "")
+                label = state.lower()
+                if state == "QUEUED" and body.get("queue_position"):
+                    label += f" (position {body['queue_position']})"
+                bar.update(task, completed=body.get("progress") or 0, description=label)
+
+            result = job.wait(timeout=timeout, interval=0.5, on_status=on_status)
+            bar.update(task, completed=100, description="completed")
+        job.download(output)
+        return result
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def embedded_server(settings: Settings) -> Iterator[str]:
+    """A real videoserve server on a loopback port, for the life of the block."""
+    import uvicorn
+
+    from videoserve.api import create_app
+
+    settings = settings.model_copy(
+        update={"host": "127.0.0.1", "port": _free_port(), "auth": False}
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the embedded server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://{settings.host}:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

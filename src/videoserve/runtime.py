@@ -1,0 +1,79 @@
+"""Builds and owns every long-lived resource of one process, from one `Settings`.
+
+`videoserve serve` and `videoserve worker` both start a Runtime; tests build as many as they
+like. Nothing here is a module global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from videoserve.jobs.keys import KeyStore
+from videoserve.jobs.service import JobService
+from videoserve.jobs.store import JobStore
+from videoserve.models.registry import ModelRegistry
+from videoserve.moderation import BlocklistModerator, Moderator
+from videoserve.settings import Settings
+from videoserve.storage import open_blob_store
+from videoserve.storage.signing import UrlSigner
+from videoserve.worker.maintenance import Maintenance
+from videoserve.worker.runner import Worker
+
+log = logging.getLogger("videoserve")
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: ModelRegistry | None = None,
+        moderator: Moderator | None = None,
+    ) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore.open(settings.resolved_database_url())
+        self.keys = KeyStore(self.store)
+        self.registry = registry or ModelRegistry.from_settings(settings)
+        self.blobs = open_blob_store(settings.resolved_storage_url())
+        self.signer = UrlSigner(settings.resolved_secret_key())
+        self.service = JobService(
+            settings,
+            self.store,
+            self.registry,
+            self.blobs,
+            moderator or BlocklistModerator(settings.blocklist),
+        )
+        self.maintenance = Maintenance(settings, self.store, self.blobs)
+        self.worker: Worker | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, *, worker: bool, maintenance: bool = True) -> None:
+        await self.store.start()
+        if maintenance:
+            self._tasks.append(
+                asyncio.create_task(self.maintenance.run(self._stop), name="maintenance")
+            )
+        if worker:
+            self.worker = Worker(self.settings, self.store, self.registry, self.blobs)
+            self._tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))
+
+    async def wait(self) -> None:
+        """Until every background task ends (after `stop`)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def stop(self, *, grace: float = 30.0) -> None:
+        """Stop claiming; let a running job finish within `grace`, then close everything."""
+        self._stop.set()
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.blobs.close()
+        await self.store.close()

@@ -1,0 +1,252 @@
+"""The worker: claim a job, keep its lease alive, run the model, store the video, finish.
+
+The model runs in a thread so the event loop keeps heartbeating (and the embedded API keeps
+answering) while a GPU is busy for minutes. The video is stored under a key that includes the
+attempt, and only then is the job marked COMPLETED with the lease's fencing token: a worker that
+lost its lease can upload, but never replace a newer attempt's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from videoserve import errors
+from videoserve.jobs.records import Job, Lease
+from videoserve.jobs.store import JobStore
+from videoserve.media.encode import encode_mp4, write_thumbnail
+from videoserve.models.backends.base import Cancelled
+from videoserve.models.registry import ModelRegistry
+from videoserve.settings import Settings
+from videoserve.storage.base import BlobStore
+
+log = logging.getLogger("videoserve.worker")
+
+CANCELLED_ERROR = "cancelled by the user"
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class _Signals:
+    """Shared between the model thread and the event loop."""
+
+    progress: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str | None = None  # "cancelled" or "lease lost"
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Worker:
+    """Claims and runs jobs until `stop` is set; `concurrency` jobs at a time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        registry: ModelRegistry,
+        blobs: BlobStore,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.blobs = blobs
+        self.worker_id = worker_id or default_worker_id()
+        self.served_by = registry.served_models(settings.worker_models or None)
+        self.current: dict[str, Job] = {}
+        self.completed = 0
+        self._scratch = Path(settings.data_dir) / "tmp"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set; a job in hand is finished first (drain)."""
+        log.info(
+            "worker %s serving %s, %d at a time",
+            self.worker_id,
+            ", ".join(self.served_by),
+            self.settings.worker_concurrency,
+        )
+        slots = [
+            asyncio.create_task(self._slot(stop), name=f"worker-slot-{i}")
+            for i in range(self.settings.worker_concurrency)
+        ]
+        try:
+            await asyncio.gather(*slots)
+        finally:
+            for slot in slots:
+                slot.cancel()
+
+    async def _slot(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                ran = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database is unreachable, say: back off, then retry
+                log.exception("worker %s: claim failed; retrying", self.worker_id)
+                ran = False
+            if not ran:
+                # Woken at once by a submit in this process (or NOTIFY on PostgreSQL);
+                # the timeout is the fallback poll for a worker in another process.
+                waiter = asyncio.create_task(
+                    self.store.wait_for_queued(self.settings.poll_interval_seconds)
+                )
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (waiter, stopper):
+                    task.cancel()
+
+    async def run_once(self) -> bool:
+        """Claim and run one job if one is queued; False when the queue is empty."""
+        claimed = await self.store.claim(
+            self.worker_id, self.served_by, self.settings.lease_seconds
+        )
+        if claimed is None:
+            return False
+        job, lease = claimed
+        self.current[job.id] = job
+        try:
+            await self._execute(job, lease)
+        finally:
+            self.current.pop(job.id, None)
+        return True
+
+    async def _execute(self, job: Job, lease: Lease) -> None:
+        started = time.time()
+        signals = _Signals()
+        reporter = asyncio.create_task(self._report(lease, signals), name=f"lease-{job.id}")
+        try:
+            result = await self._produce(job, lease, signals)
+        except Cancelled:
+            reporter.cancel()
+            if signals.stop_reason == "cancelled":
+                await self.store.fail(lease, CANCELLED_ERROR, self.settings.retention_seconds)
+                log.info("job %s cancelled while running", job.id)
+            else:
+                log.warning("job %s: lease lost, abandoning attempt %d", job.id, lease.attempt)
+            return
+        except Exception as exc:
+            reporter.cancel()
+            message = _failure_message(exc)
+            log.exception("job %s failed: %s", job.id, message)
+            await self.store.fail(lease, message, self.settings.retention_seconds)
+            return
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+        result["started_at"] = started
+        if await self.store.complete(lease, result, self.settings.retention_seconds):
+            self.completed += 1
+            log.info("job %s completed in %.2fs", job.id, time.time() - started)
+        else:
+            # Our lease was taken over: this attempt's files must not outlive it.
+            log.warning("job %s: lease lost before completion; discarding attempt", job.id)
+            await self.blobs.delete_prefix(_attempt_prefix(lease))
+
+    async def _produce(self, job: Job, lease: Lease, signals: _Signals) -> dict[str, Any]:
+        resolved = self.registry.backend(job.served_by)
+        availability = resolved.availability()
+        if not availability.available:
+            raise errors.ModelUnavailable(
+                f"model '{job.served_by}' is unavailable: {availability.reason}"
+            )
+        image = None
+        if job.input_key:
+            image = Image.open(io.BytesIO(await self.blobs.get_bytes(job.input_key))).convert("RGB")
+        params = self.registry.resolve(job.model).schema.model_validate(job.params | _image_param(job))
+        loop = asyncio.get_running_loop()
+
+        def on_progress(step: int, total: int) -> None:
+            signals.progress = int(100 * step / max(total, 1))
+            loop.call_soon_threadsafe(signals.changed.set)
+
+        def generate():  # type: ignore[no-untyped-def]
+            resolved.load()
+            begun = time.perf_counter()
+            video = resolved.generate(params, image, on_progress, signals.stop.is_set)
+            return video, time.perf_counter() - begun
+
+        video, inference_time = await asyncio.to_thread(generate)
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self._scratch) as scratch:
+            video_path, thumb_path = Path(scratch) / "video.mp4", Path(scratch) / "thumb.jpg"
+            begun = time.perf_counter()
+            info = await asyncio.to_thread(encode_mp4, video.frames, video.fps, video_path)
+            await asyncio.to_thread(write_thumbnail, video.frames[0], thumb_path)
+            encode_time = time.perf_counter() - begun
+            prefix = _attempt_prefix(lease)
+            await self.blobs.put_file(prefix + "thumbnail.jpg", thumb_path, "image/jpeg")
+            await self.blobs.put_file(prefix + "video.mp4", video_path, "video/mp4")
+        return {
+            "output_key": prefix + "video.mp4",
+            "thumbnail_key": prefix + "thumbnail.jpg",
+            "served_by": video.model,
+            "width": info.width,
+            "height": info.height,
+            "fps": info.fps,
+            "frames": info.frames,
+            "seconds": info.seconds,
+            "codec": info.codec,
+            "seed": getattr(video, "seed", None),
+            "inference_time": round(inference_time, 4),
+            "encode_time": round(encode_time, 4),
+        }
+
+    async def _report(self, lease: Lease, signals: _Signals) -> None:
+        """Heartbeat every third of a lease, and write progress as it changes (throttled)."""
+        reported = -1
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.heartbeat_seconds):
+                    await signals.changed.wait()
+            signals.changed.clear()
+            progress = signals.progress if signals.progress != reported else None
+            try:
+                beat = await self.store.heartbeat(lease, self.settings.lease_seconds, progress)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep the model running; the next beat may get through
+                log.warning("job %s: heartbeat failed: %s", lease.job_id, exc)
+                continue
+            if progress is not None:
+                reported = progress
+            if not beat.alive:
+                signals.stop_reason = "lease lost"
+                signals.stop.set()
+                return
+            if beat.cancel_requested:
+                signals.stop_reason = "cancelled"
+                signals.stop.set()
+            # Progress is at most a few writes a second, however fast the steps are.
+            await asyncio.sleep(0.2)
+
+
+def _attempt_prefix(lease: Lease) -> str:
+    return f"jobs/{lease.job_id}/{lease.attempt}/"
+
+
+def _image_param(job: Job) -> dict[str, Any]:
+    # The stored params hold a note in place of a data URI; the image is in blob storage.
+    return {"input_reference": None} if job.input_key else {}
+
+
+def _failure_message(exc: BaseException) -> str:
+    if isinstance(exc, errors.VideoserveError) and exc.message:
+        return exc.message
+    return f"model error: {type(exc).__name__}: {exc}"

@@ -1,0 +1,201 @@
+"""The job store on SQLite and on the real PostgreSQL: transitions, leases, fencing, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pytest
+
+from videoserve.jobs import states
+from videoserve.jobs.keys import KeyStore
+from videoserve.jobs.states import Status
+from videoserve.jobs.store import JobStore, NewJob
+from videoserve.settings import Settings
+
+
+@pytest.fixture
+async def store(database_url: str):
+    url = Settings(database_url=database_url).resolved_database_url()
+    s = JobStore.open(url)
+    await s.start()
+    yield s
+    await s.close()
+
+
+def new_job(model: str = "tiny-t2v", **kw) -> NewJob:
+    values = {
+        "id": "video_" + secrets.token_hex(8),
+        "api_key_id": "key_a",
+        "model": model,
+        "served_by": model,
+        "params": {"prompt": "p"},
+        "max_attempts": 2,
+    }
+    values.update(kw)
+    return NewJob(**values)
+
+
+async def test_migrations_are_idempotent_and_concurrent(store: JobStore) -> None:
+    results = await asyncio.gather(*(store.migrate() for _ in range(4)))
+    assert len(set(results)) == 1
+
+
+async def test_submit_claim_complete(store: JobStore) -> None:
+    job, created = await store.create(new_job())
+    assert created and job.status == Status.QUEUED and job.attempt == 0
+    claimed = await store.claim("w1", ["tiny-t2v"], lease_seconds=30)
+    assert claimed is not None
+    running, lease = claimed
+    assert running.id == job.id and running.status == Status.PROCESSING and lease.attempt == 1
+    assert await store.claim("w2", ["tiny-t2v"], lease_seconds=30) is None
+    assert await store.complete(lease, {"output_key": "k"}, retention_seconds=60)
+    done = await store.get(job.id)
+    assert done is not None and done.status == Status.COMPLETED and done.progress == 100
+    assert done.expires_at is not None and done.result == {"output_key": "k"}
+    # Terminal is terminal: a second finish changes nothing.
+    assert not await store.fail(lease, "late", retention_seconds=60)
+
+
+async def test_claim_only_served_models_and_in_order(store: JobStore) -> None:
+    first, _ = await store.create(new_job("a"))
+    await store.create(new_job("b"))
+    second, _ = await store.create(new_job("a"))
+    got = await store.claim("w", ["a"], 30)
+    assert got is not None and got[0].id == first.id
+    got = await store.claim("w", ["a"], 30)
+    assert got is not None and got[0].id == second.id
+    assert await store.claim("w", ["a"], 30) is None
+
+
+async def test_queue_position(store: JobStore) -> None:
+    jobs = [(await store.create(new_job()))[0] for _ in range(3)]
+    assert [await store.queue_position(j) for j in jobs] == [1, 2, 3]
+    await store.claim("w", None, 30)
+    assert await store.queue_position(jobs[2]) == 2
+
+
+async def test_expired_lease_requeues_then_fails_after_retry_limit(store: JobStore) -> None:
+    job, _ = await store.create(new_job(max_attempts=2))
+    _, lease1 = await store.claim("w1", None, lease_seconds=0.01)
+    await asyncio.sleep(0.05)  # let the 10 ms lease lapse; the clock, not a condition
+    assert await store.reap_expired_leases(60) == (1, 0)
+    assert (await store.get(job.id)).status == Status.QUEUED
+    _, lease2 = await store.claim("w2", None, lease_seconds=0.01)
+    assert lease2.attempt == 2
+    # The first worker is a zombie now: fenced out.
+    assert not await store.complete(lease1, {"output_key": "zombie"}, 60)
+    assert not (await store.heartbeat(lease1, 30)).alive
+    await asyncio.sleep(0.05)
+    assert await store.reap_expired_leases(60) == (0, 1)
+    failed = await store.get(job.id)
+    assert failed.status == Status.FAILED
+    assert "lease expired" in failed.error and "2 attempts" in failed.error and "w2" in failed.error
+
+
+async def test_heartbeat_extends_lease_and_records_progress(store: JobStore) -> None:
+    job, _ = await store.create(new_job())
+    _, lease = await store.claim("w", None, lease_seconds=0.5)
+    beat = await store.heartbeat(lease, lease_seconds=30, progress=42)
+    assert beat.alive and not beat.cancel_requested
+    assert await store.reap_expired_leases(60) == (0, 0)
+    assert (await store.get(job.id)).progress == 42
+
+
+async def test_release_hands_back_without_spending_an_attempt(store: JobStore) -> None:
+    job, _ = await store.create(new_job())
+    _, lease = await store.claim("w", None, 30)
+    assert await store.release(lease)
+    again = await store.get(job.id)
+    assert again.status == Status.QUEUED and again.attempt == 0
+
+
+async def test_cancel_queued_and_running(store: JobStore) -> None:
+    queued, _ = await store.create(new_job())
+    cancelled = await store.request_cancel(queued.id, "key_a", 60)
+    assert cancelled.status == Status.FAILED and cancelled.error == "cancelled by the user"
+    running, _ = await store.create(new_job())
+    _, lease = await store.claim("w", None, 30)
+    assert (await store.request_cancel(running.id, "key_a", 60)).status == Status.PROCESSING
+    assert (await store.heartbeat(lease, 30)).cancel_requested
+
+
+async def test_idempotency_key(store: JobStore) -> None:
+    from videoserve.jobs.store import IdempotencyConflict
+
+    a, created_a = await store.create(new_job(idempotency_key="k1", request_hash="h"))
+    b, created_b = await store.create(new_job(idempotency_key="k1", request_hash="h"))
+    assert created_a and not created_b and a.id == b.id
+    with pytest.raises(IdempotencyConflict):
+        await store.create(new_job(idempotency_key="k1", request_hash="other"))
+    # Another key may use the same Idempotency-Key independently.
+    c, created_c = await store.create(
+        new_job(api_key_id="key_b", idempotency_key="k1", request_hash="h")
+    )
+    assert created_c and c.id != a.id
+
+
+async def test_concurrent_idempotent_submits_create_one_job(store: JobStore) -> None:
+    results = await asyncio.gather(
+        *(store.create(new_job(idempotency_key="same", request_hash="h")) for _ in range(8))
+    )
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+async def test_concurrent_claimers_never_share_a_job(store: JobStore) -> None:
+    ids = {(await store.create(new_job()))[0].id for _ in range(40)}
+    claimed: list[str] = []
+
+    async def claimer(name: str) -> None:
+        while (got := await store.claim(name, None, 30)) is not None:
+            claimed.append(got[0].id)
+
+    await asyncio.gather(*(claimer(f"w{i}") for i in range(6)))
+    assert sorted(claimed) == sorted(ids)
+
+
+async def test_expired_results_are_hidden_then_deleted(store: JobStore) -> None:
+    job, _ = await store.create(new_job())
+    _, lease = await store.claim("w", None, 30)
+    await store.complete(lease, {"output_key": "k"}, retention_seconds=0.01)
+    await asyncio.sleep(0.05)
+    assert await store.get(job.id) is None  # hidden at once, before any sweep
+    expired = await store.expired()
+    assert [j.id for j in expired] == [job.id]
+    assert await store.delete([job.id]) == 1
+    assert await store.expired() == []
+
+
+async def test_blocked_job_is_stored_failed(store: JobStore) -> None:
+    job, _ = await store.create(new_job(failed_with="content policy: blocked"))
+    assert job.status == Status.FAILED and job.error == "content policy: blocked"
+    assert await store.claim("w", None, 30) is None
+
+
+async def test_other_keys_cannot_read(store: JobStore) -> None:
+    job, _ = await store.create(new_job())
+    assert await store.get(job.id, api_key_id="key_a") is not None
+    assert await store.get(job.id, api_key_id="key_b") is None
+
+
+async def test_api_keys_are_hashed_and_revocable(store: JobStore) -> None:
+    keys = KeyStore(store)
+    record, plaintext = await keys.create("alice")
+    assert (await keys.authenticate(plaintext)).id == record.id
+    assert await keys.authenticate(plaintext + "x") is None
+    from sqlalchemy import text
+
+    async with store.engine.connect() as conn:
+        stored = (await conn.execute(text("SELECT key_hash FROM api_keys"))).scalar_one()
+    assert plaintext not in stored and len(stored) == 64
+    assert (await keys.revoke(record.id)).revoked_at is not None
+    assert await keys.authenticate(plaintext) is None
+
+
+def test_state_machine_edges() -> None:
+    assert states.can_move(Status.QUEUED, Status.PROCESSING)
+    assert states.can_move(Status.PROCESSING, Status.COMPLETED)
+    assert not states.can_move(Status.QUEUED, Status.COMPLETED)
+    assert not states.can_move(Status.COMPLETED, Status.FAILED)
+    assert not states.can_move(Status.FAILED, Status.QUEUED)
