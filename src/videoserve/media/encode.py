@@ -46,27 +46,31 @@ def encode_mp4(
     """
     video = _as_uint8_video(frames)
     rate = _frame_rate(fps)
+    if isinstance(crf, bool) or not isinstance(crf, numbers.Integral) or not 1 <= crf <= 51:
+        # crf 0 is lossless, which x264 only writes in the High 4:4:4 profile browsers lack
+        raise ValueError(f"crf must be an integer from 1 to 51, got {crf!r}")
     video = _pad_to_even(video)
-    _, height, width, _ = video.shape
     path = Path(path)
     with _atomic_target(path, suffix=".mp4") as tmp:
-        with av.open(
-            str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}
-        ) as container:
-            stream = container.add_stream(
-                _CODEC,
-                rate=rate,
-                options={"preset": preset, "crf": str(crf), "profile": _PROFILE},
-            )
-            stream.width = width
-            stream.height = height
-            stream.pix_fmt = _PIX_FMT
-            for index, pixels in enumerate(video):
-                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-                frame.pts = index
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode(None))
+        _write_mp4(tmp, video, rate, preset=preset, crf=crf)
     return probe_mp4(path)
+
+
+def _write_mp4(path: Path, video: np.ndarray, rate: Fraction, *, preset: str, crf: int) -> None:
+    _, height, width, _ = video.shape
+    options = {"movflags": "+faststart"}  # a muxer option: it rewrites the finished file
+    with av.open(str(path), mode="w", format="mp4", options=options) as container:
+        stream = container.add_stream(
+            _CODEC, rate=rate, options={"preset": preset, "crf": str(crf), "profile": _PROFILE}
+        )
+        stream.width = width
+        stream.height = height
+        stream.pix_fmt = _PIX_FMT
+        for index, pixels in enumerate(video):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))  # flush the frames the encoder still holds
 
 
 def write_thumbnail(frame: np.ndarray, path: Path, *, max_side: int = 512) -> tuple[int, int]:

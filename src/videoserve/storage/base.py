@@ -1,0 +1,61 @@
+"""The blob store interface: where finished videos and thumbnails live, written once, read many.
+
+Keys are `/`-separated relative paths such as `videos/<request_id>/video.mp4`. A key that is
+valid here is valid for every store (local folder or S3-compatible), so callers never care
+which one they hold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from videoserve import errors
+
+
+class BlobNotFound(errors.VideoserveError, KeyError):
+    """No object under that key; also a `KeyError`, so mapping-style callers can catch it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no blob under key {key!r}")
+        self.key = key
+
+    def __str__(self) -> str:  # KeyError would repr() the message, quotes and all
+        return self.message
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Object storage for outputs. Every write is atomic: readers see all of an object or none."""
+
+    async def put_file(self, key: str, source: Path, content_type: str) -> None:
+        """Store a copy of the file `source` under `key`, replacing any previous object."""
+        ...
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Store `data` under `key`, replacing any previous object."""
+        ...
+
+    async def get_bytes(self, key: str) -> bytes:
+        """The whole object under `key`; `BlobNotFound` when there is none."""
+        ...
+
+    async def exists(self, key: str) -> bool:
+        """True when an object is stored under `key`."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with `prefix`; the number deleted."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """The file holding `key` in a local-folder store (served with Range); else None."""
+        ...
+
+    async def presigned_get_url(self, key: str, expires_in: float) -> str | None:
+        """A URL the store itself serves for `expires_in` seconds, or None if it has none."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and handles; the store is unusable afterwards."""
+        ...

@@ -1,0 +1,181 @@
+"""Encoded MP4s and thumbnails are what browsers expect, checked by probing the real files."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from videoserve.media import encode, probe
+
+
+def gradient(frames: int, height: int, width: int) -> np.ndarray:
+    """A moving RGB gradient: compressible, but every frame differs."""
+    t = np.arange(frames)[:, None, None]
+    y = np.arange(height)[None, :, None]
+    x = np.arange(width)[None, None, :]
+    red = (x * 255 // max(width - 1, 1) + t * 7) % 256
+    green = (y * 255 // max(height - 1, 1) + t * 3) % 256
+    blue = (t * 11 + x + y) % 256
+    return np.stack(np.broadcast_arrays(red, green, blue), axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("frames", "height", "width", "fps"),
+    [
+        (17, 64, 64, 8),
+        (9, 48, 80, 16),
+        (25, 36, 64, 24),
+        (10, 32, 32, 30000 / 1001),
+        (5, 33, 47, 12.5),  # odd height and width
+        (3, 31, 32, Fraction(24000, 1001)),
+        (1, 1, 1, 8),  # a single 1x1 frame pads to 2x2
+    ],
+)
+def test_encode_then_probe(tmp_path: Path, frames: int, height: int, width: int, fps) -> None:
+    path = tmp_path / "out.mp4"
+    info = encode.encode_mp4(gradient(frames, height, width), fps, path)
+
+    assert info == probe.probe_mp4(path)
+    assert info.codec == "h264"
+    assert info.profile == "High"
+    assert info.pix_fmt == "yuv420p"
+    assert (info.width, info.height) == (width + width % 2, height + height % 2)
+    assert info.frames == frames
+    assert info.fps == pytest.approx(float(fps), rel=1e-6)
+    assert info.seconds == pytest.approx(frames / float(fps), abs=1 / float(fps))
+    assert info.seconds == pytest.approx(info.frames / info.fps, rel=1e-6)
+
+
+def test_float_frames_are_scaled_from_unit_range(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.random((4, 32, 48, 3), dtype=np.float32)
+    frames[0, 0, 0] = [-0.5, 1.5, 0.5]  # out of range: clipped, not wrapped
+    info = encode.encode_mp4(frames, 8, tmp_path / "f.mp4")
+    assert (info.frames, info.width, info.height) == (4, 48, 32)
+
+
+def test_odd_sizes_repeat_the_edge(tmp_path: Path) -> None:
+    frames = np.zeros((2, 15, 17, 3), dtype=np.uint8)
+    frames[:, -1, :, :] = 255  # white last row
+    frames[:, :, -1, :] = 255  # white last column
+    path = tmp_path / "odd.mp4"
+    encode.encode_mp4(frames, 8, path, crf=1, preset="ultrafast")
+    with av.open(str(path)) as container:
+        first = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    assert first.shape == (16, 18, 3)
+    # the padding repeats the edge, so it is as white as the edge, not black
+    assert first[-1, :, :].mean() > 200
+    assert first[:, -1, :].mean() > 200
+    assert first[5:10, 5:10].mean() < 30
+
+
+def test_moov_comes_before_mdat(tmp_path: Path) -> None:
+    path = tmp_path / "fast.mp4"
+    encode.encode_mp4(gradient(12, 64, 64), 24, path)
+    data = path.read_bytes()
+    assert b"moov" in data and b"mdat" in data
+    assert data.index(b"moov") < data.index(b"mdat")
+
+
+def test_overwrites_atomically_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    path = tmp_path / "video.mp4"
+    encode.encode_mp4(gradient(3, 32, 32), 8, path)
+    info = encode.encode_mp4(gradient(6, 32, 64), 8, path)
+    assert info.frames == 6 and info.width == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        (np.zeros((0, 16, 16, 3), dtype=np.uint8), "no frames"),
+        (np.zeros((16, 16, 3), dtype=np.uint8), "shape"),
+        (np.zeros((2, 16, 16, 4), dtype=np.uint8), "shape"),
+        (np.zeros((2, 16, 16, 3), dtype=np.int64), "dtype"),
+        (np.full((2, 16, 16, 3), np.nan, dtype=np.float32), "NaN"),
+    ],
+)
+def test_bad_frames_raise_and_write_nothing(tmp_path: Path, frames, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        encode.encode_mp4(frames, 8, tmp_path / "bad.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fps", [0, -1, float("nan"), float("inf"), "24", True])
+def test_bad_fps_is_refused(tmp_path: Path, fps) -> None:
+    with pytest.raises(ValueError, match="fps"):
+        encode.encode_mp4(gradient(2, 16, 16), fps, tmp_path / "bad.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("crf", [0, 52, 20.5])
+def test_bad_crf_is_refused(tmp_path: Path, crf) -> None:
+    with pytest.raises(ValueError, match="crf"):
+        encode.encode_mp4(gradient(2, 16, 16), 8, tmp_path / "bad.mp4", crf=crf)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_encoder_failure_keeps_the_old_file_and_no_partial_one(tmp_path: Path) -> None:
+    path = tmp_path / "video.mp4"
+    encode.encode_mp4(gradient(3, 32, 32), 8, path)
+    before = path.read_bytes()
+    with pytest.raises(av.error.FFmpegError):
+        encode.encode_mp4(gradient(3, 32, 32), 8, path, preset="no-such-preset")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "max_side", "expected"),
+    [
+        (720, 1280, 512, (512, 288)),
+        (1280, 720, 512, (288, 512)),
+        (100, 60, 512, (60, 100)),  # never upscaled
+        (33, 47, 16, (16, 11)),
+    ],
+)
+def test_thumbnail_is_a_jpeg_of_the_right_size(
+    tmp_path: Path, height: int, width: int, max_side: int, expected: tuple[int, int]
+) -> None:
+    path = tmp_path / "thumb.jpg"
+    size = encode.write_thumbnail(gradient(1, height, width)[0], path, max_side=max_side)
+    assert size == expected
+    with Image.open(path) as image:
+        assert image.format == "JPEG"
+        assert image.size == expected
+        assert image.mode == "RGB"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thumb.jpg"]
+
+
+def test_thumbnail_accepts_float_frames(tmp_path: Path) -> None:
+    frame = np.linspace(0.0, 1.0, 20 * 30 * 3, dtype=np.float64).reshape(20, 30, 3)
+    assert encode.write_thumbnail(frame, tmp_path / "t.jpg") == (30, 20)
+
+
+def test_probe_counts_frames_by_decoding_when_the_container_does_not_say(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mkv"  # Matroska records no frame count
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for index, pixels in enumerate(gradient(5, 16, 16)):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    info = probe.probe_mp4(path)
+    assert (info.frames, info.width, info.height, info.codec) == (5, 16, 16, "h264")
+    assert info.seconds == pytest.approx(5 / 8)
+
+
+def test_probe_refuses_what_is_not_a_video(tmp_path: Path) -> None:
+    path = tmp_path / "not.mp4"
+    path.write_bytes(b"definitely not a video")
+    with pytest.raises(ValueError, match="not a readable video"):
+        probe.probe_mp4(path)
+    with pytest.raises(FileNotFoundError):
+        probe.probe_mp4(tmp_path / "missing.mp4")
