@@ -14,7 +14,8 @@ from videoserve.jobs import clock
 router = APIRouter(tags=["Files"])
 
 
-@router.api_route("/files/{key:path}", methods=["GET", "HEAD"], summary="Download an output")
+@router.head("/files/{key:path}", include_in_schema=False)
+@router.get("/files/{key:path}", summary="Download an output (no API key: the link is signed)")
 async def download(key: str, expires: int, signature: str, runtime: RuntimeDep) -> FileResponse:
     if not runtime.signer.verify(key, expires, signature, now=clock.now()):
         # Tampered and expired links get the same answer: nothing to learn from the difference.

@@ -1,0 +1,217 @@
+"""The asyncio client: `AsyncClient` and `AsyncJob`, the same surface as `Client` and `Job`."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from videoserve.client import _common
+
+StatusCallback = Callable[[dict[str, Any]], object | Awaitable[object]]
+
+
+class AsyncJob:
+    """A submitted request: poll it, wait for it, read its result, download its video."""
+
+    def __init__(
+        self, client: AsyncClient, request_id: str, status_url: str, response_url: str
+    ) -> None:
+        self.client = client
+        self.request_id = request_id
+        self.status_url = status_url
+        self.response_url = response_url
+
+    def __repr__(self) -> str:
+        return f"AsyncJob(request_id={self.request_id!r})"
+
+    async def status(self) -> dict[str, Any]:
+        """The current status body; a FAILED one is returned, not raised (it carries `error`)."""
+        return await self.client._status(self.status_url)
+
+    async def result(self) -> dict[str, Any]:
+        """The final body (`output`, `width`, `metrics`...); raises `InferenceFailed` if FAILED."""
+        return _common.json_or_raise(await self.client._send("GET", self.response_url))
+
+    async def wait(
+        self,
+        timeout: float = 900,  # noqa: ASYNC109 - the deadline is the contract, as in `Job.wait`
+        interval: float = 2.0,
+        on_status: StatusCallback | None = None,
+    ) -> dict[str, Any]:
+        """Poll until COMPLETED and return the result (quickly at first, then every `interval`).
+
+        Raises `InferenceFailed` when the request fails and `InferenceTimeout` at the deadline.
+        Rate limits, 502/503 and dropped connections while polling are waited out (honouring
+        `Retry-After`) rather than failing a job that is still running on the server.
+        `on_status` may be a plain function or a coroutine function.
+        """
+        poll = _common.Poll(self.request_id, timeout, interval)
+        while True:
+            per_call = _common.capped_timeout(self.client.timeout, poll.remaining())
+            try:
+                body = await self.client._status(self.status_url, http_timeout=per_call)
+                if on_status is not None:
+                    outcome = on_status(body)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                if poll.finished(body):
+                    return await self.result()
+                pause = poll.pause()
+            except _common.TRANSIENT_ERRORS as exc:
+                pause = poll.pause(exc)
+            await asyncio.sleep(pause)
+
+    async def download(self, path: str | os.PathLike[str], *, variant: str = "video") -> Path:
+        """Save the video (or `variant="thumbnail"`) to `path`; a folder gets `<id>.mp4` in it.
+
+        Streams to a temporary sibling and renames it, so `path` never holds a partial file.
+        """
+        url = _common.output_url(await self.result(), variant, self.client.base_url)
+        target = _common.download_target(path, self.request_id, url)
+        part = _common.temp_path(target)
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        try:
+            # No API key here: the URL is signed, and may point at another host (S3).
+            async with self.client._http.stream(
+                "GET", url, headers={"User-Agent": _common.USER_AGENT}, follow_redirects=True
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise _common.error_for(response)
+                file = await asyncio.to_thread(part.open, "wb")
+                try:
+                    async for chunk in response.aiter_bytes():
+                        await asyncio.to_thread(file.write, chunk)
+                finally:
+                    await asyncio.to_thread(file.close)
+            await asyncio.to_thread(os.replace, part, target)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return target
+
+
+class AsyncClient:
+    """A videoserve server, reached over HTTP from asyncio code.
+
+    `api_key` defaults to `VIDEOSERVE_API_KEY`, `base_url` to `VIDEOSERVE_BASE_URL` or
+    http://127.0.0.1:8000 (a trailing `/v1` is accepted, as the segmind and openai SDKs take it).
+    Pass `http_client` to reuse your own `httpx.AsyncClient`; it is then yours to close.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float | httpx.Timeout | None = _common.DEFAULT_TIMEOUT,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.api_key = _common.resolve_api_key(api_key)
+        self.base_url = _common.normalise_base_url(base_url)
+        self.timeout = _common.build_timeout(timeout)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    aclose = close
+
+    async def submit_async(
+        self, model: str, /, *, idempotency_key: str | None = None, **params: Any
+    ) -> AsyncJob:
+        """Queue a request and return its `AsyncJob` at once.
+
+        Connection errors and 502/503 are retried a few times with the same Idempotency-Key
+        (generated unless given), so a retried submit never creates a second job.
+        """
+        response = await self._submit(
+            _common.submit_url(self.base_url, model), params, idempotency_key, blocking=False
+        )
+        request_id, status_url, response_url = _common.submitted(response, self.base_url)
+        return AsyncJob(self, request_id, status_url, response_url)
+
+    async def run(self, model: str, /, **params: Any) -> dict[str, Any]:
+        """Submit and wait up to 600 s for the result body."""
+        job = await self.submit_async(model, **params)
+        return await job.wait(timeout=600)
+
+    async def run_sync(self, model: str, /, **params: Any) -> bytes:
+        """The MP4 bytes from the blocking `POST /v1/{model}`."""
+        response = await self._submit(
+            _common.run_sync_url(self.base_url, model), params, None, blocking=True
+        )
+        return _common.video_bytes(response)
+
+    async def models(self) -> list[dict[str, Any]]:
+        """Every model the server knows, with its parameter schema and availability."""
+        return _common.models_list(await self._send("GET", _common.models_url(self.base_url)))
+
+    def get_job(self, request_id: str) -> AsyncJob:
+        """An `AsyncJob` for a request submitted earlier (by this process or another)."""
+        return AsyncJob(
+            self,
+            request_id,
+            _common.status_url(self.base_url, request_id),
+            _common.response_url(self.base_url, request_id),
+        )
+
+    # --- I/O ----------------------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        idempotency_key: str | None = None,
+        http_timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        return await self._http.request(
+            method,
+            url,
+            json=json,
+            headers=_common.api_headers(self.api_key, idempotency_key),
+            timeout=http_timeout or self.timeout,
+        )
+
+    async def _status(
+        self, url: str, *, http_timeout: httpx.Timeout | None = None
+    ) -> dict[str, Any]:
+        return _common.status_body(await self._send("GET", url, http_timeout=http_timeout))
+
+    async def _submit(
+        self, url: str, params: dict[str, Any], idempotency_key: str | None, *, blocking: bool
+    ) -> httpx.Response:
+        key = idempotency_key or _common.new_idempotency_key()
+        timeout = _common.sync_timeout(self.timeout) if blocking else self.timeout
+        retry = _common.SubmitRetry()
+        while True:
+            try:
+                response = await self._send(
+                    "POST", url, json=params, idempotency_key=key, http_timeout=timeout
+                )
+                if response.status_code in (502, 503):
+                    raise _common.error_for(response)
+                return response
+            except _common.SUBMIT_RETRY_ERRORS as exc:
+                await asyncio.sleep(retry.pause_after(exc, blocking=blocking))
