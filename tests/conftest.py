@@ -7,6 +7,7 @@ VIDEOSERVE_REQUIRE_SERVICES=1 (set by .ci/run), where a missing server fails the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -74,10 +75,8 @@ def postgres_url() -> Iterator[str]:
         service_unavailable("PostgreSQL at " + PG_ADMIN_URL, str(exc))
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
-    try:
+    with contextlib.suppress(Exception):
         _pg_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    except Exception:
-        pass
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -69,7 +69,7 @@ class Runtime:
         """Stop claiming; let a running job finish within `grace`, then close everything."""
         self._stop.set()
         if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=grace)
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace)
             for task in pending:
                 task.cancel()
             for task in pending:

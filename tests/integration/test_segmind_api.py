@@ -277,15 +277,18 @@ def test_another_keys_request_is_404(server: LiveServer) -> None:
 
 
 def test_revoked_key_is_401(server: LiveServer) -> None:
-    from videoserve.cli.main import app
     from typer.testing import CliRunner
+
+    from videoserve.cli.main import app
 
     key = server.create_key("temp")
     listing = CliRunner().invoke(app, ["keys", "list", "--data-dir", str(server.data_dir)])
     key_id = next(line.split()[1] for line in listing.output.splitlines() if "temp" in line)
     result = CliRunner().invoke(app, ["keys", "revoke", key_id, "--data-dir", str(server.data_dir)])
     assert result.exit_code == 0, result.output
-    response = httpx.post(f"{server.url}/v2/sora-2-pro", json={"prompt": "x"}, headers={"x-api-key": key})
+    response = httpx.post(
+        f"{server.url}/v2/sora-2-pro", json={"prompt": "x"}, headers={"x-api-key": key}
+    )
     assert response.status_code == 401
 
 
@@ -295,9 +298,7 @@ def test_idempotency_key_returns_the_same_request(server: LiveServer) -> None:
     first = httpx.post(f"{server.url}/v2/sora-2-pro", json=body, headers=headers).json()
     again = httpx.post(f"{server.url}/v2/sora-2-pro", json=body, headers=headers).json()
     assert first["request_id"] == again["request_id"]
-    other = httpx.post(
-        f"{server.url}/v2/sora-2-pro", json={"prompt": "different"}, headers=headers
-    )
+    other = httpx.post(f"{server.url}/v2/sora-2-pro", json={"prompt": "different"}, headers=headers)
     assert other.status_code == 400 and "Idempotency-Key" in other.json()["error"]
 
 
@@ -323,20 +324,24 @@ def test_result_expires_then_404_and_files_deleted(make_server) -> None:
     job = segmind_client(server).submit_async("sora-2-pro", prompt="short-lived", duration=4)
     result = job.wait(timeout=120, interval=0.2)
     assert httpx.get(result["output"]).status_code == 200
-    video_dir = Path(server.settings.resolved_storage_url().removeprefix("file://")) / "jobs" / job.request_id
+    video_dir = (
+        Path(server.settings.resolved_storage_url().removeprefix("file://"))
+        / "jobs"
+        / job.request_id
+    )
     assert video_dir.exists()
     headers = {"x-api-key": server.api_key}
-    wait_until(
-        lambda: httpx.get(job.status_url, headers=headers).status_code == 404, timeout=30
-    )
+    wait_until(lambda: httpx.get(job.status_url, headers=headers).status_code == 404, timeout=30)
     assert httpx.get(job.response_url, headers=headers).status_code == 404
     wait_until(lambda: not video_dir.exists(), timeout=30)
     assert httpx.get(result["output"]).status_code in (403, 404)
 
 
 def test_output_link_range_and_tampering(server: LiveServer) -> None:
-    result = segmind_client(server).submit_async("sora-2-pro", prompt="r", duration=4).wait(
-        timeout=120, interval=0.2
+    result = (
+        segmind_client(server)
+        .submit_async("sora-2-pro", prompt="r", duration=4)
+        .wait(timeout=120, interval=0.2)
     )
     url = result["output"]
     whole = httpx.get(url)

@@ -78,7 +78,9 @@ def embedded_server(settings: Settings) -> Iterator[str]:
         update={"host": "127.0.0.1", "port": _free_port(), "auth": False}
     )
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+        uvicorn.Config(
+            create_app(settings), host=settings.host, port=settings.port, log_level="warning"
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

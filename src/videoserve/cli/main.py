@@ -56,7 +56,9 @@ def serve(
         asyncio.run(_bootstrap_key(settings))
     app_ = create_app(settings)
     err.print(f"videoserve on http://{settings.host}:{settings.port}  (docs at /docs)")
-    uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning", proxy_headers=True)
+    uvicorn.run(
+        app_, host=settings.host, port=settings.port, log_level="warning", proxy_headers=True
+    )
 
 
 async def _bootstrap_key(settings: Settings) -> None:
@@ -69,7 +71,7 @@ async def _bootstrap_key(settings: Settings) -> None:
         await store.migrate()
         keys = KeyStore(store)
         if await keys.count() == 0:
-            record, plaintext = await keys.create("default", admin=True)
+            _record, plaintext = await keys.create("default", admin=True)
             err.print(
                 "[bold]No API keys existed: created an admin key (shown once):[/bold]\n"
                 f"  export VIDEOSERVE_API_KEY={plaintext}"
@@ -183,7 +185,13 @@ def keys_list(data_dir: DataDir = None) -> None:
             records = await keys.list()
         table = Table("id", "name", "prefix", "admin", "state")
         for r in records:
-            table.add_row(r.id, r.name, r.prefix + "…", "yes" if r.is_admin else "", "active" if r.active else "revoked")
+            table.add_row(
+                r.id,
+                r.name,
+                r.prefix + "…",
+                "yes" if r.is_admin else "",
+                "active" if r.active else "revoked",
+            )
         Console().print(table)
 
     asyncio.run(main())
@@ -234,6 +242,10 @@ def models(data_dir: DataDir = None) -> None:
     for m in ModelRegistry.from_settings(settings).describe():
         note = m.get("reason") or m.get("warning") or ""
         table.add_row(
-            m["id"], m.get("backend") or "", m.get("served_by") or "", "yes" if m["available"] else "no", note
+            m["id"],
+            m.get("backend") or "",
+            m.get("served_by") or "",
+            "yes" if m["available"] else "no",
+            note,
         )
     Console(width=160).print(table)

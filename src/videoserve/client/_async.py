@@ -41,7 +41,7 @@ class AsyncJob:
 
     async def wait(
         self,
-        timeout: float = 900,  # noqa: ASYNC109 - the deadline is the contract, as in `Job.wait`
+        timeout: float = 900,
         interval: float = 2.0,
         on_status: StatusCallback | None = None,
     ) -> dict[str, Any]:

@@ -168,7 +168,8 @@ class PostgresNotifier(Notifier):
 
     async def send(self, conn: AsyncConnection, topic: str) -> None:
         await conn.execute(
-            sa.text("SELECT pg_notify(:channel, :topic)"), {"channel": NOTIFY_CHANNEL, "topic": topic}
+            sa.text("SELECT pg_notify(:channel, :topic)"),
+            {"channel": NOTIFY_CHANNEL, "topic": topic},
         )
 
     async def _listen_forever(self) -> None:

@@ -16,7 +16,9 @@ from videoserve.jobs.records import ApiKey
 from videoserve.jobs.store import JobStore
 
 KEY_PREFIX = "vs_"
-ANONYMOUS = ApiKey(id="anonymous", name="anonymous (auth off)", prefix="", is_admin=True, created_at=0)
+ANONYMOUS = ApiKey(
+    id="anonymous", name="anonymous (auth off)", prefix="", is_admin=True, created_at=0
+)
 
 keys = schema.api_keys
 
@@ -61,7 +63,9 @@ class KeyStore:
 
     async def authenticate(self, plaintext: str) -> ApiKey | None:
         """The active key with this plaintext, or None."""
-        query = sa.select(keys).where(keys.c.key_hash == hash_key(plaintext), keys.c.revoked_at.is_(None))
+        query = sa.select(keys).where(
+            keys.c.key_hash == hash_key(plaintext), keys.c.revoked_at.is_(None)
+        )
         async with self._store._read_engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return _record(row) if row else None
@@ -87,7 +91,9 @@ class KeyStore:
 
     async def count(self) -> int:
         async with self._store._read_engine.connect() as conn:
-            return int((await conn.execute(sa.select(sa.func.count()).select_from(keys))).scalar_one())
+            return int(
+                (await conn.execute(sa.select(sa.func.count()).select_from(keys))).scalar_one()
+            )
 
 
 class _Values:

@@ -83,6 +83,9 @@ class JobService:
                 f"(got {len(params.prompt)})",
                 param="prompt",
             )
+        check = getattr(resolved.backend, "check", None)
+        if check is not None:
+            check(params)  # the model's own limits (duration, image input): a 400 now, not later
         job_id = new_request_id()
         reference = None
         input_key = None
@@ -149,9 +152,7 @@ class JobService:
                     request_id=job_id,
                 )
             # A notification wakes us at once; the poll interval covers other processes.
-            await self.store.wait_for_change(
-                job_id, min(left, self.settings.poll_interval_seconds)
-            )
+            await self.store.wait_for_change(job_id, min(left, self.settings.poll_interval_seconds))
 
     async def queue_position(self, job: Job) -> int | None:
         return await self.store.queue_position(job) if job.status == Status.QUEUED else None

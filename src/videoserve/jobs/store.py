@@ -157,7 +157,9 @@ class JobStore:
         return earlier
 
     async def _by_idempotency_key(self, api_key_id: str, key: str) -> Job | None:
-        query = sa.select(jobs).where(jobs.c.api_key_id == api_key_id, jobs.c.idempotency_key == key)
+        query = sa.select(jobs).where(
+            jobs.c.api_key_id == api_key_id, jobs.c.idempotency_key == key
+        )
         async with self._read_engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return Job.from_row(row) if row else None
@@ -250,7 +252,10 @@ class JobStore:
         if progress is not None:
             values["progress"] = max(0, min(100, int(progress)))
         statement = (
-            jobs.update().where(self._holds(lease)).values(**values).returning(jobs.c.cancel_requested)
+            jobs.update()
+            .where(self._holds(lease))
+            .values(**values)
+            .returning(jobs.c.cancel_requested)
         )
         async with self.engine.begin() as conn:
             row = (await conn.execute(statement)).first()
@@ -262,7 +267,9 @@ class JobStore:
             self.notifier.after_commit(job_topic(lease.job_id))
         return Heartbeat(alive=True, cancel_requested=bool(row.cancel_requested))
 
-    async def complete(self, lease: Lease, result: dict[str, Any], retention_seconds: float) -> bool:
+    async def complete(
+        self, lease: Lease, result: dict[str, Any], retention_seconds: float
+    ) -> bool:
         """Mark the job COMPLETED; only the current lease holder can (the video is stored)."""
         now = clock.now()
         return await self._finish(

@@ -169,7 +169,9 @@ class Worker:
         image = None
         if job.input_key:
             image = Image.open(io.BytesIO(await self.blobs.get_bytes(job.input_key))).convert("RGB")
-        params = self.registry.resolve(job.model).schema.model_validate(job.params | _image_param(job))
+        params = self.registry.resolve(job.model).schema.model_validate(
+            job.params | _image_param(job)
+        )
         loop = asyncio.get_running_loop()
 
         def on_progress(step: int, total: int) -> None:

@@ -89,4 +89,6 @@ async def run_blocking(
     path = runtime.blobs.local_path(output_key)
     if path is not None:
         return FileResponse(path, media_type="video/mp4", headers=headers)
-    return Response(await runtime.blobs.get_bytes(output_key), media_type="video/mp4", headers=headers)
+    return Response(
+        await runtime.blobs.get_bytes(output_key), media_type="video/mp4", headers=headers
+    )

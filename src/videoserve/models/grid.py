@@ -1,0 +1,151 @@
+"""How a requested size and duration become what a model family actually generates.
+
+Every family has a grid: the resolutions it was trained at, the multiple its latent patches
+need, the frame counts its VAE accepts (`rule*k + 1`), its native frame rate and how many frames
+one pass may hold. `plan` is the one rule that maps the public `size`/`duration` onto it; the
+tables here describe the families we ship.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from videoserve import errors
+
+
+@dataclass(frozen=True)
+class FamilyGrid:
+    """What a model family can generate."""
+
+    multiple: int  # height and width must be multiples of this (VAE stride x patch size)
+    frame_rule: int  # frame counts are frame_rule*k + 1 (the VAE's temporal stride)
+    fps: int  # frames per second of the output; duration*fps frames are delivered
+    max_frames: int  # most frames one pass generates
+    trained: tuple[tuple[int, int], ...] = ()  # (width, height) it was trained at; () = any
+    scale: float = 1.0  # the requested size is scaled by this first (the tiny model: 1/8)
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """The sizes and frame counts of one generation: what the pipeline makes, what we deliver."""
+
+    gen_width: int
+    gen_height: int
+    out_width: int
+    out_height: int
+    gen_frames: int
+    out_frames: int
+    fps: int
+
+    @property
+    def seconds(self) -> float:
+        return self.out_frames / self.fps
+
+
+# The tiny test model: any size on a 32 grid, an eighth of the requested size, 8 fps.
+TINY_GRID = FamilyGrid(multiple=32, frame_rule=4, fps=8, max_frames=97, scale=1 / 8)
+
+# Wan 2.1 T2V 1.3B (and 14B at 480p): 16 fps, 81 frames (5 s) per pass.
+WAN21_GRID = FamilyGrid(
+    multiple=16, frame_rule=4, fps=16, max_frames=81, trained=((832, 480), (480, 832))
+)
+# Wan 2.1 T2V 14B and Wan 2.2 A14B at 720p.
+WAN_720P_GRID = FamilyGrid(
+    multiple=16, frame_rule=4, fps=16, max_frames=81, trained=((1280, 720), (720, 1280))
+)
+# Wan 2.2 TI2V 5B: 16x spatial VAE with 2x2 patches, 24 fps, 121 frames per pass.
+WAN22_TI2V_GRID = FamilyGrid(
+    multiple=32, frame_rule=4, fps=24, max_frames=121, trained=((1280, 704), (704, 1280))
+)
+
+FAMILY_GRIDS: dict[str, FamilyGrid] = {
+    "tiny": TINY_GRID,
+    "wan2.1": WAN21_GRID,
+    "wan2.1-720p": WAN_720P_GRID,
+    "wan2.2-a14b": WAN_720P_GRID,
+    "wan2.2-ti2v": WAN22_TI2V_GRID,
+}
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """`"1280x720"` -> `(1280, 720)`."""
+    width, sep, height = size.partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or not int(width) or not int(height):
+        raise errors.InvalidRequest(f"size: {size!r} is not of the form WIDTHxHEIGHT", param="size")
+    return int(width), int(height)
+
+
+def plan(grid: FamilyGrid, size: str, duration: int) -> GenerationPlan:
+    """Map a requested `size` and `duration` onto `grid`, or refuse a duration it cannot make.
+
+    The rule:
+    1. Target = the requested size times `grid.scale`, each side rounded to an even number
+       (H.264 needs even sides).
+    2. Generate at the trained resolution with the same orientation and the nearest aspect
+       ratio; a family with no trained list generates at the target rounded up to
+       `grid.multiple`.
+    3. Deliver the requested size when `scale` is 1 (frames are scaled to it, cropping the few
+       pixels where the aspect ratios differ), else the scaled target.
+    4. Deliver exactly `duration * fps` frames, so the video lasts `duration` seconds. Generate
+       the smallest `frame_rule*k + 1` count that covers them and drop the extra frames. A count
+       over `max_frames` is refused (400): we do not stitch passes.
+    """
+    width, height = parse_size(size)
+    out_width, out_height = _even(width * grid.scale), _even(height * grid.scale)
+    if grid.trained:
+        gen_width, gen_height = _nearest_trained(grid.trained, out_width, out_height)
+    else:
+        gen_width, gen_height = (
+            _round_up(out_width, grid.multiple),
+            _round_up(out_height, grid.multiple),
+        )
+    if grid.scale == 1.0:
+        out_width, out_height = width, height
+
+    out_frames = duration * grid.fps
+    gen_frames = _frames_covering(out_frames, grid.frame_rule)
+    if gen_frames > grid.max_frames:
+        longest = _frames_within(grid.max_frames, grid.frame_rule) / grid.fps
+        raise errors.InvalidRequest(
+            f"duration: {duration}s is longer than this model generates in one pass "
+            f"(max {longest:.1f}s at {grid.fps} fps)",
+            param="duration",
+        )
+    return GenerationPlan(
+        gen_width=gen_width,
+        gen_height=gen_height,
+        out_width=out_width,
+        out_height=out_height,
+        gen_frames=gen_frames,
+        out_frames=out_frames,
+        fps=grid.fps,
+    )
+
+
+def _even(value: float) -> int:
+    return max(2, 2 * math.floor(value / 2 + 0.5))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return max(multiple, math.ceil(value / multiple) * multiple)
+
+
+def _frames_covering(frames: int, rule: int) -> int:
+    """The smallest `rule*k + 1` that is at least `frames`."""
+    return max(0, math.ceil((frames - 1) / rule)) * rule + 1
+
+
+def _frames_within(frames: int, rule: int) -> int:
+    """The largest `rule*k + 1` that is at most `frames`."""
+    return max(0, (frames - 1) // rule) * rule + 1
+
+
+def _nearest_trained(
+    trained: tuple[tuple[int, int], ...], width: int, height: int
+) -> tuple[int, int]:
+    """The trained resolution of the same orientation whose aspect ratio is nearest."""
+    landscape = width >= height
+    same = [wh for wh in trained if (wh[0] >= wh[1]) == landscape] or list(trained)
+    aspect = math.log(width / height)
+    return min(same, key=lambda wh: (abs(math.log(wh[0] / wh[1]) - aspect), -wh[0] * wh[1]))

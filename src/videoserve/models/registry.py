@@ -1,0 +1,357 @@
+"""Which public model names exist, what serves each, and with which parameter schema.
+
+Operators describe models in one TOML file (`VIDEOSERVE_MODELS`):
+
+    [models."wan-2.1-t2v-1.3b"]
+    backend = "diffusers"                       # or "tiny"
+    path = "/srv/models/Wan2.1-T2V-1.3B-Diffusers"  # relative paths: from the TOML's folder
+    family = "wan2.1"                           # optional; detected from the folder if absent
+    # optional: device, steps, guidance, negative_prompt, fps, max_frames
+
+    [aliases]
+    sora-2-pro = "wan-2.1-t2v-1.3b"
+
+`VIDEOSERVE_ALIASES` is applied after the file's `[aliases]`, so the environment wins. The
+built-in `tiny-t2v` always exists. `sora-2-pro`, unless aliased or configured, is served by the
+first available `diffusers` entry in file order (list the family you prefer first), else by
+`tiny-t2v` with a warning. Whatever serves it, `sora-2-pro` accepts exactly the seed's four
+parameters; every other name takes its backend's schema.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from videoserve import errors
+from videoserve.models.backends.base import VideoBackend
+from videoserve.models.backends.tiny import TINY_NAME, TinyBackend
+from videoserve.models.backends.wan import WanBackend
+from videoserve.models.grid import FAMILY_GRIDS
+from videoserve.models.params import VideoParams, schema_json
+from videoserve.settings import Settings
+
+log = logging.getLogger("videoserve.models")
+
+SORA = "sora-2-pro"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# option -> (accepted types, description for the error message)
+_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
+    "tiny": {
+        "device": ((str,), "a device such as cpu or cuda"),
+        "seed": ((int,), "an integer"),
+    },
+    "diffusers": {
+        "family": ((str,), f"one of {', '.join(FAMILY_GRIDS)}"),
+        "device": ((str,), "auto, cpu, cuda or cuda:N"),
+        "steps": ((int,), "an integer >= 1"),
+        "guidance": ((int, float), "a number"),
+        "negative_prompt": ((str,), "a string"),
+        "fps": ((int,), "an integer >= 1"),
+        "max_frames": ((int,), "an integer >= 1"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One configured model: its public name, its backend kind and where its weights are."""
+
+    name: str
+    backend: str  # "tiny" or "diffusers"
+    path: str | None
+    options: dict[str, Any] = field(default_factory=dict)  # the rest of the TOML table
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A public name bound to the model that serves it and the schema its requests follow."""
+
+    public_name: str
+    served_by: str
+    backend: VideoBackend
+    schema: type[VideoParams]
+
+
+class ModelRegistry:
+    """Public names -> configured models -> backends, built once per process and kept warm."""
+
+    def __init__(
+        self,
+        entries: Iterable[ModelEntry],
+        aliases: Mapping[str, str] | None = None,
+        *,
+        device: str = "auto",
+    ) -> None:
+        """Check the configuration and settle what serves `sora-2-pro`; ValueError if invalid.
+
+        `device` is the default for `diffusers` models; `tiny` models run on the CPU unless
+        their entry says otherwise.
+        """
+        self._entries: dict[str, ModelEntry] = {}
+        for entry in entries:
+            _check_entry(entry)
+            if entry.name in self._entries and entry.name != TINY_NAME:
+                raise ValueError(f"model '{entry.name}' is configured twice")
+            self._entries[entry.name] = entry
+        if TINY_NAME not in self._entries:
+            raise ValueError(f"the built-in model '{TINY_NAME}' is missing")
+        self._device = device
+        self._backends: dict[str, VideoBackend] = {}
+        self._lock = threading.Lock()
+        self._created = int(time.time())
+
+        self._aliases: dict[str, str] = {}
+        for alias, target in (aliases or {}).items():
+            if alias in self._entries:
+                raise ValueError(f"alias '{alias}' has the name of a configured model")
+            if target not in self._entries:
+                known = ", ".join(self._entries)
+                raise ValueError(
+                    f"alias '{alias}' points to unknown model '{target}' (models: {known})"
+                )
+            self._aliases[alias] = target
+
+        self.warnings: list[str] = []
+        self._sora_fallback = False
+        if SORA not in self._entries and SORA not in self._aliases:
+            self._aliases[SORA] = self._best_for_sora()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        """The built-in `tiny-t2v`, then `settings.models` (TOML), then the aliases."""
+        builtin = ModelEntry(TINY_NAME, "tiny", str(settings.tiny_model_dir()), {})
+        entries: dict[str, ModelEntry] = {TINY_NAME: builtin}
+        aliases: dict[str, str] = {}
+        if settings.models is not None:
+            file_entries, aliases = load_models_file(settings.models)
+            for entry in file_entries:
+                if entry.name == TINY_NAME:
+                    if entry.backend != "tiny":
+                        raise ValueError(
+                            f"model '{TINY_NAME}' is built in; give your model another name"
+                        )
+                    entry = ModelEntry(TINY_NAME, "tiny", entry.path or builtin.path, entry.options)
+                elif entry.backend == "tiny" and not entry.path:
+                    folder = str(settings.tiny_model_dir().parent / entry.name)
+                    entry = ModelEntry(entry.name, "tiny", folder, entry.options)
+                entries[entry.name] = entry
+        aliases.update(settings.aliases)
+        return cls(entries.values(), aliases, device=settings.device)
+
+    # --- lookups -------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Every public name: configured models in order, then aliases (`sora-2-pro` among them)."""
+        return [*self._entries, *(a for a in self._aliases if a not in self._entries)]
+
+    def served_by(self, name: str) -> str:
+        """The configured model a public name runs on; NotFound for an unknown name."""
+        if name in self._entries:
+            return name
+        if name in self._aliases:
+            return self._aliases[name]
+        raise errors.NotFound(f"model '{name}' not found")
+
+    def names_served_by(self, name: str) -> list[str]:
+        """The public names whose jobs run on the model `name` runs on, that model's own first.
+
+        A worker configured for `tiny-t2v` (or for an alias of it) claims jobs submitted under
+        any of these names, e.g. `sora-2-pro` when it falls back to `tiny-t2v`.
+        """
+        target = self.served_by(name)
+        return [target, *(a for a, t in self._aliases.items() if t == target)]
+
+    def served_models(self, names: Iterable[str] | None = None) -> list[str]:
+        """The configured models a worker runs jobs for (jobs record these as `served_by`).
+
+        `names` (public names, aliases allowed) None or empty: every available model. An
+        unknown name is a ValueError, so a mistyped `VIDEOSERVE_WORKER_MODELS` fails at startup.
+        """
+        if not names:
+            return [n for n in self._entries if self.backend(n).availability().available]
+        served = []
+        for name in names:
+            if name not in self._entries and name not in self._aliases:
+                raise ValueError(
+                    f"worker model '{name}' is not configured ({', '.join(self.names())})"
+                )
+            target = self.served_by(name)
+            if target not in served:
+                served.append(target)
+        return served
+
+    def backend(self, name: str) -> VideoBackend:
+        """The one backend instance of the model `name` runs on, created on first use."""
+        target = self.served_by(name)
+        with self._lock:
+            backend = self._backends.get(target)
+            if backend is None:
+                backend = self._backends[target] = self._create(self._entries[target])
+            return backend
+
+    def resolve(self, name: str) -> ResolvedModel:
+        """Bind a public name to its backend and schema; NotFound or ModelUnavailable."""
+        target = self.served_by(name)
+        backend = self.backend(target)
+        state = backend.availability()
+        if not state.available:
+            raise errors.ModelUnavailable(f"model '{name}' is unavailable: {state.reason}")
+        return ResolvedModel(name, target, backend, self.schema(name))
+
+    def schema(self, name: str) -> type[VideoParams]:
+        """`VideoParams` for `sora-2-pro` whatever serves it, else the backend's own schema."""
+        return VideoParams if name == SORA else self.backend(name).schema
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every public name as `GET /v1/models` lists it, unavailable ones with the reason."""
+        listed = []
+        for name in self.names():
+            target = self.served_by(name)
+            state = self.backend(target).availability()
+            listed.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": self._created,
+                    "owned_by": "videoserve",
+                    "backend": self._entries[target].backend,
+                    "alias_of": None if name == target else target,
+                    "served_by": target,
+                    "available": state.available,
+                    "reason": state.reason,
+                    "warning": self.warnings[0] if name == SORA and self._sora_fallback else None,
+                    "parameters": schema_json(self.schema(name)),
+                }
+            )
+        return listed
+
+    # --- internals -----------------------------------------------------------------------
+    def _best_for_sora(self) -> str:
+        """The first available diffusers model in file order, else tiny-t2v with a warning."""
+        missing = []
+        for entry in self._entries.values():
+            if entry.backend != "diffusers":
+                continue
+            state = self.backend(entry.name).availability()
+            if state.available:
+                return entry.name
+            missing.append(f"{entry.name}: {state.reason}")
+        self._sora_fallback = True
+        warning = (
+            f"{SORA} is served by {TINY_NAME}, a random-weight test model: configure real weights "
+            f"(a diffusers model in VIDEOSERVE_MODELS) or alias {SORA} to a model "
+            f"(VIDEOSERVE_ALIASES={SORA}=NAME)"
+        )
+        if missing:
+            warning += f"; unavailable: {'; '.join(missing)}"
+        self.warnings.append(warning)
+        log.warning(warning)
+        return TINY_NAME
+
+    def _create(self, entry: ModelEntry) -> VideoBackend:
+        return _FACTORIES[entry.backend](entry, self._device)
+
+
+def load_models_file(path: Path) -> tuple[list[ModelEntry], dict[str, str]]:
+    """Read the models TOML: entries in file order and `[aliases]`; ValueError if malformed."""
+    try:
+        document = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read the models file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"the models file {path} is not valid TOML: {exc}") from exc
+    extra = sorted(set(document) - {"models", "aliases"})
+    if extra:
+        sections = ", ".join(extra)
+        raise ValueError(f"{path}: unknown section(s) {sections} (expected: models, aliases)")
+    entries = []
+    for name, table in document.get("models", {}).items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: models.{name} must be a table")
+        options = dict(table)
+        backend = options.pop("backend", None)
+        if not isinstance(backend, str):
+            raise ValueError(f'{path}: model \'{name}\' needs backend = "diffusers" or "tiny"')
+        raw_path = options.pop("path", None)
+        if raw_path is not None and not isinstance(raw_path, str):
+            raise ValueError(f"{path}: model '{name}': path must be a string")
+        if raw_path is not None:
+            folder = Path(raw_path).expanduser()
+            raw_path = str(folder if folder.is_absolute() else Path(path).parent / folder)
+        entries.append(ModelEntry(name, backend, raw_path, options))
+    aliases = document.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(t, str) for t in aliases.values()):
+        raise ValueError(f'{path}: [aliases] must map names to model names: name = "model"')
+    return entries, dict(aliases)
+
+
+def _check_entry(entry: ModelEntry) -> None:
+    """Refuse at startup what would otherwise fail on the first request."""
+    if not _NAME.match(entry.name):
+        raise ValueError(
+            f"model name {entry.name!r} must be letters, digits, '.', '_' or '-' (max 128)"
+        )
+    if entry.backend not in _FACTORIES:
+        raise ValueError(
+            f"model '{entry.name}': unknown backend '{entry.backend}' "
+            f"(expected one of: {', '.join(sorted(_FACTORIES))})"
+        )
+    if not entry.path:
+        what = "the folder holding model_index.json" if entry.backend == "diffusers" else "a folder"
+        raise ValueError(f"model '{entry.name}': backend '{entry.backend}' needs path = {what}")
+    allowed = _OPTIONS[entry.backend]
+    unknown = sorted(set(entry.options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"model '{entry.name}': unknown option(s) {', '.join(unknown)} "
+            f"(allowed: path, {', '.join(allowed)})"
+        )
+    for key, value in entry.options.items():
+        types, expected = allowed[key]
+        bad_number = isinstance(value, int) and key in {"steps", "fps", "max_frames"} and value < 1
+        if isinstance(value, bool) or not isinstance(value, types) or bad_number:
+            raise ValueError(f"model '{entry.name}': {key} must be {expected} (got {value!r})")
+    family = entry.options.get("family")
+    if family is not None and family not in FAMILY_GRIDS:
+        raise ValueError(
+            f"model '{entry.name}': unknown family '{family}' (known: {', '.join(FAMILY_GRIDS)})"
+        )
+
+
+def _tiny(entry: ModelEntry, device: str) -> VideoBackend:
+    return TinyBackend(
+        Path(str(entry.path)),
+        name=entry.name,
+        device=entry.options.get("device", "cpu"),
+        seed=entry.options.get("seed", 0),
+    )
+
+
+def _diffusers(entry: ModelEntry, device: str) -> VideoBackend:
+    options = entry.options
+    family = options.get("family")
+    overrides = {key: options[key] for key in ("fps", "max_frames") if key in options}
+    return WanBackend(
+        entry.name,
+        Path(str(entry.path)),
+        FAMILY_GRIDS[family] if family else None,
+        device=options.get("device", device),
+        default_steps=options.get("steps", 40),
+        default_guidance=float(options.get("guidance", 5.0)),
+        default_negative_prompt=options.get("negative_prompt", ""),
+        grid_overrides=overrides,
+    )
+
+
+_FACTORIES: dict[str, Callable[[ModelEntry, str], VideoBackend]] = {
+    "tiny": _tiny,
+    "diffusers": _diffusers,
+}

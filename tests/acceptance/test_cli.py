@@ -1,0 +1,84 @@
+"""The CLI as a user runs it, in subprocesses."""
+
+from __future__ import annotations
+
+import av
+import httpx
+
+from tests.acceptance.conftest import Processes
+
+
+def test_keys_create_prints_the_key_last_and_list_hides_it(processes: Processes) -> None:
+    created = processes.run("keys", "create", "--name", "alice")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("vs_") and len(key) > 30
+    listing = processes.run("keys", "list")
+    assert "alice" in listing.stdout and key not in listing.stdout
+    url = processes.serve()
+    ok = httpx.post(
+        f"{url}/v2/sora-2-pro", json={"prompt": "x", "duration": 4}, headers={"x-api-key": key}
+    )
+    assert ok.status_code == 200
+
+
+def test_generate_against_a_running_server_writes_a_playable_mp4(
+    processes: Processes, tmp_path
+) -> None:
+    key = processes.run("keys", "create", "--name", "cli").stdout.strip().splitlines()[-1]
+    url = processes.serve()
+    out = tmp_path / "out.mp4"
+    result = processes.run(
+        "generate",
+        "a druid in a forest",
+        "--url",
+        url,
+        "--duration",
+        "4",
+        "--size",
+        "720x1280",
+        "-o",
+        str(out),
+        VIDEOSERVE_API_KEY=key,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stderr
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        assert stream.codec_context.name == "h264"
+        assert stream.codec_context.height > stream.codec_context.width  # portrait kept
+    assert frames / float(stream.average_rate) == 4.0
+
+
+def test_generate_with_an_embedded_server(processes: Processes, tmp_path) -> None:
+    out = tmp_path / "embedded.mp4"
+    result = processes.run("generate", "a cat", "--duration", "4", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 1000
+
+
+def test_generate_reports_errors_in_words(processes: Processes, tmp_path) -> None:
+    result = processes.run("generate", "a cat", "--duration", "5", "-o", str(tmp_path / "x.mp4"))
+    assert result.returncode == 1
+    assert "duration" in result.stderr
+
+
+def test_serve_bootstraps_a_first_key_on_a_fresh_install(processes: Processes, tmp_path) -> None:
+    processes.serve(name="fresh")
+    log = (tmp_path / "fresh.log").read_text()
+    key = next(
+        word.split("=", 1)[1] for word in log.split() if word.startswith("VIDEOSERVE_API_KEY=")
+    )
+    assert key.startswith("vs_")
+
+
+def test_models_command_lists_availability(processes: Processes, tmp_path) -> None:
+    models_file = tmp_path / "models.toml"
+    models_file.write_text(
+        '[models.my-wan]\nbackend = "diffusers"\npath = "' + str(tmp_path / "missing") + '"\n'
+    )
+    result = processes.run("models", VIDEOSERVE_MODELS=str(models_file))
+    assert result.returncode == 0, result.stderr
+    assert "tiny-t2v" in result.stdout and "my-wan" in result.stdout
+    assert "missing" in result.stdout

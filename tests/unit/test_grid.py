@@ -1,0 +1,115 @@
+"""The size and duration rule: what each family generates and what it delivers."""
+
+from __future__ import annotations
+
+import pytest
+
+from videoserve import errors
+from videoserve.models.grid import (
+    TINY_GRID,
+    WAN22_TI2V_GRID,
+    FamilyGrid,
+    GenerationPlan,
+    plan,
+)
+
+TINY_SIZES = {
+    # requested: (out w, out h, gen w, gen h)
+    "1280x720": (160, 90, 160, 96),
+    "720x1280": (90, 160, 96, 160),
+    "1024x1792": (128, 224, 128, 224),
+    "1792x1024": (224, 128, 224, 128),
+}
+TINY_FRAMES = {4: (32, 33), 8: (64, 65), 12: (96, 97)}  # duration: (out, gen)
+
+WAN21_LIKE = FamilyGrid(
+    multiple=16, frame_rule=4, fps=16, max_frames=81, trained=((832, 480), (480, 832))
+)
+
+
+@pytest.mark.parametrize("size", TINY_SIZES)
+@pytest.mark.parametrize("duration", TINY_FRAMES)
+def test_tiny_grid(size: str, duration: int) -> None:
+    shape = plan(TINY_GRID, size, duration)
+    out_w, out_h, gen_w, gen_h = TINY_SIZES[size]
+    out_frames, gen_frames = TINY_FRAMES[duration]
+    assert shape == GenerationPlan(
+        gen_width=gen_w,
+        gen_height=gen_h,
+        out_width=out_w,
+        out_height=out_h,
+        gen_frames=gen_frames,
+        out_frames=out_frames,
+        fps=8,
+    )
+    assert shape.gen_width % TINY_GRID.multiple == 0
+    assert shape.gen_height % TINY_GRID.multiple == 0
+    assert shape.out_width % 2 == 0 and shape.out_height % 2 == 0
+    assert (shape.gen_frames - 1) % TINY_GRID.frame_rule == 0
+    assert shape.out_frames <= shape.gen_frames < shape.out_frames + TINY_GRID.frame_rule
+    assert shape.seconds == duration
+
+
+def test_too_long_duration_is_a_400_naming_the_limit() -> None:
+    with pytest.raises(errors.InvalidRequest) as caught:
+        plan(TINY_GRID, "1280x720", 13)
+    assert caught.value.param == "duration"
+    assert caught.value.message == (
+        "duration: 13s is longer than this model generates in one pass (max 12.1s at 8 fps)"
+    )
+
+
+def test_wan21_like_grid_generates_at_the_trained_size_and_scales_up() -> None:
+    # 1280x720 is landscape 16:9: the nearest trained landscape size is 832x480, and the
+    # frames are scaled up to the requested 1280x720.
+    shape = plan(WAN21_LIKE, "1280x720", 4)
+    assert (shape.gen_width, shape.gen_height) == (832, 480)
+    assert (shape.out_width, shape.out_height) == (1280, 720)
+    assert (shape.out_frames, shape.gen_frames, shape.fps) == (64, 65, 16)
+    portrait = plan(WAN21_LIKE, "1024x1792", 4)
+    assert (portrait.gen_width, portrait.gen_height) == (480, 832)
+    assert (portrait.out_width, portrait.out_height) == (1024, 1792)
+
+
+def test_wan21_like_grid_refuses_8s_in_one_pass() -> None:
+    # 8 s at 16 fps is 128 frames; one pass holds 81 (5.1 s).
+    with pytest.raises(errors.InvalidRequest) as caught:
+        plan(WAN21_LIKE, "1280x720", 8)
+    assert caught.value.message == (
+        "duration: 8s is longer than this model generates in one pass (max 5.1s at 16 fps)"
+    )
+
+
+def test_nearest_aspect_among_several_trained_sizes() -> None:
+    grid = FamilyGrid(
+        multiple=16,
+        frame_rule=4,
+        fps=16,
+        max_frames=81,
+        trained=((832, 480), (1280, 720), (480, 832), (720, 1280), (960, 960)),
+    )
+    assert (plan(grid, "1280x720", 4).gen_width, plan(grid, "1280x720", 4).gen_height) == (
+        1280,
+        720,
+    )
+    tall = plan(grid, "1024x1792", 4)  # 0.571: 480x832 (0.577) is nearer than 720x1280 (0.5625)
+    assert (tall.gen_width, tall.gen_height) == (480, 832)
+
+
+def test_untrained_grid_rounds_up_to_the_multiple() -> None:
+    grid = FamilyGrid(multiple=32, frame_rule=8, fps=10, max_frames=200)
+    shape = plan(grid, "1280x720", 4)
+    assert (shape.gen_width, shape.gen_height) == (1280, 736)
+    assert (shape.out_width, shape.out_height) == (1280, 720)
+    assert (shape.out_frames, shape.gen_frames) == (40, 41)  # 8k+1
+
+
+def test_wan22_ti2v_grid() -> None:
+    shape = plan(WAN22_TI2V_GRID, "720x1280", 4)
+    assert (shape.gen_width, shape.gen_height) == (704, 1280)
+    assert (shape.out_frames, shape.gen_frames) == (96, 97)
+
+
+def test_malformed_size_is_refused() -> None:
+    with pytest.raises(errors.InvalidRequest):
+        plan(TINY_GRID, "bogus", 4)
