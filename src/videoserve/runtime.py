@@ -18,6 +18,7 @@ from videoserve.moderation import BlocklistModerator, Moderator
 from videoserve.settings import Settings
 from videoserve.storage import open_blob_store
 from videoserve.storage.signing import UrlSigner
+from videoserve.webhooks.dispatcher import WebhookDispatcher
 from videoserve.worker.maintenance import Maintenance
 from videoserve.worker.runner import Worker
 
@@ -47,6 +48,9 @@ class Runtime:
             moderator or BlocklistModerator(settings.blocklist),
         )
         self.maintenance = Maintenance(settings, self.store, self.blobs)
+        self.webhooks = WebhookDispatcher(
+            settings, self.store, blobs=self.blobs, signer=self.signer
+        )
         self.worker: Worker | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -57,6 +61,7 @@ class Runtime:
             self._tasks.append(
                 asyncio.create_task(self.maintenance.run(self._stop), name="maintenance")
             )
+            self._tasks.append(asyncio.create_task(self.webhooks.run(self._stop), name="webhooks"))
         if worker:
             self.worker = Worker(self.settings, self.store, self.registry, self.blobs)
             self._tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))

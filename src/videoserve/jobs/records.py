@@ -34,6 +34,7 @@ class Job:
     result: dict[str, Any] | None = None  # video facts, output key, metrics
     idempotency_key: str | None = None
     request_hash: str | None = None
+    webhook_url: str | None = None  # where video.completed / video.failed are delivered
 
     @classmethod
     def from_row(cls, row: Any) -> Job:

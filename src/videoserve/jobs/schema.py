@@ -63,8 +63,11 @@ jobs = sa.Table(
     sa.Column("result", sa.JSON, nullable=True),  # video facts and metrics, see worker
     sa.Column("idempotency_key", sa.String(200), nullable=True),
     sa.Column("request_hash", sa.String(64), nullable=True),
+    sa.Column("webhook_url", sa.Text, nullable=True),  # added by migration 2
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
 )
+
+_ADDED_AFTER_V1 = {"webhook_url"}
 
 sa.Index("ix_jobs_queue", jobs.c.status, jobs.c.created_at)
 sa.Index("ix_jobs_expires", jobs.c.expires_at)
@@ -72,9 +75,23 @@ sa.Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_at)
 sa.Index("ix_jobs_key_created", jobs.c.api_key_id, jobs.c.created_at)
 
 
+def _v2_webhooks(conn: Connection) -> None:
+    from videoserve.webhooks import tables as webhook_tables
+
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN webhook_url TEXT"))
+    webhook_tables.create_tables(conn)
+
+
 def _v1_initial(conn: Connection) -> None:
-    for table in (api_keys, jobs):
-        table.create(conn, checkfirst=True)
+    api_keys.create(conn, checkfirst=True)
+    # The jobs table as version 1 had it: later columns arrive through their own migrations.
+    v1_jobs = sa.Table(
+        "jobs",
+        sa.MetaData(),
+        *(c.copy() for c in jobs.columns if c.name not in _ADDED_AFTER_V1),
+        sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
+    )
+    v1_jobs.create(conn, checkfirst=True)
     for index in jobs.indexes:
         index.create(conn, checkfirst=True)
 
@@ -82,6 +99,7 @@ def _v1_initial(conn: Connection) -> None:
 # Append only: a released migration never changes; a new schema is a new entry.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
+    (2, _v2_webhooks),
 ]
 
 

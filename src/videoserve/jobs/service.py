@@ -73,6 +73,7 @@ class JobService:
         raw_params: Any,
         *,
         idempotency_key: str | None = None,
+        webhook_url: str | None = None,
     ) -> Job:
         """Validate, moderate and durably queue a request; returns the stored job."""
         resolved = self.registry.resolve(model)
@@ -113,6 +114,7 @@ class JobService:
                     request_hash=request_hash(model, raw_params) if idempotency_key else None,
                     failed_with=blocked,
                     retention_seconds=self.settings.retention_seconds,
+                    webhook_url=webhook_url,
                 )
             )
         except IdempotencyConflict:

@@ -47,6 +47,7 @@ class NewJob:
     # A job refused before it could run (content policy) is stored already FAILED.
     failed_with: str | None = None
     retention_seconds: float = 3600.0
+    webhook_url: str | None = None  # per-request webhook (?webhook=URL)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class JobStore:
             "created_at": now,
             "idempotency_key": new.idempotency_key,
             "request_hash": new.request_hash,
+            "webhook_url": new.webhook_url,
         }
         if new.failed_with is not None:
             values |= {

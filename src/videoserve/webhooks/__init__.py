@@ -1,0 +1,1 @@
+"""Signed, durable webhook deliveries (Standard Webhooks)."""
