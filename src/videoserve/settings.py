@@ -98,6 +98,16 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     fetch_timeout_seconds: float = 15.0
 
+    # --- webhooks --------------------------------------------------------------------------
+    webhook_retry_seconds: float = Field(
+        default=3600.0, gt=0, description="How long a failing delivery keeps being retried"
+    )
+    webhook_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_progress_interval_seconds: float = Field(
+        default=5.0, gt=0, description="At most one video.progress event per job this often"
+    )
+
     log_level: str = "INFO"
 
     @field_validator("aliases", mode="before")
