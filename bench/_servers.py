@@ -1,0 +1,81 @@
+"""Processes the benchmarks measure: a real `videoserve serve`, and a bare Starlette baseline."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not start")
+
+
+def videoserve_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOSERVE_")}
+    env |= {"VIDEOSERVE_DATA_DIR": str(data_dir), "VIDEOSERVE_LOG_LEVEL": "WARNING"}
+    env |= extra
+    return env
+
+
+def create_key(env: dict[str, str]) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "videoserve.cli", "keys", "create", "--name", "bench"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def start_videoserve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "videoserve.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_ready(f"http://127.0.0.1:{port}/healthz", process)
+    return process
+
+
+BARE_APP = """
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+import uvicorn, sys
+BODY = {"request_id": "video_0123456789abcdef0123456789abcdef", "status": "COMPLETED",
+        "model": "tiny-t2v", "created_at": "2026-11-25T00:00:00Z", "progress": 100}
+async def status(request):
+    return JSONResponse(BODY)
+app = Starlette(routes=[Route("/v2/requests/{id}/status", status)])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def start_bare(port: int) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port)])
+    wait_ready(f"http://127.0.0.1:{port}/v2/requests/x/status", process)
+    return process

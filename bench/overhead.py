@@ -1,0 +1,156 @@
+"""Per-job platform overhead and status-poll throughput of `videoserve serve`.
+
+Overhead: submit a tiny-t2v job at its smallest shape (4 s, 1 step), poll its status every
+few milliseconds until COMPLETED, and subtract the time the model itself ran
+(`inference_time`). What is left is the platform: HTTP, validation, the database, the claim,
+MP4 encoding, storage and the poll that sees the result. Encoding is reported separately too.
+
+Throughput: wrk (or an httpx fallback) against GET /v2/requests/{id}/status of a completed job,
+then the same against a bare Starlette JSON endpoint started in the same run: the ratio is
+what the platform keeps of what the framework can do on this machine.
+
+    python -m bench.overhead --jobs 200
+Loopback only; bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench._servers import create_key, free_port, start_bare, start_videoserve, videoserve_env
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def measure_jobs(url: str, key: str, jobs: int, poll: float) -> dict[str, list[float]]:
+    headers = {"x-api-key": key}
+    body = {"prompt": "bench", "duration": 4, "size": "1280x720", "num_inference_steps": 1}
+    out: dict[str, list[float]] = {"overhead": [], "plumbing": [], "encode": [], "total": []}
+    with httpx.Client(headers=headers, timeout=60) as client:
+        for _ in range(jobs):
+            begun = time.perf_counter()
+            submitted = client.post(f"{url}/v2/tiny-t2v", json=body).json()
+            while client.get(submitted["status_url"]).json()["status"] != "COMPLETED":
+                time.sleep(poll)
+            total = time.perf_counter() - begun
+            result = client.get(submitted["response_url"]).json()
+            inference = result["metrics"]["inference_time"]
+            encode = result["metrics"]["encode_time"]
+            out["total"].append(total)
+            out["overhead"].append(total - inference)
+            out["plumbing"].append(total - inference - encode)
+            out["encode"].append(encode)
+    return out
+
+
+def wrk(url: str, seconds: int, connections: int, key: str | None) -> float:
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if key:
+        command[1:1] = ["-H", f"x-api-key: {key}"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        raise RuntimeError(f"errors under load:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def httpx_load(url: str, seconds: int, connections: int, key: str | None) -> float:
+    import asyncio
+
+    async def run() -> float:
+        headers = {"x-api-key": key} if key else {}
+        deadline = time.perf_counter() + seconds
+        count = 0
+
+        async def poller(client: httpx.AsyncClient) -> None:
+            nonlocal count
+            while time.perf_counter() < deadline:
+                (await client.get(url)).raise_for_status()
+                count += 1
+
+        async with httpx.AsyncClient(headers=headers) as client:
+            await asyncio.gather(*(poller(client) for _ in range(connections)))
+        return count / seconds
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--poll", type=float, default=0.002, help="status poll interval, s")
+    parser.add_argument("--seconds", type=int, default=10, help="each throughput run")
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    load = wrk if shutil.which("wrk") else httpx_load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = videoserve_env(Path(tmp) / "data", VIDEOSERVE_POLL_INTERVAL_SECONDS="0.5")
+        key = create_key(env)
+        port = free_port()
+        server = start_videoserve(env, port, Path(tmp) / "server.log")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            measure_jobs(url, key, 5, args.poll)  # warm-up: builds and loads the model
+            samples = measure_jobs(url, key, args.jobs, args.poll)
+            status_url = httpx.post(
+                f"{url}/v2/tiny-t2v",
+                json={"prompt": "poll me", "duration": 4, "num_inference_steps": 1},
+                headers={"x-api-key": key},
+            ).json()["status_url"]
+            while httpx.get(status_url, headers={"x-api-key": key}).json()["status"] != "COMPLETED":
+                time.sleep(0.05)
+            ours = load(status_url, args.seconds, args.connections, key)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        bare_port = free_port()
+        bare = start_bare(bare_port)
+        try:
+            baseline = load(
+                f"http://127.0.0.1:{bare_port}/v2/requests/x/status",
+                args.seconds,
+                args.connections,
+                None,
+            )
+        finally:
+            bare.terminate()
+            bare.wait(timeout=30)
+
+    report = {
+        "jobs": args.jobs,
+        "overhead_ms": {
+            "p50": percentile(samples["overhead"], 50) * 1000,
+            "p99": percentile(samples["overhead"], 99) * 1000,
+        },
+        "plumbing_ms (overhead minus MP4 encode)": {
+            "p50": percentile(samples["plumbing"], 50) * 1000,
+            "p99": percentile(samples["plumbing"], 99) * 1000,
+        },
+        "encode_ms": {"p50": percentile(samples["encode"], 50) * 1000},
+        "total_ms_p50": statistics.median(samples["total"]) * 1000,
+        "status_polls_per_s": ours,
+        "bare_starlette_per_s": baseline,
+        "ratio": ours / baseline,
+        "load_tool": load.__name__,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {__import__('os').cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
