@@ -149,8 +149,12 @@ def start_server(settings: Settings, **app_kwargs: Any) -> LiveServer:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path, model_cache: Path) -> Iterator[Callable[..., LiveServer]]:
-    """Factory: a live server with the given settings overrides, stopped after the test."""
+def make_server(
+    tmp_path: Path, model_cache: Path, database_url: str
+) -> Iterator[Callable[..., LiveServer]]:
+    """Factory: a live server with the given settings overrides, stopped after the test.
+
+    Every test that uses it runs twice: on SQLite and on the real PostgreSQL."""
     servers: list[LiveServer] = []
 
     def make(**overrides: Any) -> LiveServer:
@@ -163,6 +167,7 @@ def make_server(tmp_path: Path, model_cache: Path) -> Iterator[Callable[..., Liv
             "model_cache_dir": model_cache,
             "poll_interval_seconds": 0.2,
             "aliases": {"sora-2-pro": "tiny-t2v"},
+            "database_url": database_url if not servers else _sibling_db(database_url, data_dir),
         }
         values.update(overrides)
         server = start_server(Settings(**values), **app_kwargs)
@@ -172,6 +177,13 @@ def make_server(tmp_path: Path, model_cache: Path) -> Iterator[Callable[..., Liv
     yield make
     for server in servers:
         server.stop()
+
+
+def _sibling_db(database_url: str, data_dir: Path) -> str:
+    # A second server in one test gets its own database too, unless the test passes one.
+    if database_url.startswith("sqlite"):
+        return f"sqlite:///{data_dir / 'jobs.db'}"
+    return database_url
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ class Runtime:
         self.store = JobStore.open(settings.resolved_database_url())
         self.keys = KeyStore(self.store)
         self.registry = registry or ModelRegistry.from_settings(settings)
-        self.blobs = open_blob_store(settings.resolved_storage_url())
+        self.blobs = open_blob_store(settings.resolved_storage_url(), settings)
         self.signer = UrlSigner(settings.resolved_secret_key())
         self.service = JobService(
             settings,

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Models this worker serves; empty: all available"
     )
     worker_concurrency: int = Field(default=1, ge=1)
+    drain_seconds: float = Field(
+        default=600.0, ge=0, description="On SIGTERM, how long a worker may finish its job"
+    )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     model_cache_dir: Path | None = Field(
         default=None, description="Where built-in models are built; default: data_dir/models"

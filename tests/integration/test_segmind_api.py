@@ -282,9 +282,12 @@ def test_revoked_key_is_401(server: LiveServer) -> None:
     from videoserve.cli.main import app
 
     key = server.create_key("temp")
-    listing = CliRunner().invoke(app, ["keys", "list", "--data-dir", str(server.data_dir)])
+    env = {"VIDEOSERVE_DATABASE_URL": server.settings.database_url or ""}
+    listing = CliRunner().invoke(app, ["keys", "list", "--data-dir", str(server.data_dir)], env=env)
     key_id = next(line.split()[1] for line in listing.output.splitlines() if "temp" in line)
-    result = CliRunner().invoke(app, ["keys", "revoke", key_id, "--data-dir", str(server.data_dir)])
+    result = CliRunner().invoke(
+        app, ["keys", "revoke", key_id, "--data-dir", str(server.data_dir)], env=env
+    )
     assert result.exit_code == 0, result.output
     response = httpx.post(
         f"{server.url}/v2/sora-2-pro", json={"prompt": "x"}, headers={"x-api-key": key}

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from videoserve import __version__
 from videoserve.api import errors as api_errors
 from videoserve.api.limits import BodyLimitMiddleware
-from videoserve.api.routes import control, files, meta, openai, segmind, ui, webhooks
+from videoserve.api.routes import admin, control, files, meta, openai, segmind, ui, webhooks
 from videoserve.models.registry import ModelRegistry
 from videoserve.moderation import Moderator
 from videoserve.runtime import Runtime
@@ -56,6 +56,7 @@ def create_app(
     app.include_router(ui.router)
     app.include_router(meta.router)
     app.include_router(files.router)
+    app.include_router(admin.router)
     app.include_router(webhooks.router)
     app.include_router(control.router)
     # OpenAI's /v1/videos before the Segmind catch-all POST /v1/{model}.

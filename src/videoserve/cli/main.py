@@ -99,7 +99,7 @@ def worker(data_dir: DataDir = None) -> None:
         err.print(f"worker {runtime.worker.worker_id} started")
         await stopping.wait()
         err.print("draining: finishing the current job, claiming no more")
-        await runtime.stop(grace=settings.lease_seconds * 10)
+        await runtime.stop(grace=settings.drain_seconds)
 
     asyncio.run(main())
 

@@ -67,6 +67,19 @@ jobs = sa.Table(
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
 )
 
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),  # host:pid
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("models", sa.JSON, nullable=False),  # the models it serves
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("current_jobs", sa.JSON, nullable=False),  # ids of the jobs it runs now
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("last_heartbeat", sa.Float, nullable=False),
+    sa.Column("draining", sa.Boolean, nullable=False, default=False),
+)
+
 _ADDED_AFTER_V1 = {"webhook_url"}
 
 sa.Index("ix_jobs_queue", jobs.c.status, jobs.c.created_at)
@@ -80,6 +93,10 @@ def _v2_webhooks(conn: Connection) -> None:
 
     conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN webhook_url TEXT"))
     webhook_tables.create_tables(conn)
+
+
+def _v3_workers(conn: Connection) -> None:
+    workers.create(conn, checkfirst=True)
 
 
 def _v1_initial(conn: Connection) -> None:
@@ -100,6 +117,7 @@ def _v1_initial(conn: Connection) -> None:
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_webhooks),
+    (3, _v3_workers),
 ]
 
 

@@ -17,6 +17,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from PIL import Image
 from videoserve import errors
 from videoserve.jobs.records import Job, Lease
 from videoserve.jobs.store import JobStore
+from videoserve.jobs.workers import WorkerRegistry, WorkerState
 from videoserve.media.encode import encode_mp4, write_thumbnail
 from videoserve.models.backends.base import Cancelled
 from videoserve.models.registry import ModelRegistry
@@ -71,6 +73,8 @@ class Worker:
         self.served_by = registry.served_models(settings.worker_models or None)
         self.current: dict[str, Job] = {}
         self.completed = 0
+        self.draining = False
+        self.presence = WorkerRegistry(store)
         self._scratch = Path(settings.data_dir) / "tmp"
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -85,11 +89,40 @@ class Worker:
             asyncio.create_task(self._slot(stop), name=f"worker-slot-{i}")
             for i in range(self.settings.worker_concurrency)
         ]
+        presence = asyncio.create_task(self._announce(stop), name="worker-presence")
         try:
             await asyncio.gather(*slots)
         finally:
             for slot in slots:
                 slot.cancel()
+            # Let cancelled slots hand their jobs back before the worker disappears.
+            await asyncio.gather(*slots, return_exceptions=True)
+            presence.cancel()
+            with contextlib.suppress(Exception):
+                await self.presence.remove(self.worker_id)
+
+    async def _announce(self, stop: asyncio.Event) -> None:
+        """Keep this worker's row in the registry fresh (for GET /v1/admin/workers)."""
+        while True:
+            self.draining = stop.is_set()
+            try:
+                await self.presence.beat(
+                    WorkerState(
+                        id=self.worker_id,
+                        host=socket.gethostname(),
+                        models=self.served_by,
+                        concurrency=self.settings.worker_concurrency,
+                        current_jobs=sorted(self.current),
+                        draining=self.draining,
+                    )
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("worker %s: presence update failed: %s", self.worker_id, exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.heartbeat_seconds):
+                    await stop.wait()
 
     async def _slot(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -130,34 +163,62 @@ class Worker:
         started = time.time()
         signals = _Signals()
         reporter = asyncio.create_task(self._report(lease, signals), name=f"lease-{job.id}")
+        retention = self.settings.retention_seconds
         try:
             result = await self._produce(job, lease, signals)
+        except asyncio.CancelledError:
+            # Shutting down past the drain deadline: stop the model at its next step and hand
+            # the job back without spending an attempt, so another worker starts it at once.
+            signals.stop_reason = "draining"
+            signals.stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release(lease))
+            log.warning("job %s handed back to the queue (worker shutting down)", job.id)
+            raise
         except Cancelled:
-            reporter.cancel()
             if signals.stop_reason == "cancelled":
-                await self.store.fail(lease, CANCELLED_ERROR, self.settings.retention_seconds)
+                await self._persist(lambda: self.store.fail(lease, CANCELLED_ERROR, retention))
                 log.info("job %s cancelled while running", job.id)
             else:
                 log.warning("job %s: lease lost, abandoning attempt %d", job.id, lease.attempt)
             return
         except Exception as exc:
-            reporter.cancel()
             message = _failure_message(exc)
             log.exception("job %s failed: %s", job.id, message)
-            await self.store.fail(lease, message, self.settings.retention_seconds)
+            await self._persist(lambda: self.store.fail(lease, message, retention))
             return
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
         result["started_at"] = started
-        if await self.store.complete(lease, result, self.settings.retention_seconds):
+        if await self._persist(lambda: self.store.complete(lease, result, retention)):
             self.completed += 1
             log.info("job %s completed in %.2fs", job.id, time.time() - started)
         else:
             # Our lease was taken over: this attempt's files must not outlive it.
             log.warning("job %s: lease lost before completion; discarding attempt", job.id)
             await self.blobs.delete_prefix(_attempt_prefix(lease))
+
+    async def _persist(self, write: Callable[[], Awaitable[bool]]) -> bool:
+        """Run a finishing write, retrying while the database is unreachable.
+
+        Gives up after a lease's length: by then the reaper has requeued the job anyway, and
+        the fenced write would be refused."""
+        deadline = time.monotonic() + self.settings.lease_seconds
+        delay = 0.1
+        while True:
+            try:
+                return await write()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("giving up a finishing write: %s", exc)
+                    return False
+                log.warning("finishing write failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _produce(self, job: Job, lease: Lease, signals: _Signals) -> dict[str, Any]:
         resolved = self.registry.backend(job.served_by)

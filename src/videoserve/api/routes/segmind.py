@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from videoserve.api import views
 from videoserve.api.deps import JsonBody, KeyDep, RuntimeDep, base_url
 from videoserve.jobs.states import Status
+from videoserve.webhooks.urls import validate_webhook_url
 
 router = APIRouter(tags=["Segmind"])
 
@@ -46,8 +47,16 @@ async def submit(
     key: KeyDep,
     body: JsonBody,
     idempotency_key: Annotated[str | None, Header()] = None,
+    webhook: Annotated[
+        str | None, Query(description="URL that receives video.completed / video.failed")
+    ] = None,
 ) -> dict[str, Any]:
-    job = await runtime.service.submit(key, model, body, idempotency_key=idempotency_key)
+    webhook_url = await validate_webhook_url(
+        webhook, allow_private=runtime.settings.allow_private_urls
+    )
+    job = await runtime.service.submit(
+        key, model, body, idempotency_key=idempotency_key, webhook_url=webhook_url
+    )
     return views.submitted(job, base_url(request, runtime))
 
 
