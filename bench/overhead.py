@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import shutil
@@ -146,7 +147,7 @@ def main() -> None:
         "bare_starlette_per_s": baseline,
         "ratio": ours / baseline,
         "load_tool": load.__name__,
-        "machine": f"{platform.machine()} {platform.processor() or ''} {__import__('os').cpu_count()} cores",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(report, indent=2))
