@@ -36,7 +36,7 @@ class Runtime:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore.open(settings.resolved_database_url())
-        self.keys = KeyStore(self.store)
+        self.keys = KeyStore(self.store, cache_seconds=settings.auth_cache_seconds)
         self.registry = registry or ModelRegistry.from_settings(settings)
         self.blobs = open_blob_store(settings.resolved_storage_url(), settings)
         self.signer = UrlSigner(settings.resolved_secret_key())

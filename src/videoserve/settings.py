@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     port: int = 8000
     auth: bool = Field(default=True, description="off is accepted only on a loopback host")
     max_body_bytes: int = 25 * 1024 * 1024
+    auth_cache_seconds: float = Field(
+        default=10.0, ge=0, description="How long a valid key is remembered (revocation delay)"
+    )
     sync_timeout_seconds: float = Field(
         default=600.0, description="How long POST /v1/{model} waits before answering 504"
     )

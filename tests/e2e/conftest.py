@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES
+from tests.conftest import REQUIRE_SERVICES, LiveServer
 
 CHROMIUM = Path(os.environ.get("VIDEOSERVE_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -32,6 +33,30 @@ def _unavailable(reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason}; VIDEOSERVE_REQUIRE_SERVICES=1 makes the browser tests required")
     pytest.skip(reason)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: the page sees the same API on either database, and the integration suites
+    already run every store path on PostgreSQL."""
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+@pytest.fixture
+def make_server(make_server: Callable[..., LiveServer]) -> Callable[..., LiveServer]:
+    """The shared factory, called on a helper thread: Playwright's sync API keeps an event loop
+    running on the main thread, where the factory's `asyncio.run` (creating the key) would fail."""
+
+    def make(**overrides: Any) -> LiveServer:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(make_server, **overrides).result()
+
+    return make
+
+
+@pytest.fixture
+def server(make_server: Callable[..., LiveServer]) -> LiveServer:
+    return make_server()
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +91,7 @@ def new_page(browser: Any) -> Iterator[Callable[..., Any]]:
 
     def make(color_scheme: str = "light", **options: Any) -> Any:
         options.setdefault("viewport", {"width": 1280, "height": 900})
-        context = browser.new_context(
-            color_scheme=color_scheme, accept_downloads=True, **options
-        )
+        context = browser.new_context(color_scheme=color_scheme, accept_downloads=True, **options)
         context.set_default_timeout(15_000)
         contexts.append(context)
         page = context.new_page()

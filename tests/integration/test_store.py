@@ -199,3 +199,16 @@ def test_state_machine_edges() -> None:
     assert not states.can_move(Status.QUEUED, Status.COMPLETED)
     assert not states.can_move(Status.COMPLETED, Status.FAILED)
     assert not states.can_move(Status.FAILED, Status.QUEUED)
+
+
+async def test_key_cache_forgets_on_revoke_in_this_process(store: JobStore) -> None:
+    keys = KeyStore(store, cache_seconds=60)
+    other_process = KeyStore(store, cache_seconds=60)
+    record, plaintext = await keys.create("cached")
+    assert (await keys.authenticate(plaintext)).id == record.id
+    assert (await other_process.authenticate(plaintext)).id == record.id
+    await keys.revoke(record.id)
+    assert await keys.authenticate(plaintext) is None
+    # Documented: another process keeps a cached key until its cache entry runs out.
+    assert (await other_process.authenticate(plaintext)) is not None
+    assert await KeyStore(store).authenticate(plaintext) is None

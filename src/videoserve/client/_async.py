@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,28 +46,83 @@ class AsyncJob:
         interval: float = 2.0,
         on_status: StatusCallback | None = None,
     ) -> dict[str, Any]:
-        """Poll until COMPLETED and return the result (quickly at first, then every `interval`).
+        """Wait until COMPLETED and return the result.
 
-        Raises `InferenceFailed` when the request fails and `InferenceTimeout` at the deadline.
-        Rate limits, 502/503 and dropped connections while polling are waited out (honouring
-        `Retry-After`) rather than failing a job that is still running on the server.
-        `on_status` may be a plain function or a coroutine function.
+        Follows the server's status stream (`/events`) when it offers one, so each change is
+        seen as it happens; otherwise, or when the stream breaks off, polls (quickly at first,
+        then every `interval`). Raises `InferenceFailed` when the request fails and
+        `InferenceTimeout` at the deadline. Rate limits, 502/503 and dropped connections while
+        polling are waited out (honouring `Retry-After`) rather than failing a job that is
+        still running on the server. `on_status` may be a plain function or a coroutine
+        function.
         """
         poll = _common.Poll(self.request_id, timeout, interval)
+        follow = True
+        last: dict[str, Any] | None = None
+
+        async def report(body: dict[str, Any]) -> None:
+            nonlocal last
+            if on_status is not None and body != last:
+                outcome = on_status(body)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            last = body
+
         while True:
             per_call = _common.capped_timeout(self.client.timeout, poll.remaining())
             try:
                 body = await self.client._status(self.status_url, http_timeout=per_call)
-                if on_status is not None:
-                    outcome = on_status(body)
-                    if inspect.isawaitable(outcome):
-                        await outcome
+                await report(body)
                 if poll.finished(body):
                     return await self.result()
+                if follow:
+                    # One status read first: a finished job is answered at once, and a server
+                    # without the stream costs one 404. After a broken stream, poll.
+                    follow = False
+                    async with contextlib.aclosing(self._stream_statuses(poll)) as statuses:
+                        async for body in statuses:
+                            await report(body)
+                            if poll.finished(body):
+                                return await self.result()
                 pause = poll.pause()
             except _common.TRANSIENT_ERRORS as exc:
                 pause = poll.pause(exc)
             await asyncio.sleep(pause)
+
+    async def _stream_statuses(self, poll: _common.Poll) -> AsyncIterator[dict[str, Any]]:
+        """Status bodies from the server's event stream until it ends; nothing (and no error)
+        when it is unavailable or breaks off. `InferenceTimeout` at the deadline."""
+        url = _common.request_action_url(
+            self.status_url, self.client.base_url, self.request_id, "events"
+        )
+        events = _common.EventStream()
+        try:
+            async with self.client._http.stream(
+                "GET",
+                url,
+                headers=_common.stream_headers(self.client.api_key),
+                timeout=_common.stream_timeout(self.client.timeout, poll.remaining()),
+            ) as response:
+                if not _common.is_event_stream(response):
+                    return
+                async for line in response.aiter_lines():
+                    poll.check_deadline()
+                    body = events.feed(line)
+                    if body is not None:
+                        yield body
+        except (httpx.HTTPError, ValueError):
+            return
+
+    async def cancel(self) -> dict[str, Any]:
+        """Cancel the request: a queued one fails at once, a running one stops at its next step.
+
+        Returns the status body plus `cancelled` (False when it had already finished) and a
+        `message` saying which happened; the job then ends FAILED ("cancelled by the user").
+        """
+        url = _common.request_action_url(
+            self.status_url, self.client.base_url, self.request_id, "cancel"
+        )
+        return _common.cancel_body(await self.client._send("POST", url))
 
     async def download(self, path: str | os.PathLike[str], *, variant: str = "video") -> Path:
         """Save the video (or `variant="thumbnail"`) to `path`; a folder gets `<id>.mp4` in it.

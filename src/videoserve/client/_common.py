@@ -8,6 +8,7 @@ is made here once and stays the same in both.
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import os
 import time
@@ -38,6 +39,10 @@ SUBMIT_BACKOFF = 0.5  # first pause; doubles on each retry
 MAX_BACKOFF = 30.0
 
 FIRST_POLL = 0.1  # seconds before the second status read of a `wait()`
+
+# The server writes to a status stream at least every 15 s (a keep-alive comment), so a read
+# that waits much longer than that has lost the stream; `wait()` then falls back to polling.
+STREAM_READ_TIMEOUT = 45.0
 
 # Answers worth another try: the request never reached the server, or the server (or a proxy in
 # front of it) said "not now". Everything else is the caller's mistake or a final answer.
@@ -93,6 +98,10 @@ def api_headers(api_key: str | None, idempotency_key: str | None = None) -> dict
     return headers
 
 
+def stream_headers(api_key: str | None) -> dict[str, str]:
+    return api_headers(api_key) | {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+
+
 def new_idempotency_key() -> str:
     return f"vs-{uuid.uuid4().hex}"
 
@@ -124,6 +133,14 @@ def response_url(base: str, request_id: str) -> str:
     return f"{base}/v2/requests/{_segment(request_id)}"
 
 
+def request_action_url(status_url: str, base: str, request_id: str, action: str) -> str:
+    """`/v2/requests/{id}/{action}` (`events`, `cancel`) beside the job's status URL, which
+    carries the host the server told us to use."""
+    if status_url.endswith("/status"):
+        return status_url[: -len("status")] + action
+    return f"{base}/v2/requests/{_segment(request_id)}/{action}"
+
+
 def absolute(base: str, url: str) -> str:
     """`url` as given when absolute; resolved against the server root otherwise."""
     return urljoin(base + "/", url)
@@ -148,6 +165,14 @@ def capped_timeout(timeout: httpx.Timeout, remaining: float) -> httpx.Timeout:
         write=shorter(timeout.write),
         pool=shorter(timeout.pool),
     )
+
+
+def stream_timeout(timeout: httpx.Timeout, remaining: float) -> httpx.Timeout:
+    """For a status stream: reads outlast the server's keep-alive, but not `wait()`'s deadline."""
+    opened = httpx.Timeout(
+        connect=timeout.connect, read=STREAM_READ_TIMEOUT, write=timeout.write, pool=timeout.pool
+    )
+    return capped_timeout(opened, remaining)
 
 
 def download_target(path: str | os.PathLike[str], request_id: str, url: str) -> Path:
@@ -316,6 +341,13 @@ def models_list(response: httpx.Response) -> list[dict[str, Any]]:
     return data
 
 
+def cancel_body(response: httpx.Response) -> dict[str, Any]:
+    body = json_or_raise(response)
+    if not isinstance(body, dict):
+        raise errors.APIError("cancel answer is not a JSON object", status_code=200, body=body)
+    return body
+
+
 def failed(body: Mapping[str, Any], request_id: str) -> errors.InferenceFailed:
     exc = errors.InferenceFailed(
         body.get("error"), request_id=body.get("request_id") or request_id, body=dict(body)
@@ -373,6 +405,11 @@ class Poll:
         self.failures = 0
         return status == "COMPLETED"
 
+    def check_deadline(self) -> None:
+        """Raise `InferenceTimeout` once the deadline has passed."""
+        if self.remaining() <= 0:
+            raise errors.InferenceTimeout(self.request_id, time.monotonic() - self.started)
+
     def pause(self, exc: BaseException | None = None) -> float:
         """The pause before the next poll, never past the deadline.
 
@@ -397,3 +434,45 @@ class Poll:
         if remaining <= 0:
             raise errors.InferenceTimeout(self.request_id, time.monotonic() - self.started)
         return min(wanted, remaining)
+
+
+# --- the status stream ------------------------------------------------------------------------
+
+
+def is_event_stream(response: httpx.Response) -> bool:
+    """True when the server answered with a status stream (an older one answers 404)."""
+    content_type = response.headers.get("content-type", "")
+    return response.status_code == 200 and content_type.startswith("text/event-stream")
+
+
+class EventStream:
+    """Reads `text/event-stream` lines; `feed` returns the status body each `status` event
+    carries, and None for anything else (comments such as keep-alives, other events).
+
+    Raises ValueError for a status event that is not a JSON object, which makes `wait()`
+    give up on the stream and poll instead.
+    """
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        if line:
+            if not line.startswith(":"):  # a line starting with ":" is a comment
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "event":
+                    self._event = value
+                elif field == "data":
+                    self._data.append(value)
+            return None
+        # A blank line ends the event.
+        event, data = self._event or "message", "\n".join(self._data)
+        self._event, self._data = "", []
+        if event != "status" or not data:
+            return None
+        body = json.loads(data)
+        if not isinstance(body, dict):
+            raise ValueError("status event is not a JSON object")
+        return body

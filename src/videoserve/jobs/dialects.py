@@ -41,7 +41,9 @@ def create_engine(url: str) -> AsyncEngine:
             from pathlib import Path
 
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, pool_size=8, max_overflow=24
+        )
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -62,11 +64,17 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        # Reads take no write lock (WAL lets them run beside a writer); writes take it at BEGIN.
-        if conn.get_execution_options().get(READ_ONLY):
-            conn.exec_driver_sql("BEGIN")
-        else:
+        # Reads run as single autocommit statements: no lock, no BEGIN/ROLLBACK round trips
+        # (WAL lets them run beside a writer). Writes take the write lock at BEGIN.
+        if not conn.get_execution_options().get(READ_ONLY):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def read_only(engine: AsyncEngine) -> AsyncEngine:
+    """An engine for single-statement reads: autocommit, so no transaction round trips."""
+    if is_postgres(engine):
+        return engine.execution_options(isolation_level="AUTOCOMMIT", **{READ_ONLY: True})
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def claim_subquery(engine: AsyncEngine, select: sa.Select) -> sa.Select:

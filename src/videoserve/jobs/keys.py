@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 
 import sqlalchemy as sa
 
@@ -39,10 +40,17 @@ def _record(row: object) -> ApiKey:
 
 
 class KeyStore:
-    """API keys in the job database."""
+    """API keys in the job database.
 
-    def __init__(self, store: JobStore) -> None:
+    `authenticate` remembers a valid key for `cache_seconds`, so a polling client costs no
+    key lookup per request. A revocation therefore takes up to that long to reach other
+    processes (this process forgets at once); unknown keys are never cached.
+    """
+
+    def __init__(self, store: JobStore, *, cache_seconds: float = 0.0) -> None:
         self._store = store
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, ApiKey]] = {}
 
     async def create(self, name: str, *, admin: bool = False) -> tuple[ApiKey, str]:
         """A new key; returns its record and the plaintext, which is never stored."""
@@ -63,9 +71,19 @@ class KeyStore:
 
     async def authenticate(self, plaintext: str) -> ApiKey | None:
         """The active key with this plaintext, or None."""
-        query = sa.select(keys).where(
-            keys.c.key_hash == hash_key(plaintext), keys.c.revoked_at.is_(None)
-        )
+        digest = hash_key(plaintext)
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        record = await self._lookup(digest)
+        if record is not None and self._cache_seconds > 0:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (time.monotonic() + self._cache_seconds, record)
+        return record
+
+    async def _lookup(self, digest: str) -> ApiKey | None:
+        query = sa.select(keys).where(keys.c.key_hash == digest, keys.c.revoked_at.is_(None))
         async with self._store._read_engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return _record(row) if row else None
@@ -87,6 +105,8 @@ class KeyStore:
                     .returning(*keys.c)
                 )
             ).first()
+        if row:
+            self._cache = {d: v for d, v in self._cache.items() if v[1].id != row.id}
         return _record(row) if row else None
 
     async def count(self) -> int:

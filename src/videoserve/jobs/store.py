@@ -68,7 +68,7 @@ class JobStore:
     def __init__(self, engine: AsyncEngine, notifier: dialects.Notifier) -> None:
         self.engine = engine
         self.notifier = notifier
-        self._read_engine = engine.execution_options(**{dialects.READ_ONLY: True})
+        self._read_engine = dialects.read_only(engine)
 
     @classmethod
     def open(cls, url: str) -> JobStore:

@@ -110,8 +110,8 @@ class S3BlobStore:
         """Upload `source`, streamed from disk, in parts above `multipart_chunk_bytes`.
 
         S3 makes the object visible only when the PUT (or CompleteMultipartUpload) succeeds,
-        so readers see all of it or nothing. A failed multipart upload is aborted by obstore
-        where it can; a bucket lifecycle rule should clean up any that are left.
+        so readers see all of it or nothing. A failed multipart upload can leave its parts
+        behind (invisible, but billed): the bucket needs a rule that aborts incomplete uploads.
         """
         path = self._path(validate_key(key))
         source = Path(source)

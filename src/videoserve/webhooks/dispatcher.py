@@ -29,7 +29,8 @@ from videoserve.jobs.store import JobStore
 from videoserve.storage.base import BlobStore
 from videoserve.storage.signing import UrlSigner
 from videoserve.webhooks import events, urls
-from videoserve.webhooks.store import AttemptResult, Delivery, WebhookStore
+from videoserve.webhooks.records import AttemptResult, Delivery
+from videoserve.webhooks.store import WebhookStore
 
 log = logging.getLogger("videoserve.webhooks")
 
@@ -85,7 +86,8 @@ class WebhookDispatcher:
         """Where output links point: there is no request to take the host from."""
         if self.settings.public_url:
             return str(self.settings.public_url).rstrip("/")
-        return f"http://{self.settings.host}:{self.settings.port}"
+        host = str(self.settings.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.settings.port}"
 
     # --- the loop ----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:

@@ -9,10 +9,8 @@ dispatchers that notice the same finished job emit one event), and a delivery is
 
 from __future__ import annotations
 
-import enum
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +22,13 @@ from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
 from videoserve.jobs.store import JobStore
 from videoserve.webhooks import events
+from videoserve.webhooks.records import (
+    Attempt,
+    AttemptResult,
+    Delivery,
+    DeliveryStatus,
+    Endpoint,
+)
 from videoserve.webhooks.tables import (
     webhook_attempts,
     webhook_deliveries,
@@ -35,75 +40,6 @@ from videoserve.webhooks.tables import (
 jobs = schema.jobs
 REQUEST_TARGET = "request"  # the target name of a job's own ?webhook= URL
 _PROGRESS_LOCK_NAMESPACE = 0x57484B50  # "WHKP": serialises progress emission per job on PG
-
-
-class DeliveryStatus(enum.StrEnum):
-    PENDING = "pending"  # waiting for its next attempt at next_attempt_at
-    SENDING = "sending"  # claimed; next_attempt_at is the lease expiry
-    SUCCEEDED = "succeeded"  # a 2xx answer
-    FAILED = "failed"  # the retry period ran out
-    CANCELLED = "cancelled"  # its endpoint was deleted
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A per-key subscription."""
-
-    id: str
-    api_key_id: str
-    url: str
-    events: tuple[str, ...]
-    created_at: float
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A claimed delivery: what one attempt needs, and the lease that fences its result."""
-
-    id: str
-    event_id: str
-    event_type: str
-    job_id: str
-    api_key_id: str
-    endpoint_id: str | None
-    url: str
-    payload: str
-    attempt: int  # this attempt's number, 1 for the first
-    lease_token: str
-    deadline_at: float
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    """What one HTTP attempt came to."""
-
-    started_at: float
-    finished_at: float
-    status_code: int | None = None  # None: no answer (refused, timeout, connection error)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One row of the delivery log."""
-
-    id: str
-    delivery_id: str
-    event_id: str
-    event_type: str
-    job_id: str
-    endpoint_id: str | None
-    url: str
-    attempt: int
-    status_code: int | None
-    error: str | None
-    started_at: float
-    finished_at: float
-    delivery_status: str
 
 
 def _insert_ignoring_conflicts(conn: AsyncConnection, table: sa.Table) -> Any:

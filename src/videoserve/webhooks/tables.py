@@ -68,7 +68,7 @@ webhook_deliveries = sa.Table(
     sa.Column("endpoint_id", sa.String(40), nullable=True),
     sa.Column("api_key_id", sa.String(40), nullable=False),  # whose secret signs it
     sa.Column("url", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # see webhooks.store.DeliveryStatus
+    sa.Column("status", sa.String(16), nullable=False),  # see webhooks.records.DeliveryStatus
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     # When it may next be claimed: the retry time while pending, the lease expiry while sending.
     sa.Column("next_attempt_at", sa.Float, nullable=False),

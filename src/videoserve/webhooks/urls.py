@@ -43,6 +43,8 @@ def parse_url(url: str) -> httpx.URL:
         raise ValueError(f"has {shown}; use an http:// or https:// URL")
     if not parsed.host:
         raise ValueError("has no host")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError(f"has port {parsed.port}, outside 1-65535")
     return parsed
 
 

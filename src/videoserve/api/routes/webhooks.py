@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from videoserve import errors
 from videoserve.api.deps import KeyDep, RuntimeDep
 from videoserve.webhooks import events, urls
-from videoserve.webhooks.store import Attempt, Endpoint
+from videoserve.webhooks.records import Attempt, Endpoint
 
 router = APIRouter(prefix="/v1/webhooks", tags=["Webhooks"])
 

@@ -141,6 +141,12 @@
     return n < 10 ? `${n.toFixed(2)} s` : `${n.toFixed(1)} s`;
   }
 
+  function formatBytes(n) {
+    if (n < 1024) return `${n} bytes`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+    return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  }
+
   function timeAgo(ms) {
     const seconds = Math.max(0, Math.round((Date.now() - ms) / 1000));
     if (seconds < 60) return "just now";
@@ -287,6 +293,13 @@
     $("form-error").replaceChildren();
     markInvalid($("api-key"), false);
     for (const field of state.fields) setFieldError(field, null);
+  }
+
+  // The summary of a form mistake goes once every field it named is fixed.
+  function refreshFormAlert() {
+    const alert = $("form-error");
+    if (alert.hidden || !["client", "400"].includes(alert.dataset.status)) return;
+    if (!document.querySelector("#gen-form .field.invalid")) alert.hidden = true;
   }
 
   function markInvalid(input, invalid) {
@@ -492,6 +505,8 @@
       radio.checked = value === mode;
       radio.addEventListener("change", () => {
         state.values.input_reference_mode = value;
+        setFieldError(field, null);
+        refreshFormAlert();
         syncReference();
         updateSnippet();
       });
@@ -517,8 +532,16 @@
       updateSnippet();
     });
     const preview = el("img", { id: "ref-preview", class: "ref-preview", alt: "Preview of the reference image", hidden: true });
-    const info = el("span", { id: "ref-info", class: "help" });
-    const wrap = el("div", { class: "ref-inputs" }, el("div", { id: "ref-file-row" }, file, info, el("div", {}, preview)), el("div", { id: "ref-url-row" }, url));
+    const info = el("span", { id: "ref-info", class: "help", "aria-live": "polite" });
+    preview.addEventListener("load", () => {
+      if (state.reference) info.textContent = `${preview.naturalWidth} × ${preview.naturalHeight} px, ${formatBytes(state.reference.size)}`;
+    });
+    const wrap = el(
+      "div",
+      { class: "ref-inputs" },
+      el("div", { id: "ref-file-row" }, file, info, el("div", { class: "ref-preview-wrap" }, preview)),
+      el("div", { id: "ref-url-row" }, url),
+    );
     return el("div", {}, group, wrap);
   }
 
@@ -531,9 +554,9 @@
     urlRow.hidden = mode !== "url";
     const preview = $("ref-preview");
     if (state.reference && mode === "file") {
-      preview.src = state.reference.dataUri;
+      if (preview.getAttribute("src") !== state.reference.dataUri) preview.src = state.reference.dataUri;
       preview.hidden = false;
-      $("ref-info").textContent = `${state.reference.name} (${Math.round(state.reference.size / 1024)} KiB)`;
+      if (!$("ref-file").files.length) $("ref-info").textContent = `${state.reference.name}, ${formatBytes(state.reference.size)}`;
     } else {
       preview.hidden = true;
       $("ref-info").textContent = "";
@@ -557,6 +580,7 @@
     reader.addEventListener("load", () => {
       state.reference = { dataUri: String(reader.result), name: file.name, type: file.type, size: file.size };
       if (field) setFieldError(field, null);
+      refreshFormAlert();
       syncReference();
       updateSnippet();
     });
@@ -595,8 +619,11 @@
       const ib = MAIN_FIELDS.indexOf(b);
       return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib);
     });
-    for (const name of names) {
-      const field = describeField(name, props[name], required.has(name), schema);
+    const fields = names.map((name) => describeField(name, props[name], required.has(name), schema));
+    // In the two-column grid, full-width boxes (textareas) after the short inputs leave no holes.
+    const wide = (f) => (f.kind === "textarea" || f.kind === "reference" ? 1 : 0);
+    const ordered = [...fields.filter((f) => !f.advanced), ...fields.filter((f) => f.advanced).sort((a, b) => wide(a) - wide(b))];
+    for (const field of ordered) {
       state.fields.push(field);
       (field.advanced ? advanced : main).append(buildField(field));
     }
@@ -765,6 +792,7 @@
     player.removeAttribute("src");
     player.load();
     setProgress(0);
+    $("progress-row").hidden = false;
     $("job-transport").textContent = "";
     $("job-panel").dataset.status = "";
   }
@@ -800,12 +828,19 @@
       detail.textContent = "Done.";
       setProgress(100);
     } else if (TERMINAL.has(status)) {
-      detail.textContent = status === "FAILED" ? "The request failed." : `The request ended: ${status.toLowerCase()}.`;
+      detail.textContent = isCancelled(body)
+        ? "The request was cancelled."
+        : status === "FAILED"
+          ? "The request failed."
+          : `The request ended: ${status.toLowerCase()}.`;
     }
+    $("progress-row").hidden = TERMINAL.has(status) && status !== "COMPLETED";
     const active = !TERMINAL.has(status);
     $("cancel").hidden = !active || state.canCancel === false;
     $("cancel").disabled = !active;
   }
+
+  const isCancelled = (body) => /^CANCEL/.test(String(body.status).toUpperCase()) || /\bcancel/i.test(String(body.error || ""));
 
   function stopTracking() {
     if (state.job && state.job.controller) state.job.controller.abort();
@@ -941,7 +976,8 @@
     }
     const status = String(final.status).toUpperCase();
     if (status !== "COMPLETED") {
-      showJobError({ title: status === "FAILED" ? "Generation failed" : `Request ${status.toLowerCase()}`, message: final.error || "no reason given" });
+      const title = isCancelled(final) ? "Cancelled" : status === "FAILED" ? "Generation failed" : `Request ${status.toLowerCase()}`;
+      showJobError({ title, message: final.error || "no reason given" });
       return;
     }
     const result = await api("GET", `/v2/requests/${encodeURIComponent(id)}`, { signal });
@@ -966,7 +1002,10 @@
     download.setAttribute("download", `${body.request_id || "video"}.mp4`);
     $("open-video").href = body.output;
     const metrics = body.metrics || {};
+    const asked = body.params || {};
+    const requested = [asked.size, asked.duration !== undefined ? `${asked.duration} s` : null].filter(Boolean).join(", ");
     const rows = [
+      ["Requested", requested || "—"],
       ["Size", body.width && body.height ? `${body.width} × ${body.height}` : "—"],
       ["Duration", body.seconds !== undefined ? `${Number(body.seconds).toFixed(2)} s` : "—"],
       ["Frames", body.frames !== undefined ? `${body.frames} at ${body.fps} fps` : "—"],
@@ -1018,8 +1057,12 @@
     button.disabled = true;
     const result = await api("POST", `/v2/requests/${encodeURIComponent(job.id)}/cancel`);
     if (result.ok) {
-      $("job-detail").textContent = "Cancelling…";
-      if (result.data && result.data.status) showStatus(result.data);
+      const data = result.data || {};
+      if (data.status) showStatus(data);
+      if (data.cancelled === false) toast(data.message || "Nothing to cancel.");
+      else if (data.status && !TERMINAL.has(String(data.status).toUpperCase())) {
+        $("job-detail").textContent = data.message ? `Cancelling: ${data.message}` : "Cancelling…";
+      }
       return;
     }
     if (result.status === 404 || result.status === 405) {
@@ -1154,7 +1197,7 @@
     const entries = galleryEntries();
     list.replaceChildren();
     if (!entries.length) {
-      list.append(el("li", { class: "muted", text: "Nothing yet: your requests appear here for as long as the server keeps them." }));
+      list.append(el("li", { class: "muted empty", text: "Nothing yet: your requests appear here for as long as the server keeps them." }));
       return;
     }
     for (const entry of entries) {
@@ -1205,7 +1248,7 @@
       else track(id, result.data);
     } else if (result.status === 422 && result.data) {
       showStatus(result.data);
-      showJobError({ title: "Generation failed", message: result.data.error || "no reason given" });
+      showJobError({ title: isCancelled(result.data) ? "Cancelled" : "Generation failed", message: result.data.error || "no reason given" });
     } else {
       if (result.status === 404) forget(id);
       showJobError(describe(result));
@@ -1228,8 +1271,8 @@
     } else if (mode === "file") {
       reference = { file: "first-frame.png", type: "image/png" };
     }
-    if (!params.prompt) params.prompt = "A red fox trotting through fresh snow at dawn";
-    return { params, reference };
+    const prompt = params.prompt || "A red fox trotting through fresh snow at dawn";
+    return { params: { prompt, ...Object.fromEntries(Object.entries(params).filter(([k]) => k !== "prompt")) }, reference };
   }
 
   function buildSnippet(tab) {
@@ -1339,6 +1382,7 @@
   }
 
   function updateSnippet() {
+    $("snippet-lang").textContent = state.snippetTab === "curl" ? "shell" : "Python";
     $("snippet-code").textContent = buildSnippet(state.snippetTab);
   }
 
@@ -1399,6 +1443,7 @@
       if (box && box.classList.contains("invalid")) {
         const field = state.fields.find((f) => f.name === box.dataset.param);
         if (field) setFieldError(field, null);
+        refreshFormAlert();
       }
       updateSnippet();
     });
