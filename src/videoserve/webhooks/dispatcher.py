@@ -103,6 +103,11 @@ class WebhookDispatcher:
                     wake_in = poll
                     try:
                         await self.emit()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # database down: deliveries may still be due
+                        log.warning("webhook emission failed: %s", exc)
+                    try:
                         self._start_due(client, await self._claim_up_to(CONCURRENCY))
                         due = await self.webhook_store.next_due()
                         if due is not None and len(self._in_flight) < CONCURRENCY:
@@ -116,6 +121,12 @@ class WebhookDispatcher:
                     except Exception as exc:  # database down: try again next round
                         log.warning("webhook round failed: %s", exc)
                     await self._sleep(stop, wake_in)
+            except asyncio.CancelledError:
+                # Abandoned attempts keep their lease until it expires; then any dispatcher
+                # retries them.
+                for task in self._in_flight:
+                    task.cancel()
+                raise
             finally:
                 if self._in_flight:
                     await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -158,18 +169,30 @@ class WebhookDispatcher:
         """Store events for jobs that need one; the number stored."""
         stored = 0
         for job in await self.webhook_store.jobs_awaiting_final_event():
-            event_id = events.new_event_id()
-            payload = await self._payload(job, event_id, events.final_type(job))
-            if await self.webhook_store.add_final_event(job, event_id, payload, self.retry_seconds):
-                stored += 1
+            stored += await self._emit_one(job, events.final_type(job))
         for job in await self.webhook_store.jobs_awaiting_progress_event(self.progress_interval):
-            event_id = events.new_event_id()
-            payload = await self._payload(job, event_id, events.PROGRESS)
-            if await self.webhook_store.add_progress_event(
-                job, event_id, payload, self.progress_interval, self.retry_seconds
-            ):
-                stored += 1
+            stored += await self._emit_one(job, events.PROGRESS)
         return stored
+
+    async def _emit_one(self, job: Job, event_type: str) -> int:
+        # One job whose links cannot be built (storage down) must not hold up the others.
+        event_id = events.new_event_id()
+        try:
+            payload = await self._payload(job, event_id, event_type)
+            if event_type == events.PROGRESS:
+                added = await self.webhook_store.add_progress_event(
+                    job, event_id, payload, self.progress_interval, self.retry_seconds
+                )
+            else:
+                added = await self.webhook_store.add_final_event(
+                    job, event_id, payload, self.retry_seconds
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("webhook event %s for %s not stored yet: %s", event_type, job.id, exc)
+            return 0
+        return int(added)
 
     async def _payload(self, job: Job, event_id: str, event_type: str) -> str:
         data = await events.video_data(job, self.blobs, self.signer, self.base_url)
