@@ -161,24 +161,25 @@ def test_input_reference_file_upload(server: LiveServer) -> None:
 # --- errors in OpenAI's envelope -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("params", "param", "fragment"),
-    [
-        ({"prompt": PROMPT, "seconds": "5"}, "seconds", "seconds: must be one of 4, 8, 12"),
-        ({"prompt": PROMPT, "size": "640x480"}, "size", "size: must be one of"),
-        ({"prompt": "   "}, "prompt", "prompt: must not be empty"),
-        ({"prompt": PROMPT, "extra_body": {"colour": "red"}}, "colour", "unknown parameter"),
-    ],
-)
-def test_validation_errors_are_bad_request(
-    server: LiveServer, params: dict[str, Any], param: str, fragment: str
-) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        sdk(server).videos.create(**params)
-    assert caught.value.status_code == 400
-    assert fragment in caught.value.message
-    assert caught.value.body["type"] == "invalid_request_error"
-    assert caught.value.body["param"] == param
+# One server for every case: each is a single refused request.
+INVALID_CREATES: list[tuple[dict[str, Any], str, str]] = [
+    ({"prompt": PROMPT, "seconds": "5"}, "seconds", "seconds: must be one of 4, 8, 12"),
+    ({"prompt": PROMPT, "size": "640x480"}, "size", "size: must be one of"),
+    ({"prompt": "   "}, "prompt", "prompt: must not be empty"),
+    ({"prompt": PROMPT, "extra_body": {"colour": "red"}}, "colour", "unknown parameter"),
+]
+
+
+def test_validation_errors_are_bad_request(server: LiveServer) -> None:
+    client = sdk(server)
+    for params, param, fragment in INVALID_CREATES:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.videos.create(**params)
+        assert caught.value.status_code == 400
+        assert fragment in caught.value.message, caught.value.message
+        assert caught.value.body["type"] == "invalid_request_error"
+        assert caught.value.body["param"] == param
+    assert [v.id for v in client.videos.list()] == []  # nothing was queued
 
 
 def test_auth_not_found_and_bad_query_use_the_envelope(server: LiveServer) -> None:

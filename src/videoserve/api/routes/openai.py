@@ -122,19 +122,21 @@ async def _create_params(request: Request, runtime: Runtime) -> tuple[str, dict[
 
 
 async def _form_fields(request: Request, runtime: Runtime) -> dict[str, Any]:
-    # A data URI in `input_reference[image_url]` may be megabytes; the body cap still applies.
-    form = await request.form(max_part_size=runtime.settings.max_body_bytes)
     fields: dict[str, Any] = {}
     reference: dict[str, Any] = {}
-    for name, value in form.multi_items():
-        if name == REFERENCE and isinstance(value, UploadFile):
-            fields[REFERENCE] = await _upload_as_data_uri(value, runtime.settings.max_image_bytes)
-        elif name.startswith(REFERENCE + "[") and name.endswith("]"):
-            reference[name[len(REFERENCE) + 1 : -1]] = value
-        elif isinstance(value, UploadFile):
-            raise errors.InvalidRequest(f"{name}: a file is accepted only as {REFERENCE}")
-        else:
-            fields[name] = value
+    # A data URI in `input_reference[image_url]` may be megabytes; the body cap still applies.
+    async with request.form(max_part_size=runtime.settings.max_body_bytes) as form:
+        for name, value in form.multi_items():
+            if name == REFERENCE and isinstance(value, UploadFile):
+                fields[REFERENCE] = await _upload_as_data_uri(
+                    value, runtime.settings.max_image_bytes
+                )
+            elif name.startswith(REFERENCE + "[") and name.endswith("]"):
+                reference[name[len(REFERENCE) + 1 : -1]] = value
+            elif isinstance(value, UploadFile):
+                raise errors.InvalidRequest(f"{name}: a file is accepted only as {REFERENCE}")
+            else:
+                fields[name] = value
     if reference:
         fields[REFERENCE] = _reference_object(reference)
     return fields
