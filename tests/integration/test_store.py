@@ -23,6 +23,21 @@ async def store(database_url: str):
     await s.close()
 
 
+async def reaped(store: JobStore) -> tuple[int, int] | None:
+    """What the reaper did, or None while it found nothing (to wait on a lease lapsing)."""
+    counts = await store.reap_expired_leases(60)
+    return counts if counts != (0, 0) else None
+
+
+async def eventually(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    """Await `check()` until it returns a truthy value; fail at the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (value := await check()):
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return value
+
+
 def new_job(model: str = "tiny-t2v", **kw) -> NewJob:
     values = {
         "id": "video_" + secrets.token_hex(8),
@@ -78,16 +93,14 @@ async def test_queue_position(store: JobStore) -> None:
 async def test_expired_lease_requeues_then_fails_after_retry_limit(store: JobStore) -> None:
     job, _ = await store.create(new_job(max_attempts=2))
     _, lease1 = await store.claim("w1", None, lease_seconds=0.01)
-    await asyncio.sleep(0.05)  # let the 10 ms lease lapse; the clock, not a condition
-    assert await store.reap_expired_leases(60) == (1, 0)
+    assert await eventually(lambda: reaped(store)) == (1, 0)
     assert (await store.get(job.id)).status == Status.QUEUED
     _, lease2 = await store.claim("w2", None, lease_seconds=0.01)
     assert lease2.attempt == 2
     # The first worker is a zombie now: fenced out.
     assert not await store.complete(lease1, {"output_key": "zombie"}, 60)
     assert not (await store.heartbeat(lease1, 30)).alive
-    await asyncio.sleep(0.05)
-    assert await store.reap_expired_leases(60) == (0, 1)
+    assert await eventually(lambda: reaped(store)) == (0, 1)
     failed = await store.get(job.id)
     assert failed.status == Status.FAILED
     assert "lease expired" in failed.error and "2 attempts" in failed.error and "w2" in failed.error
@@ -159,9 +172,12 @@ async def test_expired_results_are_hidden_then_deleted(store: JobStore) -> None:
     job, _ = await store.create(new_job())
     _, lease = await store.claim("w", None, 30)
     await store.complete(lease, {"output_key": "k"}, retention_seconds=0.01)
-    await asyncio.sleep(0.05)
-    assert await store.get(job.id) is None  # hidden at once, before any sweep
-    expired = await store.expired()
+
+    async def hidden() -> bool:
+        return await store.get(job.id) is None
+
+    assert await eventually(hidden)  # hidden once expired, before any sweep
+    expired = await eventually(store.expired)
     assert [j.id for j in expired] == [job.id]
     assert await store.delete([job.id]) == 1
     assert await store.expired() == []
