@@ -34,7 +34,9 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> Non
 
 def videoserve_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOSERVE_")}
+    # No rate limits: the benchmarks measure the platform, not the limiter.
     env |= {"VIDEOSERVE_DATA_DIR": str(data_dir), "VIDEOSERVE_LOG_LEVEL": "WARNING"}
+    env |= {"VIDEOSERVE_RATE_LIMIT": "", "VIDEOSERVE_STATUS_RATE_LIMIT": ""}
     env |= extra
     return env
 

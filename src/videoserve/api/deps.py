@@ -13,7 +13,9 @@ from videoserve.jobs.records import ApiKey
 from videoserve.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async on purpose: FastAPI runs a plain `def` dependency in a threadpool, a thread hop
+    # on every request for what is an attribute read.
     return request.app.state.runtime
 
 
