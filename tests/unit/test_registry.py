@@ -142,11 +142,11 @@ def test_unavailable_model_listed_with_the_path_and_refused(tmp_path: Path) -> N
     assert caught.value.message == f"model 'wan' is unavailable: no model folder at {missing}"
 
 
-def test_unsupported_pipeline_class_is_unavailable(tmp_path: Path) -> None:
-    fake_wan_folder(tmp_path / "ltx", class_name="LTXPipeline")
-    registry = registry_for(tmp_path, '[models.ltx]\nbackend = "diffusers"\npath = "ltx"\n')
-    reason = by_id(registry)["ltx"]["reason"]
-    assert "'LTXPipeline'" in reason and str(tmp_path / "ltx") in reason
+def test_unsupported_pipeline_class_is_refused_at_startup(tmp_path: Path) -> None:
+    fake_wan_folder(tmp_path / "sd", class_name="StableDiffusionPipeline")
+    with pytest.raises(ValueError, match="'StableDiffusionPipeline'") as refused:
+        registry_for(tmp_path, '[models.sd]\nbackend = "diffusers"\npath = "sd"\n')
+    assert "WanPipeline" in str(refused.value) and "LTXPipeline" in str(refused.value)
 
 
 def test_aliases_from_toml_then_settings(tmp_path: Path) -> None:

@@ -59,12 +59,21 @@ WAN22_TI2V_GRID = FamilyGrid(
     multiple=32, frame_rule=4, fps=24, max_frames=121, trained=((1280, 704), (704, 1280))
 )
 
+# LTX-Video 0.9.x: a 32x spatial VAE with 1x1 patches, 8x temporal. The LTX-Video README: sides
+# "divisible by 32", frames "divisible by 8 + 1 (e.g. 257)", "works best ... below 720 x 1280 and
+# ... 257" frames. diffusers' LTX-Video docs: 768x512, exported at fps=24 (the pipeline's own
+# `frame_rate` default is 25; we pass the delivered rate, since it scales the temporal RoPE).
+LTX_VIDEO_GRID = FamilyGrid(
+    multiple=32, frame_rule=8, fps=24, max_frames=257, trained=((768, 512), (512, 768))
+)
+
 FAMILY_GRIDS: dict[str, FamilyGrid] = {
     "tiny": TINY_GRID,
     "wan2.1": WAN21_GRID,
     "wan2.1-720p": WAN_720P_GRID,
     "wan2.2-a14b": WAN_720P_GRID,
     "wan2.2-ti2v": WAN22_TI2V_GRID,
+    "ltx-video": LTX_VIDEO_GRID,
 }
 
 
@@ -106,10 +115,9 @@ def plan(grid: FamilyGrid, size: str, duration: int) -> GenerationPlan:
     out_frames = duration * grid.fps
     gen_frames = _frames_covering(out_frames, grid.frame_rule)
     if gen_frames > grid.max_frames:
-        longest = _frames_within(grid.max_frames, grid.frame_rule) / grid.fps
         raise errors.InvalidRequest(
             f"duration: {duration}s is longer than this model generates in one pass "
-            f"(max {longest:.1f}s at {grid.fps} fps)",
+            f"(max {max_seconds(grid):.1f}s at {grid.fps} fps)",
             param="duration",
         )
     return GenerationPlan(
@@ -121,6 +129,11 @@ def plan(grid: FamilyGrid, size: str, duration: int) -> GenerationPlan:
         out_frames=out_frames,
         fps=grid.fps,
     )
+
+
+def max_seconds(grid: FamilyGrid) -> float:
+    """The longest video one pass of `grid` makes, in seconds."""
+    return _frames_within(grid.max_frames, grid.frame_rule) / grid.fps
 
 
 def _even(value: float) -> int:

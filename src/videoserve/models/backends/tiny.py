@@ -15,6 +15,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from videoserve.models import random_weights
 from videoserve.models.backends.base import Availability
 from videoserve.models.backends.wan import WanBackend
 from videoserve.models.grid import TINY_GRID
@@ -23,13 +24,6 @@ log = logging.getLogger("videoserve.models")
 
 TINY_NAME = "tiny-t2v"
 _BUILD_LOCK = threading.Lock()
-
-# A handful of whole words on top of printable ASCII, so prompts tokenize without <unk>.
-_WORDS = (
-    "a an the of and in on at with cat dog bird fish horse video sunset sunrise tree forest "
-    "druid city street car ocean river mountain sky cloud rain snow night day light walking "
-    "running flying slow motion cinematic"
-)
 
 
 def build_tiny_pipeline(folder: Path, seed: int = 0) -> None:
@@ -49,91 +43,7 @@ def build_tiny_pipeline(folder: Path, seed: int = 0) -> None:
 
 
 def _build(folder: Path, seed: int) -> None:
-    import torch
-    from diffusers import (
-        AutoencoderKLWan,
-        UniPCMultistepScheduler,
-        WanPipeline,
-        WanTransformer3DModel,
-    )
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
-
-    words = [
-        "<pad>",
-        "</s>",
-        "<unk>",
-        *(chr(c) for c in range(32, 127)),
-        *("▁" + w for w in _WORDS.split()),
-    ]
-    vocab = [(word, -float(i) / 10) for i, word in enumerate(words)]
-    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", 1)]
-    )
-    tok = T5TokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_ids=0,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=len(words),
-                d_model=32,
-                d_kv=8,
-                d_ff=64,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-            )
-        ).eval()
-        vae = AutoencoderKLWan(
-            base_dim=3,
-            z_dim=48,
-            in_channels=12,
-            out_channels=12,
-            is_residual=True,
-            patch_size=2,
-            latents_mean=[0.0] * 48,
-            latents_std=[1.0] * 48,
-            dim_mult=[1, 1, 1, 1],
-            num_res_blocks=1,
-            scale_factor_spatial=16,
-            scale_factor_temporal=4,
-            temperal_downsample=[False, True, True],
-        )
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=12,
-            in_channels=48,
-            out_channels=48,
-            text_dim=32,
-            freq_dim=256,
-            ffn_dim=32,
-            num_layers=2,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=32,
-        )
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
-    )
-    pipe = WanPipeline(
-        tokenizer=tok,
-        text_encoder=text_encoder,
-        vae=vae,
-        transformer=transformer,
-        scheduler=scheduler,
-        expand_timesteps=True,
-    )
-
+    pipe = random_weights.build_pipeline(random_weights.TINY["wan2.2-ti2v"], seed=seed)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -178,7 +88,12 @@ class TinyBackend(WanBackend):
         return Availability(True)
 
     def load(self) -> None:
-        with self._lock:
-            if not self.loaded and not (self.path / "model_index.json").exists():
-                build_tiny_pipeline(self.path, self.seed)
-            super().load()
+        self.pull()
+        super().load()
+
+    def pull(self) -> Path:
+        """Build the weights if they are not there yet (nothing to download)."""
+        folder = Path(self.weights.source)
+        if not self.loaded and not (folder / "model_index.json").exists():
+            build_tiny_pipeline(folder, self.seed)
+        return folder

@@ -1,0 +1,463 @@
+"""What every diffusers family shares: finding the weights, runtime options, the step loop.
+
+A family module (`wan.py`, `ltx.py`) says which pipeline classes it loads, how its image
+pipeline shares the text pipeline's weights and which extra arguments its pipelines take. This
+base finds the weights (a local folder or the Hugging Face cache, never the network), places
+them on the device with the operator's runtime options, reports progress per denoising step,
+stops between steps, and delivers frames at the planned size. torch and diffusers are imported
+only when a model loads, so an API process that never generates does not pay for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from videoserve import errors
+from videoserve.models import grid as grids
+from videoserve.models.backends.base import (
+    Availability,
+    Cancelled,
+    GeneratedVideo,
+    ProgressCallback,
+    StopCheck,
+)
+from videoserve.models.params import DiffusersParams, VideoParams
+from videoserve.models.weights import Weights
+
+if TYPE_CHECKING:
+    import torch
+
+    from videoserve.models.pool import ModelPool
+
+log = logging.getLogger("videoserve.models")
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+CACHES = ("first_block",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions:
+    """How a model runs on this host, from its TOML entry; none of it changes the output much."""
+
+    cpu_offload: bool = False  # enable_model_cpu_offload: one whole component on the GPU at a time
+    group_offload: bool = False  # group offloading: layers streamed to the GPU as they run
+    vae_tiling: bool = False  # decode in tiles: far less memory for large frames
+    cache: str | None = None  # "first_block": skip the remaining blocks while outputs barely move
+    cache_threshold: float = 0.05  # First Block Cache: higher skips more (faster, rougher)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> RuntimeOptions:
+        """Read and check the runtime options of an entry; ValueError naming what is wrong."""
+        runtime = cls(
+            cpu_offload=bool(options.get("cpu_offload", False)),
+            group_offload=bool(options.get("group_offload", False)),
+            vae_tiling=bool(options.get("vae_tiling", False)),
+            cache=options.get("cache"),
+            cache_threshold=float(options.get("cache_threshold", 0.05)),
+        )
+        if runtime.cpu_offload and runtime.group_offload:
+            raise ValueError("cpu_offload and group_offload are alternatives: set one of them")
+        if runtime.cache == "mag":
+            # MagCache skips steps by a per-checkpoint table of magnitude ratios; diffusers 0.42
+            # ships that table only for Flux, so a video model would need a calibration run first.
+            raise ValueError(
+                'cache "mag" (MagCache) needs magnitude ratios calibrated for the checkpoint, '
+                'which diffusers ships only for Flux; use cache = "first_block"'
+            )
+        if runtime.cache is not None and runtime.cache not in CACHES:
+            raise ValueError(f"cache must be one of {', '.join(CACHES)} (got {runtime.cache!r})")
+        threshold = runtime.cache_threshold
+        if not 0 < threshold < 1:
+            raise ValueError(f"cache_threshold must be between 0 and 1 (got {threshold})")
+        return runtime
+
+
+def read_model_index(path: Path | None) -> dict[str, Any] | None:
+    """The folder's `model_index.json`, or None when it is missing or unreadable."""
+    if path is None:
+        return None
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return index if isinstance(index, dict) else None
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when a GPU is visible, else `cpu`; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to cover `width`x`height`, center-cropping what sticks out, so nothing is stretched."""
+    image = image.convert("RGB")
+    if image.size == (width, height):
+        return image
+    scale = max(width / image.width, height / image.height)
+    crop_w, crop_h = width / scale, height / scale
+    left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
+    return image.resize(
+        (width, height), Image.Resampling.LANCZOS, box=(left, top, left + crop_w, top + crop_h)
+    )
+
+
+class DiffusersBackend:
+    """A diffusers video pipeline from a folder or the hub cache: T2V, and I2V where it can."""
+
+    family: ClassVar[str] = ""  # "wan", "ltx": what `families.family_of` maps classes to
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()  # the `_class_name`s this family loads
+    default_grid: ClassVar[grids.FamilyGrid]
+    DEFAULT_STEPS: ClassVar[int] = 40
+    DEFAULT_GUIDANCE: ClassVar[float] = 5.0
+    DEFAULT_NEGATIVE_PROMPT: ClassVar[str] = ""
+
+    schema: type[VideoParams] = DiffusersParams
+
+    def __init__(
+        self,
+        name: str,
+        path: Path | str,
+        grid: grids.FamilyGrid | None = None,
+        *,
+        device: str = "auto",
+        dtype: torch.dtype | str | None = None,
+        default_steps: int | None = None,
+        default_guidance: float | None = None,
+        default_negative_prompt: str | None = None,
+        grid_overrides: Mapping[str, Any] | None = None,
+        runtime: RuntimeOptions | None = None,
+    ) -> None:
+        """`path`: a folder, or (as a str) a Hugging Face repo id looked up in the local cache.
+
+        `grid` None: detected from the folder's configs. `dtype` None: bf16 on a GPU, else fp32
+        (a str: bf16, fp16 or fp32). `grid_overrides` replaces fields of the grid (`fps`,
+        `max_frames`...) for operators who want other videos than the family was trained for.
+        """
+        self.name = name
+        self.weights = Weights(path)
+        self.device = device
+        self.dtype = dtype
+        self.default_steps = default_steps or self.DEFAULT_STEPS
+        self.default_guidance = (
+            self.DEFAULT_GUIDANCE if default_guidance is None else float(default_guidance)
+        )
+        self.default_negative_prompt = (
+            self.DEFAULT_NEGATIVE_PROMPT
+            if default_negative_prompt is None
+            else default_negative_prompt
+        )
+        self.runtime = runtime or RuntimeOptions()
+        self.pool: ModelPool | None = None  # set by the registry: keeps few models in memory
+        self._grid = grid
+        self._grid_overrides = dict(grid_overrides or {})
+        # One lock for load, unload and generate: a pipeline's scheduler keeps per-call state,
+        # so two generations on one backend run one after the other.
+        self._lock = threading.RLock()
+        self._device: str | None = None
+        self._t2v: Any = None
+        self._i2v: Any = None
+        self._offload_hooked: Any = None  # the pipeline whose CPU-offload hooks are installed
+
+    # --- what the weights are ----------------------------------------------------------
+    @property
+    def path(self) -> Path | None:
+        """The folder holding `model_index.json` now; None for a repo not in the cache."""
+        return self.weights.folder()
+
+    @property
+    def grid(self) -> grids.FamilyGrid:
+        base = self._grid or self._detect_grid(self.path)
+        return dataclasses.replace(base, **self._grid_overrides) if self._grid_overrides else base
+
+    @property
+    def loaded(self) -> bool:
+        return self._t2v is not None or self._i2v is not None
+
+    def availability(self) -> Availability:
+        folder = self.path
+        if folder is None:
+            return Availability(False, self.weights.missing_reason(self.name))
+        if not folder.is_dir():
+            return Availability(False, f"no model folder at {folder}")
+        index = read_model_index(folder)
+        if index is None:
+            return Availability(
+                False, f"{folder} has no readable model_index.json (a diffusers pipeline folder)"
+            )
+        class_name = index.get("_class_name")
+        if class_name not in self.pipeline_classes:
+            from videoserve.models import families
+
+            where = folder / "model_index.json"
+            other = families.PIPELINE_FAMILIES.get(str(class_name))
+            if other is not None:
+                # The weights changed family after startup (e.g. pulled while serving).
+                return Availability(
+                    False,
+                    f"{where} names {class_name!r}, a {other} pipeline, but '{self.name}' was "
+                    f"set up as {self.family} when its weights were absent: restart videoserve",
+                )
+            return Availability(
+                False,
+                f"{where} names {class_name!r}, not a supported pipeline "
+                f"({', '.join(families.PIPELINE_FAMILIES)})",
+            )
+        return Availability(True)
+
+    def check(self, params: VideoParams) -> None:
+        """Refuse at submit time (400) what `generate` would refuse later; reads no weights.
+
+        Not part of `VideoBackend`: callers use it when a backend has it.
+        """
+        grids.plan(self.grid, params.size, params.duration)
+        index = read_model_index(self.path)
+        if not index:
+            return
+        if params.input_reference is not None and not self._accepts_image(index):
+            raise errors.InvalidRequest(
+                f"input_reference: model '{self.name}' does not accept an input image",
+                param="input_reference",
+            )
+        if params.input_reference is None and self._requires_image(index):
+            raise errors.InvalidRequest(
+                f"input_reference: model '{self.name}' needs an input image",
+                param="input_reference",
+            )
+
+    def pull(self) -> Path:
+        """Download the weights into the Hugging Face cache; `weights.PullFailed` if it cannot."""
+        return self.weights.pull(self.name)
+
+    # --- loading -------------------------------------------------------------------------
+    def load(self) -> None:
+        with self._lock:
+            if not self.loaded:
+                self._load()
+        if self.pool is not None:
+            self.pool.loaded(self)  # outside our lock: it may unload other models
+
+    def unload(self) -> None:
+        with self._lock:
+            if self.loaded:
+                self._t2v = self._i2v = self._offload_hooked = None
+                gc.collect()
+                if self._device and self._device.startswith("cuda"):
+                    import torch
+
+                    torch.cuda.empty_cache()
+                self._device = None
+                log.info("unloaded %s", self.name)
+        if self.pool is not None:
+            self.pool.unloaded(self)
+
+    def _load(self) -> None:
+        state = self.availability()
+        if not state.available:
+            raise errors.ModelUnavailable(f"model '{self.name}' is unavailable: {state.reason}")
+        folder = self.path
+        assert folder is not None  # available
+        class_name = str((read_model_index(folder) or {}).get("_class_name"))
+        device = resolve_device(self.device)
+        dtype = self._torch_dtype(device)
+        log.info("loading %s from %s on %s (%s)", self.name, folder, device, dtype)
+        try:
+            primary = self._from_pretrained(folder, class_name, dtype)
+        except (OSError, ValueError) as exc:
+            raise errors.ModelUnavailable(
+                f"model '{self.name}' failed to load from {folder}: {exc}"
+            ) from exc
+        self._place(primary, device)
+        t2v, i2v = self._pipelines(primary, class_name)
+        for pipe in (t2v, i2v):
+            if pipe is not None:
+                pipe.set_progress_bar_config(disable=True)
+        self._device, self._t2v, self._i2v = device, t2v, i2v
+
+    def _torch_dtype(self, device: str) -> torch.dtype:
+        import torch
+
+        if self.dtype is None:
+            return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if isinstance(self.dtype, str):
+            return getattr(torch, DTYPES[self.dtype])
+        return self.dtype
+
+    def _place(self, pipe: Any, device: str) -> None:
+        """Put the weights where they run: on the device, or offloaded as configured."""
+        import torch
+
+        offload = self.runtime.cpu_offload or self.runtime.group_offload
+        if offload and not device.startswith("cuda"):
+            log.warning("%s: offloading needs a GPU; running on %s without it", self.name, device)
+            offload = False
+        if not offload:
+            pipe.to(device)
+        elif self.runtime.group_offload:
+            # Leaf-level groups on a side stream: the documented low-memory setting that keeps
+            # most of the speed, since transfers overlap the computation.
+            pipe.enable_group_offload(
+                onload_device=torch.device(device),
+                offload_device=torch.device("cpu"),
+                offload_type="leaf_level",
+                use_stream=True,
+            )
+        # cpu_offload hooks are installed per call (`_hook_offload`): the text and image
+        # pipelines share modules, and each pipeline chains its own hooks over them.
+        if self.runtime.vae_tiling:
+            pipe.vae.enable_tiling()
+        if self.runtime.cache == "first_block":
+            from diffusers.hooks import FirstBlockCacheConfig
+
+            for part in ("transformer", "transformer_2"):
+                module = getattr(pipe, part, None)
+                if module is not None:
+                    module.enable_cache(
+                        FirstBlockCacheConfig(threshold=self.runtime.cache_threshold)
+                    )
+
+    def _hook_offload(self, pipe: Any) -> None:
+        if not self.runtime.cpu_offload or not str(self._device).startswith("cuda"):
+            return
+        if self._offload_hooked is not pipe:
+            pipe.enable_model_cpu_offload(device=self._device)
+            self._offload_hooked = pipe
+
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        if self.pool is None:
+            yield
+        else:
+            with self.pool.in_use(self):
+                yield
+
+    # --- generating ----------------------------------------------------------------------
+    def generate(
+        self,
+        params: VideoParams,
+        image: Image.Image | None,
+        on_progress: ProgressCallback,
+        should_stop: StopCheck,
+    ) -> GeneratedVideo:
+        shape = grids.plan(self.grid, params.size, params.duration)
+        guidance = getattr(params, "guidance_scale", None)
+        seed = getattr(params, "seed", None)
+        seed = secrets.randbits(32) if seed is None else seed
+        call = {
+            "prompt": params.prompt,
+            "negative_prompt": getattr(params, "negative_prompt", None)
+            or self.default_negative_prompt,
+            "height": shape.gen_height,
+            "width": shape.gen_width,
+            "num_frames": shape.gen_frames,
+            "num_inference_steps": getattr(params, "num_inference_steps", None)
+            or self.default_steps,
+            "guidance_scale": self.default_guidance if guidance is None else guidance,
+        }
+        with self._in_use():
+            self.load()
+            with self._lock:
+                if not self.loaded:  # unloaded by hand between the two lines above
+                    self._load()
+                output = self._run(call, shape, seed, image, on_progress, should_stop)
+        frames = _to_uint8(np.asarray(output.frames[0][: shape.out_frames]))
+        if (shape.out_width, shape.out_height) != (shape.gen_width, shape.gen_height):
+            frames = np.stack(
+                [
+                    np.asarray(fit_image(Image.fromarray(f), shape.out_width, shape.out_height))
+                    for f in frames
+                ]
+            )
+        return GeneratedVideo(frames=frames, fps=float(shape.fps), model=self.name, seed=seed)
+
+    def _run(
+        self,
+        call: dict[str, Any],
+        shape: grids.GenerationPlan,
+        seed: int,
+        image: Image.Image | None,
+        on_progress: ProgressCallback,
+        should_stop: StopCheck,
+    ) -> Any:
+        """One pipeline call under the lock, with progress and cancellation between steps."""
+        pipe = self._i2v if image is not None else self._t2v
+        if pipe is None:
+            needs = "does not accept" if image is not None else "needs"
+            raise errors.InvalidRequest(
+                f"input_reference: model '{self.name}' {needs} an input image",
+                param="input_reference",
+            )
+        if should_stop():
+            raise Cancelled(f"{self.name}: cancelled before the first step")
+        import torch
+
+        def on_step_end(
+            pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
+            on_progress(step + 1, pipeline.num_timesteps)
+            # Raising here skips the remaining steps and the VAE decode.
+            if should_stop():
+                raise Cancelled(f"{self.name}: cancelled after step {step + 1}")
+            return {}
+
+        fitted = fit_image(image, shape.gen_width, shape.gen_height) if image is not None else None
+        self._hook_offload(pipe)
+        try:
+            with torch.inference_mode():
+                return pipe(
+                    **call,
+                    generator=torch.Generator(self._device).manual_seed(seed),
+                    output_type="np",
+                    callback_on_step_end=on_step_end,
+                    **self._call_kwargs(pipe, shape, fitted),
+                )
+        except Cancelled:
+            # A stopped call skips the pipeline's own cleanup: reset step caches and offload
+            # hooks, or the next video would start from this one's cached residuals.
+            pipe.maybe_free_model_hooks()
+            raise
+
+    # --- what a family says --------------------------------------------------------------
+    def _detect_grid(self, folder: Path | None) -> grids.FamilyGrid:
+        """The family's grid for these weights (configs only, no weights read)."""
+        return self.default_grid
+
+    def _from_pretrained(self, folder: Path, class_name: str, dtype: torch.dtype) -> Any:
+        """Load the folder's own pipeline class on the CPU."""
+        raise NotImplementedError
+
+    def _pipelines(self, primary: Any, class_name: str) -> tuple[Any, Any]:
+        """(text-to-video, image-to-video) over the loaded modules; None where it cannot."""
+        raise NotImplementedError
+
+    def _accepts_image(self, index: Mapping[str, Any]) -> bool:
+        return True
+
+    def _requires_image(self, index: Mapping[str, Any]) -> bool:
+        return False
+
+    def _call_kwargs(
+        self, pipe: Any, shape: grids.GenerationPlan, image: Image.Image | None
+    ) -> dict[str, Any]:
+        """The family's own pipeline arguments (the input image among them)."""
+        return {"image": image} if image is not None else {}
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Pipeline frames in [0, 1] floats -> uint8."""
+    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

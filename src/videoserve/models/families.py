@@ -1,0 +1,113 @@
+"""Which family serves a diffusers model: read from its `model_index.json`, checked at startup.
+
+A model entry names only its weights (`path`: a folder or a Hugging Face repo id); the
+pipeline class in the weights' `model_index.json` decides the backend module (`wan`, `ltx`).
+A class no family serves is refused when the registry is built, naming the classes we serve,
+so a wrong download fails at startup rather than on the first request. Weights that are not
+here yet cannot be read: such a model is built for the family its `family` option names (Wan
+otherwise) and listed as unavailable until they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from videoserve.models import grid as grids
+from videoserve.models.backends.diffusion import (
+    DTYPES,
+    DiffusersBackend,
+    RuntimeOptions,
+    read_model_index,
+)
+from videoserve.models.backends.ltx import LTXBackend
+from videoserve.models.backends.wan import WanBackend
+from videoserve.models.weights import Weights
+
+BACKENDS: dict[str, type[DiffusersBackend]] = {"wan": WanBackend, "ltx": LTXBackend}
+
+# `_class_name` in model_index.json -> family
+PIPELINE_FAMILIES: dict[str, str] = {
+    class_name: family
+    for family, backend in BACKENDS.items()
+    for class_name in backend.pipeline_classes
+}
+
+# The `family` option names a grid; each grid belongs to one family ("tiny" fits any).
+GRID_FAMILIES: dict[str, str | None] = {
+    "tiny": None,
+    "wan2.1": "wan",
+    "wan2.1-720p": "wan",
+    "wan2.2-a14b": "wan",
+    "wan2.2-ti2v": "wan",
+    "ltx-video": "ltx",
+}
+assert set(GRID_FAMILIES) == set(grids.FAMILY_GRIDS), "every grid needs its family"
+
+
+def family_of(class_name: object) -> str:
+    """The family of a pipeline class; ValueError naming the supported classes otherwise."""
+    family = PIPELINE_FAMILIES.get(str(class_name))
+    if family is None:
+        raise ValueError(
+            f"pipeline {class_name!r} is not supported (supported: {', '.join(PIPELINE_FAMILIES)})"
+        )
+    return family
+
+
+def pipeline_class(weights: Weights) -> str | None:
+    """The `_class_name` of weights that are here (folder or cache), else None. No network."""
+    index = read_model_index(weights.folder())
+    return None if index is None else str(index.get("_class_name"))
+
+
+def check_entry(name: str, path: str, options: Mapping[str, Any]) -> None:
+    """Refuse at startup a diffusers entry that cannot work: ValueError saying why."""
+    prefix = f"model '{name}'"
+    class_name = pipeline_class(Weights(path))
+    family = None
+    if class_name is not None:
+        if class_name not in PIPELINE_FAMILIES:
+            raise ValueError(
+                f"{prefix}: {path} holds a {class_name!r} pipeline, which videoserve does not "
+                f"serve (supported: {', '.join(PIPELINE_FAMILIES)})"
+            )
+        family = PIPELINE_FAMILIES[class_name]
+    grid = options.get("family")
+    if grid is not None and family is not None and GRID_FAMILIES.get(grid) not in (None, family):
+        raise ValueError(
+            f"{prefix}: family '{grid}' is a {GRID_FAMILIES[grid]} grid, but {path} holds a "
+            f"{family} pipeline ({class_name})"
+        )
+    dtype = options.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"{prefix}: dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+    try:
+        RuntimeOptions.from_options(options)
+    except ValueError as exc:
+        raise ValueError(f"{prefix}: {exc}") from None
+
+
+def create_backend(
+    name: str, path: str, options: Mapping[str, Any], device: str
+) -> DiffusersBackend:
+    """The backend of the entry's family, configured from its options (checked before)."""
+    class_name = pipeline_class(Weights(path))
+    grid = options.get("family")
+    if class_name is not None:
+        family = family_of(class_name)
+    else:
+        family = GRID_FAMILIES.get(grid or "") or "wan"
+    overrides = {key: options[key] for key in ("fps", "max_frames") if key in options}
+    return BACKENDS[family](
+        name,
+        path,
+        grids.FAMILY_GRIDS[grid] if grid else None,
+        device=options.get("device", device),
+        dtype=options.get("dtype"),
+        default_steps=options.get("steps"),
+        default_guidance=options.get("guidance"),
+        default_negative_prompt=options.get("negative_prompt"),
+        grid_overrides=overrides,
+        runtime=RuntimeOptions.from_options(options),
+    )

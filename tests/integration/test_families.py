@@ -1,0 +1,251 @@
+"""Every model family end to end: tiny random-weight pipelines built in code, saved as a folder,
+configured like a user's downloaded weights, and driven over HTTP through a live server.
+
+No network. Each layout (Wan 2.1 T2V, Wan 2.1 I2V, Wan 2.2 TI2V, LTX-Video, LTX-Video's
+condition pipeline) is built from toy configs (`videoserve.models.random_weights.TINY`), saved
+with `save_pretrained`, and named in a models TOML by its folder alone: the family is read from
+`model_index.json`. Toy weights at real sizes would take minutes on a CPU, so the entries say
+`family = "tiny"` (an eighth of the requested size, 8 fps): the grid the test checks the MP4
+against; the real grids are checked in tests/unit/test_model_families.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import LiveServer, wait_until
+from videoserve.models import families, random_weights
+from videoserve.models.backends.base import Cancelled, GeneratedVideo
+from videoserve.models.backends.diffusion import DiffusersBackend
+from videoserve.models.backends.ltx import LTXBackend
+from videoserve.models.backends.tiny import TinyBackend, build_tiny_pipeline
+from videoserve.models.backends.wan import WanBackend
+from videoserve.models.params import DiffusersParams
+from videoserve.models.pool import ModelPool
+
+# name: (layout, pipeline class saved, backend, text-to-video, image-to-video)
+MODELS: dict[str, tuple[str, str, type[DiffusersBackend], bool, bool]] = {
+    "wan21": ("wan2.1", "WanPipeline", WanBackend, True, False),
+    "wan21-i2v": ("wan2.1-i2v", "WanImageToVideoPipeline", WanBackend, False, True),
+    "wan22-ti2v": ("wan2.2-ti2v", "WanPipeline", WanBackend, True, True),
+    "ltx": ("ltx", "LTXPipeline", LTXBackend, True, True),
+    "ltx-condition": ("ltx", "LTXConditionPipeline", LTXBackend, True, True),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Toy models gain nothing from more threads; on a busy 2-core machine they lose a lot."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every layout, saved once per module like a downloaded diffusers folder."""
+    root = tmp_path_factory.mktemp("weights")
+    folders = {}
+    for name, (layout, class_name, *_) in MODELS.items():
+        pipe = random_weights.build_pipeline(random_weights.TINY[layout], seed=1)
+        if class_name == "LTXConditionPipeline":
+            from diffusers import FlowMatchEulerDiscreteScheduler, LTXConditionPipeline
+
+            # LTX-Video 0.9.5+ ships a scheduler without dynamic shifting.
+            parts = {**pipe.components, "scheduler": FlowMatchEulerDiscreteScheduler()}
+            pipe = LTXConditionPipeline(**parts)
+        assert type(pipe).__name__ == class_name
+        pipe.save_pretrained(root / name)
+        folders[name] = root / name
+    return folders
+
+
+def models_toml(tmp_path: Path, weights: dict[str, Path], *names: str) -> Path:
+    toml = tmp_path / "models.toml"
+    toml.write_text(
+        "".join(
+            f'[models."{name}"]\nbackend = "diffusers"\npath = "{weights[name]}"\n'
+            'family = "tiny"\nsteps = 2\n'
+            for name in names
+        )
+    )
+    return toml
+
+
+def png_data_uri(width: int = 64, height: int = 48) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def probe(data: bytes) -> dict[str, Any]:
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return {
+            "width": stream.codec_context.width,
+            "height": stream.codec_context.height,
+            "fps": float(stream.average_rate),
+            "frames": frames,
+        }
+
+
+def generate_over_http(server: LiveServer, model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Submit, poll until COMPLETED, download the MP4; the result with the MP4's facts."""
+    headers = {"x-api-key": server.api_key}
+    submitted = httpx.post(f"{server.url}/v2/{model}", json=body, headers=headers, timeout=30)
+    assert submitted.status_code == 200, submitted.text
+
+    def finished() -> dict[str, Any] | None:
+        status = httpx.get(submitted.json()["status_url"], headers=headers, timeout=10)
+        state = status.json()
+        assert state["status"] != "FAILED", state.get("error")
+        return state if state["status"] == "COMPLETED" else None
+
+    wait_until(finished, timeout=120, interval=0.1)
+    result = httpx.get(submitted.json()["response_url"], headers=headers, timeout=10).json()
+    output = httpx.get(result["output"], timeout=30)  # a signed URL: no key
+    assert output.status_code == 200 and output.headers["content-type"] == "video/mp4"
+    return {**result, "mp4": probe(output.content)}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_family_end_to_end_over_http(
+    name: str, weights: dict[str, Path], make_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    *_, text, image = MODELS[name]
+    server = make_server(models=models_toml(tmp_path, weights, name))
+    listed = {m["id"]: m for m in httpx.get(f"{server.url}/v1/models").json()["data"]}
+    assert listed[name]["available"] is True, listed[name]["reason"]
+    headers = {"x-api-key": server.api_key}
+
+    t2v = {"prompt": "a cat walking in the forest", "duration": 4, "size": "1280x720", "seed": 5}
+    i2v = {**t2v, "size": "720x1280", "input_reference": png_data_uri()}
+    for body, works, shape in ((t2v, text, (160, 90)), (i2v, image, (90, 160))):
+        if not works:
+            refused = httpx.post(f"{server.url}/v2/{name}", json=body, headers=headers)
+            assert refused.status_code == 400
+            assert "input image" in refused.json()["error"]
+            continue
+        result = generate_over_http(server, name, body)
+        # The tiny grid: an eighth of the requested size, 8 fps, exactly duration * fps frames.
+        assert (result["mp4"]["width"], result["mp4"]["height"]) == shape
+        assert (result["mp4"]["fps"], result["mp4"]["frames"]) == (8.0, 32)
+        assert (result["served_by"], result["seed"]) == (name, 5)
+
+
+def test_a_duration_over_one_pass_is_a_400_naming_the_limit(
+    weights: dict[str, Path], make_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    toml = tmp_path / "models.toml"
+    toml.write_text(f'[models.ltx]\nbackend = "diffusers"\npath = "{weights["ltx"]}"\n')
+    server = make_server(models=toml)
+    refused = httpx.post(
+        f"{server.url}/v2/ltx",
+        json={"prompt": "a cat", "duration": 12},
+        headers={"x-api-key": server.api_key},
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"] == (
+        "duration: 12s is longer than this model generates in one pass (max 10.7s at 24 fps)"
+    )
+
+
+# --- the backends directly: parameters, seeds, progress, cancellation ------------------------
+def backend_for(weights: dict[str, Path], name: str) -> DiffusersBackend:
+    backend = families.create_backend(name, str(weights[name]), {"family": "tiny"}, "cpu")
+    assert type(backend) is MODELS[name][2]
+    return backend
+
+
+def run(
+    backend: DiffusersBackend, image: Image.Image | None = None, **params: Any
+) -> tuple[GeneratedVideo, list[tuple[int, int]]]:
+    progress: list[tuple[int, int]] = []
+    body = {"prompt": "a dog", "duration": 4, "num_inference_steps": 2, **params}
+    video = backend.generate(
+        DiffusersParams(**body), image, lambda s, t: progress.append((s, t)), lambda: False
+    )
+    return video, progress
+
+
+@pytest.mark.parametrize("name", ["wan21", "wan22-ti2v", "ltx"])
+def test_same_seed_same_video_and_every_parameter_counts(
+    weights: dict[str, Path], name: str
+) -> None:
+    backend = backend_for(weights, name)
+    first, progress = run(backend, seed=3, guidance_scale=4.0)
+    assert progress == [(1, 2), (2, 2)]
+    assert first.frames.shape == (32, 90, 160, 3) and first.fps == 8.0
+    assert np.array_equal(first.frames, run(backend, seed=3, guidance_scale=4.0)[0].frames)
+    for change in (
+        {"seed": 4},
+        {"guidance_scale": 7.0},
+        {"negative_prompt": "blurry"},
+        {"prompt": "a horse"},
+    ):
+        other = run(backend, **{"seed": 3, "guidance_scale": 4.0, **change})[0]
+        assert not np.array_equal(first.frames, other.frames), change
+    assert run(backend, seed=3, num_inference_steps=3)[1] == [(1, 3), (2, 3), (3, 3)]
+
+
+@pytest.mark.parametrize("name", ["ltx", "ltx-condition"])
+def test_ltx_image_to_video_shares_the_weights(weights: dict[str, Path], name: str) -> None:
+    backend = backend_for(weights, name)
+    image = Image.new("RGB", (640, 480), (220, 30, 30))
+    with_image = run(backend, image, seed=2, size="720x1280")[0]
+    assert with_image.frames.shape == (32, 160, 90, 3)
+    assert not np.array_equal(with_image.frames, run(backend, seed=2, size="720x1280")[0].frames)
+    assert backend._i2v.transformer is backend._t2v.transformer
+    assert backend._i2v.vae is backend._t2v.vae
+
+
+def test_ltx_stops_between_steps_and_runs_again(weights: dict[str, Path]) -> None:
+    backend = backend_for(weights, "ltx")
+    progress: list[tuple[int, int]] = []
+    with pytest.raises(Cancelled):
+        backend.generate(
+            DiffusersParams(prompt="a cat", duration=4, num_inference_steps=4),
+            None,
+            lambda s, t: progress.append((s, t)),
+            lambda: len(progress) >= 2,
+        )
+    assert progress == [(1, 4), (2, 4)]
+    assert run(backend, seed=1)[1] == [(1, 2), (2, 2)]
+
+
+def test_first_block_cache_runs(weights: dict[str, Path]) -> None:
+    options = {"family": "tiny", "cache": "first_block", "cache_threshold": 0.5}
+    backend = families.create_backend("ltx", str(weights["ltx"]), options, "cpu")
+    video, progress = run(backend, seed=1, num_inference_steps=3)
+    assert video.frames.shape == (32, 90, 160, 3) and len(progress) == 3
+    assert np.array_equal(video.frames, run(backend, seed=1, num_inference_steps=3)[0].frames)
+
+
+# --- the LRU of loaded models ----------------------------------------------------------------
+def test_pool_keeps_two_tiny_models_warm(tmp_path: Path) -> None:
+    folder = tmp_path / "tiny-t2v"
+    build_tiny_pipeline(folder)
+    pool = ModelPool(max_loaded=2)
+    first, second, third = (TinyBackend(folder, name=f"tiny-{i}") for i in range(3))
+    for backend in (first, second, third):
+        pool.track(backend)
+        backend.load()
+    assert not first.loaded and second.loaded and third.loaded
+    assert pool.resident() == ["tiny-1", "tiny-2"]
+    run(first)  # generating loads it again and makes room: the oldest (tiny-1) goes
+    assert first.loaded and not second.loaded and third.loaded
+    assert pool.resident() == ["tiny-2", "tiny-0"]

@@ -1,0 +1,81 @@
+"""The GPU benchmark's harness runs end to end on the CPU at toy sizes, so it is known to work
+before GPU time is spent on it; the GPU figures themselves are measured on a GPU host."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PHASES = {
+    "text_encoding",
+    "denoising",
+    "vae_decode",
+    "mp4_encode",
+    "other",
+    "total",
+    "mp4_encode_exposed",
+    "per_video_wall",
+}
+DENOISER = {
+    "tokens",
+    "text_tokens",
+    "forwards",
+    "samples",
+    "tflop_per_sample_forward",
+    "tflop",
+    "achieved_tflops",
+}
+
+
+def bench(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_pipeline", "--tiny", "--device", "cpu", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("mode", [[], ["--plain"]], ids=["ours", "plain"])
+def test_tiny_run_reports_every_phase(mode: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    report = bench(
+        "--threads", "1", "--videos", "1", "--cache", "first_block", "--out", str(out), *mode
+    )
+    assert json.loads(out.read_text()) == report
+    assert report["mode"] == ("plain" if mode else "ours") and report["tiny"] is True
+    assert {"device", "gpu", "torch", "diffusers", "peak_rss_gb"} <= set(report)
+    assert [r["model"] for r in report["results"]] == [
+        "wan2.1-t2v-1.3b",
+        "wan2.2-ti2v-5b",
+        "ltx-video-2b",
+    ]
+    for result in report["results"]:
+        assert set(result["seconds"]) == PHASES
+        assert all(result["seconds"][phase] > 0 for phase in ("text_encoding", "denoising"))
+        assert result["seconds"]["vae_decode"] > 0 and result["seconds"]["mp4_encode"] > 0
+        assert set(result["denoiser"]) == DENOISER
+        assert result["denoiser"]["tflop"] > 0 and result["denoiser"]["achieved_tflops"] > 0
+        assert result["peak_gpu_memory_gb"] is None  # no GPU here
+        assert result["cache"] == "first_block" and result["steps"] == 2
+        # CFG: Wan runs two forwards per step, LTX one forward with a batch of two.
+        expected = (2, 4) if result["model"].startswith("ltx") else (4, 4)
+        assert (result["denoiser"]["forwards"], result["denoiser"]["samples"]) == expected
+
+
+def test_flop_count_of_wan21_at_its_native_shape() -> None:
+    from bench.gpu_pipeline import FULL, denoiser_flops
+
+    # 832x480x81: 21 latent frames x 30 x 52 patches; 512 text tokens.
+    tflop = denoiser_flops(FULL["wan2.1-t2v-1.3b"], 21 * 30 * 52, 512) / 1e12
+    assert tflop == pytest.approx(283, rel=0.01)
