@@ -12,9 +12,10 @@ import logging
 
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.service import JobService
-from videoserve.jobs.store import JobStore
+from videoserve.jobs.store import JobStore, Policy
 from videoserve.models.registry import ModelRegistry
 from videoserve.moderation import BlocklistModerator, Moderator
+from videoserve.observability.metrics import Metrics, models_of
 from videoserve.settings import Settings
 from videoserve.storage import open_blob_store
 from videoserve.storage.signing import UrlSigner
@@ -35,9 +36,21 @@ class Runtime:
     ) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore.open(settings.resolved_database_url())
-        self.keys = KeyStore(self.store, cache_seconds=settings.auth_cache_seconds)
         self.registry = registry or ModelRegistry.from_settings(settings)
+        self.metrics = Metrics(
+            models_of(self.registry.names(), self.registry.served_by),
+            multiprocess_dir=settings.prometheus_multiproc_dir,
+        )
+        self.store = JobStore.open(
+            settings.resolved_database_url(),
+            policy=Policy(
+                max_running_per_key=settings.max_running_per_key,
+                refund_content_blocks=settings.refund_content_blocks,
+                refund_running_cancellations=settings.refund_running_cancellations,
+            ),
+            observer=self.metrics,
+        )
+        self.keys = KeyStore(self.store, cache_seconds=settings.auth_cache_seconds)
         self.blobs = open_blob_store(settings.resolved_storage_url(), settings)
         self.signer = UrlSigner(settings.resolved_secret_key())
         self.service = JobService(
@@ -65,6 +78,11 @@ class Runtime:
         if worker:
             self.worker = Worker(self.settings, self.store, self.registry, self.blobs)
             self._tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))
+
+    @property
+    def worker_stale_after(self) -> float:
+        """Seconds without a heartbeat after which a worker no longer counts as live."""
+        return 3 * self.settings.heartbeat_seconds + 1
 
     async def wait(self) -> None:
         """Until every background task ends (after `stop`)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -114,7 +114,50 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="At most one video.progress event per job this often"
     )
 
+    # --- credits, rate limits and the running cap ----------------------------------------
+    refund_content_blocks: bool = Field(
+        default=True, description="Refund a request refused by the content policy"
+    )
+    refund_running_cancellations: bool = Field(
+        default=True, description="Refund a job cancelled while it ran (GPU time was spent)"
+    )
+    rate_limit: str = Field(
+        default="",
+        description="Submits per key, e.g. '10/minute' or '10/minute;100/hour'; empty: no limit",
+    )
+    status_rate_limit: str = Field(
+        default="6000/minute",
+        description="Every other API call per key (status polls...), a separate bucket",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:6379/0: rate-limit counts shared by every API process; "
+        "default: in this process's memory",
+    )
+    rate_limit_prefix: str = Field(
+        default="videoserve", description="Prefix of the rate-limit keys in Redis"
+    )
+    max_running_per_key: int = Field(
+        default=0, ge=0, description="PROCESSING jobs one key may have at once; 0: no cap"
+    )
+
+    # --- observability -------------------------------------------------------------------
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per line, for log collectors"
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="prometheus-client's own variable (it reads it at import, so set it in the "
+        "environment of every process): metrics are then summed over the processes that share "
+        "the folder",
+    )
+    worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        description="`videoserve worker` serves /metrics on this port; 0: off",
+    )
 
     @field_validator("aliases", mode="before")
     @classmethod
@@ -127,6 +170,17 @@ class Settings(BaseSettings):
                     raise ValueError(f"alias {item!r} is not of the form name=target")
                 pairs[name.strip()] = target.strip()
             return pairs
+        return value
+
+    @field_validator("rate_limit", "status_rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        """Refuse a malformed limit at startup rather than on the first request."""
+        value = value.strip()
+        if value:
+            from limits import parse_many
+
+            parse_many(value)  # ValueError names the bad part
         return value
 
     @field_validator("worker_models", "blocklist", mode="before")

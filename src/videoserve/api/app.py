@@ -11,9 +11,22 @@ from fastapi import FastAPI
 from videoserve import __version__
 from videoserve.api import errors as api_errors
 from videoserve.api.limits import BodyLimitMiddleware
-from videoserve.api.routes import admin, control, files, meta, openai, segmind, ui, webhooks
+from videoserve.api.ratelimit import RateLimitMiddleware
+from videoserve.api.routes import (
+    account,
+    admin,
+    control,
+    files,
+    meta,
+    metrics,
+    openai,
+    segmind,
+    ui,
+    webhooks,
+)
 from videoserve.models.registry import ModelRegistry
 from videoserve.moderation import Moderator
+from videoserve.observability.logs import RequestIdMiddleware
 from videoserve.runtime import Runtime
 from videoserve.settings import Settings, is_loopback_host
 
@@ -59,8 +72,12 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(webhooks.router)
     app.include_router(control.router)
+    app.include_router(account.router)
+    app.include_router(metrics.router)
     # OpenAI's /v1/videos before the Segmind catch-all POST /v1/{model}.
     app.include_router(openai.router)
     app.include_router(segmind.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware, settings=settings)
+    app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 or a 429 carries the id
     return app

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import mimetypes
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +16,7 @@ from rich.table import Table
 from videoserve.settings import Settings
 
 app = typer.Typer(help="Self-hosted serverless video generation.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list, credit and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
 
@@ -32,11 +30,10 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Text for people, or one JSON object per line (VIDEOSERVE_LOG_FORMAT=json)."""
+    from videoserve.observability import logs
+
+    logs.configure(settings.log_level, settings.log_format)
 
 
 @app.command()
@@ -57,7 +54,13 @@ def serve(
     app_ = create_app(settings)
     err.print(f"videoserve on http://{settings.host}:{settings.port}  (docs at /docs)")
     uvicorn.run(
-        app_, host=settings.host, port=settings.port, log_level="warning", proxy_headers=True
+        app_,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        proxy_headers=True,
+        # JSON: uvicorn's own lines go through our handler too, instead of its text config.
+        **({"log_config": None} if settings.log_format == "json" else {}),
     )
 
 
@@ -97,9 +100,14 @@ def worker(data_dir: DataDir = None) -> None:
         await runtime.start(worker=True)
         assert runtime.worker is not None
         err.print(f"worker {runtime.worker.worker_id} started")
+        stop_metrics = None
+        if settings.worker_metrics_port:
+            stop_metrics = runtime.metrics.serve(settings.host, settings.worker_metrics_port)
         await stopping.wait()
         err.print("draining: finishing the current job, claiming no more")
         await runtime.stop(grace=settings.drain_seconds)
+        if stop_metrics is not None:
+            stop_metrics()
 
     asyncio.run(main())
 
@@ -163,14 +171,21 @@ def _image_reference(image: str) -> str:
 def keys_create(
     name: Annotated[str, typer.Option(help="Who the key is for")],
     admin: Annotated[bool, typer.Option(help="May administer the server")] = False,
+    credits: Annotated[
+        float | None,
+        typer.Option(help="Starting credits; without this option the key is unlimited"),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Create a key; the key itself is the LAST line of output, shown only this once."""
 
     async def main() -> str:
         async with _key_store(_settings(data_dir=data_dir)) as keys:
-            record, plaintext = await keys.create(name, admin=admin)
-        err.print(f"created {record.id} ({record.name}); store it now, it is not shown again")
+            record, plaintext = await keys.create(name, admin=admin, credits=credits)
+        budget = "unlimited" if credits is None else f"{_amount(credits)} credits"
+        err.print(
+            f"created {record.id} ({record.name}, {budget}); store it now, it is not shown again"
+        )
         return plaintext
 
     typer.echo(asyncio.run(main()))
@@ -183,18 +198,47 @@ def keys_list(data_dir: DataDir = None) -> None:
     async def main() -> None:
         async with _key_store(_settings(data_dir=data_dir)) as keys:
             records = await keys.list()
-        table = Table("id", "name", "prefix", "admin", "state")
+            balances = {r.id: await keys.balance(r.id) for r in records}
+        table = Table("id", "name", "prefix", "admin", "credits", "state")
         for r in records:
+            balance = balances.get(r.id)
             table.add_row(
                 r.id,
                 r.name,
                 r.prefix + "…",
                 "yes" if r.is_admin else "",
+                "unlimited" if r.unlimited or balance is None else _amount(balance),
                 "active" if r.active else "revoked",
             )
         Console().print(table)
 
     asyncio.run(main())
+
+
+@keys_app.command("credit", context_settings={"ignore_unknown_options": True})
+def keys_credit(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...) or prefix")],
+    amount: Annotated[
+        float, typer.Argument(help="Credits to add; negative to take some back (an adjustment)")
+    ],
+    note: Annotated[str, typer.Option(help="Why, kept in the ledger")] = "grant",
+    data_dir: DataDir = None,
+) -> None:
+    """Add credits to a key: one ledger row, and the balance moves by exactly that much."""
+
+    async def main() -> float | None:
+        async with _key_store(_settings(data_dir=data_dir)) as keys:
+            return await keys.credit(key_id, amount, note)
+
+    balance = asyncio.run(main())
+    if balance is None:
+        err.print(f"[red]no key {key_id!r}[/red]")
+        raise typer.Exit(1)
+    typer.echo(f"{key_id}: {amount:+g} credits, balance {_amount(balance)}")
+
+
+def _amount(value: float) -> str:
+    return f"{value:g}"
 
 
 @keys_app.command("revoke")
@@ -249,3 +293,25 @@ def models(data_dir: DataDir = None) -> None:
             note,
         )
     Console(width=160).print(table)
+
+
+@app.command()
+def pull(
+    model: Annotated[str, typer.Argument(help="A configured model name (or alias)")],
+    data_dir: DataDir = None,
+) -> None:
+    """Download a model's Hugging Face repo into the local cache (HF_HOME), with progress."""
+    from videoserve import errors
+    from videoserve.models.registry import ModelRegistry
+    from videoserve.models.weights import PullFailed
+
+    try:
+        backend = ModelRegistry.from_settings(_settings(data_dir=data_dir)).backend(model)
+        download = getattr(backend, "pull", None)
+        if download is None:
+            raise PullFailed(f"model '{model}' has no weights to download")
+        folder = download()
+    except (ValueError, PullFailed, errors.NotFound) as exc:
+        err.print(f"[red]error:[/red] {getattr(exc, 'message', None) or exc}")
+        raise typer.Exit(1) from None
+    err.print(f"{model}: weights in {folder}")

@@ -12,7 +12,7 @@ import time
 
 import sqlalchemy as sa
 
-from videoserve.jobs import clock, schema
+from videoserve.jobs import clock, ledger, schema
 from videoserve.jobs.records import ApiKey
 from videoserve.jobs.store import JobStore
 
@@ -36,6 +36,7 @@ def _record(row: object) -> ApiKey:
         is_admin=bool(row.is_admin),
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        unlimited=bool(row.unlimited),
     )
 
 
@@ -52,8 +53,12 @@ class KeyStore:
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, ApiKey]] = {}
 
-    async def create(self, name: str, *, admin: bool = False) -> tuple[ApiKey, str]:
-        """A new key; returns its record and the plaintext, which is never stored."""
+    async def create(
+        self, name: str, *, admin: bool = False, credits: float | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key; returns its record and the plaintext, which is never stored.
+
+        Without `credits` the key is unlimited; with them, it starts with that grant."""
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(8)
         values = {
@@ -64,10 +69,35 @@ class KeyStore:
             "is_admin": admin,
             "created_at": clock.now(),
             "revoked_at": None,
+            "balance": 0.0,
+            "unlimited": credits is None,
         }
         async with self._store.engine.begin() as conn:
             await conn.execute(keys.insert().values(**values))
+            if credits is not None:
+                await ledger.grant(conn, key_id, credits, "initial credits")
         return _record(_Values(values)), plaintext
+
+    async def credit(
+        self, key_id_or_prefix: str, amount: float, note: str = "grant"
+    ) -> float | None:
+        """Grant credits (negative: an adjustment) as one ledger row; the new balance, or None
+        when no key has this id or prefix."""
+        match = sa.or_(keys.c.id == key_id_or_prefix, keys.c.prefix == key_id_or_prefix)
+        async with self._store.engine.begin() as conn:
+            key_id = (await conn.execute(sa.select(keys.c.id).where(match))).scalar()
+            if key_id is None:
+                return None
+            return await ledger.grant(conn, key_id, amount, note)
+
+    async def balance(self, key_id: str) -> float | None:
+        """The key's cached ledger sum; None for an unknown key."""
+        return await ledger.balance(self._store.read_engine, key_id)
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        async with self._store.read_engine.connect() as conn:
+            row = (await conn.execute(sa.select(keys).where(keys.c.id == key_id))).first()
+        return _record(row) if row else None
 
     async def authenticate(self, plaintext: str) -> ApiKey | None:
         """The active key with this plaintext, or None."""
@@ -84,12 +114,12 @@ class KeyStore:
 
     async def _lookup(self, digest: str) -> ApiKey | None:
         query = sa.select(keys).where(keys.c.key_hash == digest, keys.c.revoked_at.is_(None))
-        async with self._store._read_engine.connect() as conn:
+        async with self._store.read_engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return _record(row) if row else None
 
     async def list(self) -> list[ApiKey]:
-        async with self._store._read_engine.connect() as conn:
+        async with self._store.read_engine.connect() as conn:
             rows = (await conn.execute(sa.select(keys).order_by(keys.c.created_at))).all()
         return [_record(r) for r in rows]
 
@@ -110,7 +140,7 @@ class KeyStore:
         return _record(row) if row else None
 
     async def count(self) -> int:
-        async with self._store._read_engine.connect() as conn:
+        async with self._store.read_engine.connect() as conn:
             return int(
                 (await conn.execute(sa.select(sa.func.count()).select_from(keys))).scalar_one()
             )

@@ -35,6 +35,7 @@ class Job:
     idempotency_key: str | None = None
     request_hash: str | None = None
     webhook_url: str | None = None  # where video.completed / video.failed are delivered
+    cost: float | None = None  # credits charged at submit; None when nothing was charged
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -61,6 +62,7 @@ class ApiKey:
     is_admin: bool
     created_at: float
     revoked_at: float | None = None
+    unlimited: bool = True  # never refused for its balance (keys created without credits)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -36,6 +36,10 @@ api_keys = sa.Table(
     sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float, nullable=True),
+    # Added by migration 4. The cached sum of the key's ledger rows, changed only by SQL in the
+    # transaction that writes the row; it may go negative on an unlimited key or by adjustment.
+    sa.Column("balance", sa.Float, nullable=False, server_default=sa.text("0")),
+    sa.Column("unlimited", sa.Boolean, nullable=False, server_default=sa.true()),  # never refused
 )
 
 jobs = sa.Table(
@@ -64,6 +68,7 @@ jobs = sa.Table(
     sa.Column("idempotency_key", sa.String(200), nullable=True),
     sa.Column("request_hash", sa.String(64), nullable=True),
     sa.Column("webhook_url", sa.Text, nullable=True),  # added by migration 2
+    sa.Column("cost", sa.Float, nullable=True),  # credits charged at submit (migration 4)
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
 )
 
@@ -80,12 +85,31 @@ workers = sa.Table(
     sa.Column("draining", sa.Boolean, nullable=False, default=False),
 )
 
-_ADDED_AFTER_V1 = {"webhook_url"}
+credit_ledger = sa.Table(
+    "credit_ledger",
+    metadata,
+    # BIGINT on PostgreSQL; SQLite auto-increments only a column declared exactly INTEGER.
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("api_key_id", sa.String(40), nullable=False),
+    sa.Column("job_id", sa.String(64), nullable=True),  # NULL for grants
+    sa.Column("kind", sa.String(16), nullable=False),  # grant | charge | refund
+    sa.Column("amount", sa.Float, nullable=False),  # signed: a charge is negative
+    sa.Column("note", sa.Text, nullable=True),  # "8 s x 1 credit/s", the failure refunded...
+    sa.Column("created_at", sa.Float, nullable=False),
+    # At most one charge and one refund per job, whatever races; NULLs (grants) never collide.
+    sa.UniqueConstraint("job_id", "kind", name="uq_credit_ledger_job_kind"),
+)
+sa.Index("ix_credit_ledger_key", credit_ledger.c.api_key_id, credit_ledger.c.created_at)
+
+_ADDED_AFTER_V1 = {"webhook_url", "cost"}
+_KEY_COLUMNS_AFTER_V1 = {"balance", "unlimited"}
+_V1_INDEXES = {"ix_jobs_queue", "ix_jobs_expires", "ix_jobs_lease", "ix_jobs_key_created"}
 
 sa.Index("ix_jobs_queue", jobs.c.status, jobs.c.created_at)
 sa.Index("ix_jobs_expires", jobs.c.expires_at)
 sa.Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_at)
 sa.Index("ix_jobs_key_created", jobs.c.api_key_id, jobs.c.created_at)
+sa.Index("ix_jobs_key_status", jobs.c.api_key_id, jobs.c.status)  # migration 4: the claim cap
 
 
 def _v2_webhooks(conn: Connection) -> None:
@@ -99,9 +123,29 @@ def _v3_workers(conn: Connection) -> None:
     workers.create(conn, checkfirst=True)
 
 
+def _v4_credits(conn: Connection) -> None:
+    # Existing keys become unlimited with a zero balance: nothing they did before is billed.
+    true = "TRUE" if conn.dialect.name == "postgresql" else "1"
+    conn.execute(
+        sa.text("ALTER TABLE api_keys ADD COLUMN balance DOUBLE PRECISION NOT NULL DEFAULT 0")
+    )
+    conn.execute(
+        sa.text(f"ALTER TABLE api_keys ADD COLUMN unlimited BOOLEAN NOT NULL DEFAULT {true}")
+    )
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN cost DOUBLE PRECISION"))
+    credit_ledger.create(conn, checkfirst=True)
+    for index in jobs.indexes:
+        if index.name == "ix_jobs_key_status":
+            index.create(conn, checkfirst=True)
+
+
 def _v1_initial(conn: Connection) -> None:
-    api_keys.create(conn, checkfirst=True)
-    # The jobs table as version 1 had it: later columns arrive through their own migrations.
+    # The tables as version 1 had them: later columns arrive through their own migrations.
+    sa.Table(
+        "api_keys",
+        sa.MetaData(),
+        *(c.copy() for c in api_keys.columns if c.name not in _KEY_COLUMNS_AFTER_V1),
+    ).create(conn, checkfirst=True)
     v1_jobs = sa.Table(
         "jobs",
         sa.MetaData(),
@@ -110,7 +154,8 @@ def _v1_initial(conn: Connection) -> None:
     )
     v1_jobs.create(conn, checkfirst=True)
     for index in jobs.indexes:
-        index.create(conn, checkfirst=True)
+        if index.name in _V1_INDEXES:
+            index.create(conn, checkfirst=True)
 
 
 # Append only: a released migration never changes; a new schema is a new entry.
@@ -118,6 +163,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_webhooks),
     (3, _v3_workers),
+    (4, _v4_credits),
 ]
 
 

@@ -2,7 +2,7 @@
 
 Routes translate HTTP to these calls and back, nothing more. The service validates against the
 model's schema, applies the content policy, stores the reference image, and makes the job
-durable before anyone is told its id.
+durable, and paid for, before anyone is told its id.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import secrets
 from typing import Any
 
 from videoserve import errors
+from videoserve.jobs import ledger
+from videoserve.jobs.keys import ANONYMOUS
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status, is_terminal
 from videoserve.jobs.store import IdempotencyConflict, JobStore, NewJob
@@ -75,7 +77,9 @@ class JobService:
         idempotency_key: str | None = None,
         webhook_url: str | None = None,
     ) -> Job:
-        """Validate, moderate and durably queue a request; returns the stored job."""
+        """Validate, moderate, charge and durably queue a request; returns the stored job.
+
+        `InsufficientCredits` when the key cannot pay the price: nothing is stored."""
         resolved = self.registry.resolve(model)
         params = validate_params(resolved.schema, raw_params)
         if len(params.prompt) > self.settings.max_prompt_chars:
@@ -96,6 +100,7 @@ class JobService:
         if reference is not None and blocked is None:
             input_key = input_blob_key(job_id)
             await self.blobs.put_bytes(input_key, reference.png, "image/png")
+        price = self.price(key, resolved.served_by, params.duration)
         stored_params = params.model_dump(exclude_none=True)
         if params.input_reference is not None and params.input_reference.startswith("data:"):
             # The image itself lives in blob storage; a multi-megabyte URI has no place in a row.
@@ -115,8 +120,13 @@ class JobService:
                     failed_with=blocked,
                     retention_seconds=self.settings.retention_seconds,
                     webhook_url=webhook_url,
+                    charge=price,
                 )
             )
+        except errors.InsufficientCredits:
+            if input_key:
+                await self.blobs.delete_prefix(job_blob_prefix(job_id))
+            raise
         except IdempotencyConflict:
             if input_key:
                 await self.blobs.delete_prefix(job_blob_prefix(job_id))
@@ -129,6 +139,14 @@ class JobService:
         if blocked:
             log.info("request %s blocked: %s", job.id, blocked)
         return job
+
+    def price(self, key: ApiKey, model: str, seconds: float) -> ledger.Charge | None:
+        """What a request costs: the serving model's price per second times the duration.
+
+        None with auth off: there is no key to charge."""
+        if key.id == ANONYMOUS.id:
+            return None
+        return ledger.Charge(seconds, self.registry.price_per_second(model))
 
     async def get(self, key: ApiKey, job_id: str) -> Job:
         """The caller's job; NotFound for unknown, expired and other keys' ids alike."""

@@ -3,13 +3,16 @@
 Transitions never read-modify-write in Python: each is an UPDATE whose WHERE clause carries
 the allowed source states (from `states`) and, for a worker's writes, the lease it holds
 (job id, attempt, token). A zombie worker whose lease was taken over updates zero rows.
+
+Credits ride in the same transactions (see `ledger`): a submit's charge commits with the job or
+not at all, and every move to FAILED without a video carries its refund.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from videoserve.jobs import clock, dialects, schema
+from videoserve.jobs import clock, dialects, ledger, schema
 from videoserve.jobs.records import Job, Lease
 from videoserve.jobs.states import TERMINAL, Status, sources
 
@@ -25,6 +28,8 @@ log = logging.getLogger("videoserve.jobs")
 jobs = schema.jobs
 
 QUEUED_TOPIC = "queued"
+# Serialises claims on PostgreSQL while a per-key running cap is set (see `JobStore.claim`).
+_CLAIM_CAP_LOCK_ID = 0x56494443  # "VIDC"
 
 
 def job_topic(job_id: str) -> str:
@@ -48,6 +53,31 @@ class NewJob:
     failed_with: str | None = None
     retention_seconds: float = 3600.0
     webhook_url: str | None = None  # per-request webhook (?webhook=URL)
+    charge: ledger.Charge | None = None  # the price to deduct; None: nothing is charged
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Operator choices the store applies inside its statements."""
+
+    max_running_per_key: int = 0  # PROCESSING jobs one key may have at once; 0: no cap
+    refund_content_blocks: bool = True
+    refund_running_cancellations: bool = True
+
+
+class Observer:
+    """Told what the store committed (the metrics subclass it); by default, nothing happens.
+
+    Called after the commit, in the process that made the change; must not block or raise."""
+
+    def claimed(self, job: Job) -> None:
+        """A worker took the job (its `attempt` says which time)."""
+
+    def finished(self, job: Job) -> None:
+        """The job reached COMPLETED or FAILED."""
+
+    def credits(self, kind: ledger.Kind, amount: float) -> None:
+        """Credits were charged or refunded."""
 
 
 @dataclass(frozen=True)
@@ -65,15 +95,31 @@ class IdempotencyConflict(Exception):
 class JobStore:
     """Jobs on SQLite or PostgreSQL; one instance per process, shared by API and worker."""
 
-    def __init__(self, engine: AsyncEngine, notifier: dialects.Notifier) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        notifier: dialects.Notifier,
+        *,
+        policy: Policy | None = None,
+        observer: Observer | None = None,
+    ) -> None:
         self.engine = engine
         self.notifier = notifier
+        self.policy = policy or Policy()
+        self.observer = observer or Observer()
         self._read_engine = dialects.read_only(engine)
 
     @classmethod
-    def open(cls, url: str) -> JobStore:
+    def open(
+        cls, url: str, *, policy: Policy | None = None, observer: Observer | None = None
+    ) -> JobStore:
         engine = dialects.create_engine(url)
-        return cls(engine, dialects.create_notifier(engine, url))
+        return cls(engine, dialects.create_notifier(engine, url), policy=policy, observer=observer)
+
+    @property
+    def read_engine(self) -> AsyncEngine:
+        """For single-statement reads: autocommit, no transaction round trips."""
+        return self._read_engine
 
     async def start(self) -> None:
         await self.migrate()
@@ -105,8 +151,12 @@ class JobStore:
 
     # --- submit and read ---------------------------------------------------------------------
     async def create(self, new: NewJob) -> tuple[Job, bool]:
-        """Store a job durably; returns (job, created). With an idempotency key already used
-        for the same request, returns the earlier job and False."""
+        """Store a job durably and charge its price, atomically; returns (job, created).
+
+        With an idempotency key already used for the same request, returns the earlier job and
+        False, charging nothing. `InsufficientCredits` when the key cannot pay: nothing stored.
+        A job stored FAILED (content block) is refunded in the same transaction if the policy
+        says so."""
         now = clock.now()
         values: dict[str, Any] = {
             "id": new.id,
@@ -124,6 +174,7 @@ class JobStore:
             "idempotency_key": new.idempotency_key,
             "request_hash": new.request_hash,
             "webhook_url": new.webhook_url,
+            "cost": new.charge.amount if new.charge is not None else None,
         }
         if new.failed_with is not None:
             values |= {
@@ -137,10 +188,25 @@ class JobStore:
             if earlier is not None:
                 return self._check_same_request(earlier, new), False
         topic = QUEUED_TOPIC if new.failed_with is None else job_topic(new.id)
+        refunded = 0.0
         try:
             async with self.engine.begin() as conn:
+                if new.charge is not None and not await ledger.charge(
+                    conn, new.api_key_id, new.id, new.charge
+                ):
+                    raise _Declined
                 row = (await conn.execute(jobs.insert().values(**values).returning(*jobs.c))).one()
+                if new.failed_with is not None and self.policy.refund_content_blocks:
+                    refunded = await ledger.refund(
+                        conn, new.api_key_id, new.id, row.cost, f"refund: {new.failed_with}"
+                    )
                 await self.notifier.send(conn, topic)
+        except _Declined:
+            assert new.charge is not None
+            # Read only to word the refusal; the decision was the UPDATE's.
+            raise ledger.insufficient(
+                await ledger.balance(self._read_engine, new.api_key_id), new.charge
+            ) from None
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
@@ -150,7 +216,14 @@ class JobStore:
                 raise
             return self._check_same_request(earlier, new), False
         self.notifier.after_commit(topic)
-        return Job.from_row(row), True
+        job = Job.from_row(row)
+        if new.charge is not None:
+            self.observer.credits("charge", new.charge.amount)
+        if refunded:
+            self.observer.credits("refund", refunded)
+        if job.status == Status.FAILED:
+            self.observer.finished(job)
+        return job, True
 
     @staticmethod
     def _check_same_request(earlier: Job, new: NewJob) -> Job:
@@ -197,11 +270,38 @@ class JobStore:
         async with self._read_engine.connect() as conn:
             return {status: int(n) for status, n in (await conn.execute(query)).all()}
 
+    async def count_active(self) -> dict[tuple[str, str], int]:
+        """(served_by, status) -> jobs QUEUED or PROCESSING, for the queue-depth gauges."""
+        query = (
+            sa.select(jobs.c.served_by, jobs.c.status, sa.func.count())
+            .where(jobs.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]))
+            .group_by(jobs.c.served_by, jobs.c.status)
+        )
+        async with self._read_engine.connect() as conn:
+            return {(model, status): int(n) for model, status, n in (await conn.execute(query))}
+
+    async def count_live_workers(self, stale_after: float) -> int:
+        """Workers (the `workers` table `WorkerRegistry` keeps) heard from recently."""
+        workers = schema.workers
+        query = sa.select(sa.func.count()).where(
+            workers.c.last_heartbeat >= clock.now() - stale_after
+        )
+        async with self._read_engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
     # --- the worker's side -------------------------------------------------------------------
     async def claim(
         self, worker_id: str, served_by: Sequence[str] | None, lease_seconds: float
     ) -> tuple[Job, Lease] | None:
-        """Atomically take the oldest queued job of the given models, with a fresh lease."""
+        """Atomically take the oldest queued job of the given models, with a fresh lease.
+
+        With `policy.max_running_per_key`, jobs of a key that already has that many PROCESSING
+        are skipped. The count is a subquery of the claim, so on SQLite (one writer at a time)
+        it is exact. On PostgreSQL two claimers could each count the same committed snapshot
+        and both claim a job of one key, exceeding the cap; so while a cap is set, claims take
+        a transaction-scoped advisory lock first, which serialises them (a claim is one short
+        statement; workers claim once per video). Without a cap no lock is taken.
+        """
         now = clock.now()
         oldest = (
             sa.select(jobs.c.id)
@@ -211,6 +311,19 @@ class JobStore:
         )
         if served_by is not None:
             oldest = oldest.where(jobs.c.served_by.in_(list(served_by)))
+        cap = self.policy.max_running_per_key
+        if cap > 0:
+            running = jobs.alias("running")
+            busy = (
+                sa.select(sa.func.count())
+                .select_from(running)
+                .where(
+                    running.c.api_key_id == jobs.c.api_key_id,
+                    running.c.status == Status.PROCESSING.value,
+                )
+                .scalar_subquery()
+            )
+            oldest = oldest.where(busy < cap)
         oldest = dialects.claim_subquery(self.engine, oldest)
         token = secrets.token_hex(16)
         statement = (
@@ -228,6 +341,11 @@ class JobStore:
             .returning(*jobs.c)
         )
         async with self.engine.begin() as conn:
+            if cap > 0 and dialects.is_postgres(self.engine):
+                # Held until commit, and each statement after it sees every earlier claim.
+                await conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _CLAIM_CAP_LOCK_ID}
+                )
             row = (await conn.execute(statement)).first()
             if row is not None:
                 await self.notifier.send(conn, job_topic(row.id))
@@ -235,6 +353,7 @@ class JobStore:
             return None
         job = Job.from_row(row)
         self.notifier.after_commit(job_topic(job.id))
+        self.observer.claimed(job)
         return job, Lease(job.id, job.attempt, token)
 
     @staticmethod
@@ -285,10 +404,14 @@ class JobStore:
         )
 
     async def fail(self, lease: Lease, error: str, retention_seconds: float) -> bool:
+        """Mark the job FAILED (model error, or stopped after a cancel) and refund it: always
+        for an error, for a cancellation while running if the policy says so."""
         now = clock.now()
+        refund_cancelled = self.policy.refund_running_cancellations
         return await self._finish(
             self._holds(lease),
             lease.job_id,
+            refund=lambda job: refund_cancelled or not job.cancel_requested,
             status=Status.FAILED.value,
             error=error,
             finished_at=now,
@@ -315,35 +438,58 @@ class JobStore:
         job_id: str,
         *,
         topics: tuple[str, ...] = (),
+        refund: Callable[[Job], bool] | None = None,
         **values: Any,
     ) -> bool:
+        """One fenced transition; a FAILED one carries its refund when `refund(job)` says so."""
         topics = (job_topic(job_id), *topics)
+        if values.get("status") in _TERMINAL_VALUES and self.policy.max_running_per_key:
+            topics = (*topics, QUEUED_TOPIC)  # a capped key may have a job to claim now
+        refunded = 0.0
         async with self.engine.begin() as conn:
-            changed = (await conn.execute(jobs.update().where(where).values(**values))).rowcount
-            if changed:
+            row = (
+                await conn.execute(jobs.update().where(where).values(**values).returning(*jobs.c))
+            ).first()
+            job = Job.from_row(row) if row is not None else None
+            if job is not None:
+                if refund is not None and refund(job):
+                    refunded = await _refund(conn, job)
                 for topic in topics:
                     await self.notifier.send(conn, topic)
-        if changed:
-            for topic in topics:
-                self.notifier.after_commit(topic)
-        return bool(changed)
+        if job is None:
+            return False
+        for topic in topics:
+            self.notifier.after_commit(topic)
+        if refunded:
+            self.observer.credits("refund", refunded)
+        if job.status.value in _TERMINAL_VALUES:
+            self.observer.finished(job)
+        return True
 
     async def request_cancel(self, job_id: str, api_key_id: str, retention_seconds: float) -> Job:
-        """Cancel: a queued job fails at once; a running one is asked to stop at its next step."""
+        """Cancel: a queued job fails at once (refunded); a running one is asked to stop at its
+        next step (its refund comes with `fail`)."""
         now = clock.now()
         failed = jobs.c.status.in_([s.value for s in sources(Status.FAILED)])
+        refunded = 0.0
         async with self.engine.begin() as conn:
-            await conn.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.api_key_id == api_key_id)
-                .where(jobs.c.status == Status.QUEUED.value, failed)
-                .values(
-                    status=Status.FAILED.value,
-                    error="cancelled by the user",
-                    finished_at=now,
-                    expires_at=now + retention_seconds,
+            row = (
+                await conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.api_key_id == api_key_id)
+                    .where(jobs.c.status == Status.QUEUED.value, failed)
+                    .values(
+                        status=Status.FAILED.value,
+                        error="cancelled by the user",
+                        finished_at=now,
+                        expires_at=now + retention_seconds,
+                    )
+                    .returning(*jobs.c)
                 )
-            )
+            ).first()
+            cancelled = Job.from_row(row) if row is not None else None
+            if cancelled is not None:
+                refunded = await _refund(conn, cancelled)
             await conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.api_key_id == api_key_id)
@@ -352,6 +498,10 @@ class JobStore:
             )
             await self.notifier.send(conn, job_topic(job_id))
         self.notifier.after_commit(job_topic(job_id))
+        if refunded:
+            self.observer.credits("refund", refunded)
+        if cancelled is not None:
+            self.observer.finished(cancelled)
         job = await self.get(job_id, api_key_id=api_key_id)
         if job is None:
             raise KeyError(job_id)
@@ -359,9 +509,8 @@ class JobStore:
 
     # --- maintenance -------------------------------------------------------------------------
     async def reap_expired_leases(self, retention_seconds: float) -> tuple[int, int]:
-        """Requeue jobs whose worker stopped heartbeating; fail those out of attempts.
-
-        Returns (requeued, failed)."""
+        """Requeue jobs whose worker stopped heartbeating; fail (and refund) those out of
+        attempts. Returns (requeued, failed)."""
         now = clock.now()
         lost = sa.and_(
             jobs.c.status == Status.PROCESSING.value,
@@ -383,9 +532,11 @@ class JobStore:
                         expires_at=now + retention_seconds,
                         lease_token=None,
                     )
-                    .returning(jobs.c.id)
+                    .returning(*jobs.c)
                 )
             ).all()
+            failed_jobs = [Job.from_row(r) for r in failed]
+            refunds = [await _refund(conn, job) for job in failed_jobs]
             requeued = (
                 await conn.execute(
                     jobs.update()
@@ -401,12 +552,17 @@ class JobStore:
                 )
             ).all()
             topics = [job_topic(r.id) for r in (*failed, *requeued)]
-            if requeued:
+            if requeued or (failed and self.policy.max_running_per_key):
                 topics.append(QUEUED_TOPIC)
             for topic in topics:
                 await self.notifier.send(conn, topic)
         for topic in topics:
             self.notifier.after_commit(topic)
+        for amount in refunds:
+            if amount:
+                self.observer.credits("refund", amount)
+        for job in failed_jobs:
+            self.observer.finished(job)
         for r in requeued:
             log.warning("job %s lost its worker; requeued", r.id)
         for r in failed:
@@ -439,3 +595,14 @@ class JobStore:
 
     async def wait_for_queued(self, timeout: float) -> bool:
         return await self.notifier.wait(QUEUED_TOPIC, timeout)
+
+
+_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+
+
+class _Declined(Exception):
+    """The key cannot pay; raised inside the submit transaction to roll it back."""
+
+
+async def _refund(conn: Any, job: Job) -> float:
+    return await ledger.refund(conn, job.api_key_id, job.id, job.cost, f"refund: {job.error}")

@@ -4,9 +4,12 @@ Operators describe models in one TOML file (`VIDEOSERVE_MODELS`):
 
     [models."wan-2.1-t2v-1.3b"]
     backend = "diffusers"                       # or "tiny"
-    path = "/srv/models/Wan2.1-T2V-1.3B-Diffusers"  # relative paths: from the TOML's folder
+    path = "/srv/models/Wan2.1-T2V-1.3B-Diffusers"  # relative paths: from the TOML's folder;
+                                                # or a Hugging Face repo id (owner/name)
     family = "wan2.1"                           # optional; detected from the folder if absent
-    # optional: device, steps, guidance, negative_prompt, fps, max_frames
+    # optional: device, steps, guidance, negative_prompt, fps, max_frames, dtype,
+    # cpu_offload, group_offload, vae_tiling, cache, cache_threshold (docs/models.md)
+    price_per_second = 2.5                      # credits per second of video (default 1)
 
     [aliases]
     sora-2-pro = "wan-2.1-t2v-1.3b"
@@ -15,7 +18,8 @@ Operators describe models in one TOML file (`VIDEOSERVE_MODELS`):
 built-in `tiny-t2v` always exists. `sora-2-pro`, unless aliased or configured, is served by the
 first available `diffusers` entry in file order (list the family you prefer first), else by
 `tiny-t2v` with a warning. Whatever serves it, `sora-2-pro` accepts exactly the seed's four
-parameters; every other name takes its backend's schema.
+parameters; every other name takes its backend's schema. A request costs the `price_per_second`
+of the model that serves it (an alias has no price of its own) times its duration.
 """
 
 from __future__ import annotations
@@ -31,23 +35,28 @@ from pathlib import Path
 from typing import Any
 
 from videoserve import errors
+from videoserve.models import families
 from videoserve.models.backends.base import VideoBackend
 from videoserve.models.backends.tiny import TINY_NAME, TinyBackend
-from videoserve.models.backends.wan import WanBackend
 from videoserve.models.grid import FAMILY_GRIDS
 from videoserve.models.params import VideoParams, schema_json
+from videoserve.models.pool import DEFAULT_MAX_LOADED, ModelPool
+from videoserve.models.weights import is_repo_id
 from videoserve.settings import Settings
 
 log = logging.getLogger("videoserve.models")
 
 SORA = "sora-2-pro"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEFAULT_PRICE_PER_SECOND = 1.0
+_PRICE = ((int, float), "a number >= 0 (credits per second of video)")
 
 # option -> (accepted types, description for the error message)
 _OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "tiny": {
         "device": ((str,), "a device such as cpu or cuda"),
         "seed": ((int,), "an integer"),
+        "price_per_second": _PRICE,
     },
     "diffusers": {
         "family": ((str,), f"one of {', '.join(FAMILY_GRIDS)}"),
@@ -57,6 +66,13 @@ _OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "negative_prompt": ((str,), "a string"),
         "fps": ((int,), "an integer >= 1"),
         "max_frames": ((int,), "an integer >= 1"),
+        "dtype": ((str,), "bf16, fp16 or fp32"),
+        "cpu_offload": ((bool,), "true or false"),
+        "group_offload": ((bool,), "true or false"),
+        "vae_tiling": ((bool,), "true or false"),
+        "cache": ((str,), '"first_block"'),
+        "cache_threshold": ((int, float), "a number between 0 and 1"),
+        "price_per_second": _PRICE,
     },
 }
 
@@ -90,11 +106,13 @@ class ModelRegistry:
         aliases: Mapping[str, str] | None = None,
         *,
         device: str = "auto",
+        max_loaded_models: int = DEFAULT_MAX_LOADED,
     ) -> None:
         """Check the configuration and settle what serves `sora-2-pro`; ValueError if invalid.
 
         `device` is the default for `diffusers` models; `tiny` models run on the CPU unless
-        their entry says otherwise.
+        their entry says otherwise. At most `max_loaded_models` stay loaded at once: loading
+        another unloads the least recently used (`ModelPool`).
         """
         self._entries: dict[str, ModelEntry] = {}
         for entry in entries:
@@ -106,6 +124,7 @@ class ModelRegistry:
             raise ValueError(f"the built-in model '{TINY_NAME}' is missing")
         self._device = device
         self._backends: dict[str, VideoBackend] = {}
+        self._pool = ModelPool(max_loaded_models)
         self._lock = threading.Lock()
         self._created = int(time.time())
 
@@ -195,6 +214,7 @@ class ModelRegistry:
             backend = self._backends.get(target)
             if backend is None:
                 backend = self._backends[target] = self._create(self._entries[target])
+                self._pool.track(backend)
             return backend
 
     def resolve(self, name: str) -> ResolvedModel:
@@ -205,6 +225,11 @@ class ModelRegistry:
         if not state.available:
             raise errors.ModelUnavailable(f"model '{name}' is unavailable: {state.reason}")
         return ResolvedModel(name, target, backend, self.schema(name))
+
+    def price_per_second(self, name: str) -> float:
+        """Credits per second of video for `name`: the price of the model that serves it."""
+        entry = self._entries[self.served_by(name)]
+        return float(entry.options.get("price_per_second", DEFAULT_PRICE_PER_SECOND))
 
     def schema(self, name: str) -> type[VideoParams]:
         """`VideoParams` for `sora-2-pro` whatever serves it, else the backend's own schema."""
@@ -285,7 +310,9 @@ def load_models_file(path: Path) -> tuple[list[ModelEntry], dict[str, str]]:
             raise ValueError(f"{path}: model '{name}': path must be a string")
         if raw_path is not None:
             folder = Path(raw_path).expanduser()
-            raw_path = str(folder if folder.is_absolute() else Path(path).parent / folder)
+            anchored = folder if folder.is_absolute() else Path(path).parent / folder
+            # owner/name with no such folder here is a Hugging Face repo id: kept as written.
+            raw_path = raw_path if is_repo_id(raw_path) and not anchored.exists() else str(anchored)
         entries.append(ModelEntry(name, backend, raw_path, options))
     aliases = document.get("aliases", {})
     if not isinstance(aliases, dict) or not all(isinstance(t, str) for t in aliases.values()):
@@ -316,14 +343,19 @@ def _check_entry(entry: ModelEntry) -> None:
         )
     for key, value in entry.options.items():
         types, expected = allowed[key]
-        bad_number = isinstance(value, int) and key in {"steps", "fps", "max_frames"} and value < 1
-        if isinstance(value, bool) or not isinstance(value, types) or bad_number:
+        bad_number = (
+            isinstance(value, int) and key in {"steps", "fps", "max_frames"} and value < 1
+        ) or (key == "price_per_second" and isinstance(value, int | float) and value < 0)
+        bad_bool = isinstance(value, bool) and bool not in types  # True is an int in Python
+        if bad_bool or not isinstance(value, types) or bad_number:
             raise ValueError(f"model '{entry.name}': {key} must be {expected} (got {value!r})")
     family = entry.options.get("family")
     if family is not None and family not in FAMILY_GRIDS:
         raise ValueError(
             f"model '{entry.name}': unknown family '{family}' (known: {', '.join(FAMILY_GRIDS)})"
         )
+    if entry.backend == "diffusers":
+        families.check_entry(entry.name, entry.path, entry.options)
 
 
 def _tiny(entry: ModelEntry, device: str) -> VideoBackend:
@@ -336,19 +368,8 @@ def _tiny(entry: ModelEntry, device: str) -> VideoBackend:
 
 
 def _diffusers(entry: ModelEntry, device: str) -> VideoBackend:
-    options = entry.options
-    family = options.get("family")
-    overrides = {key: options[key] for key in ("fps", "max_frames") if key in options}
-    return WanBackend(
-        entry.name,
-        Path(str(entry.path)),
-        FAMILY_GRIDS[family] if family else None,
-        device=options.get("device", device),
-        default_steps=options.get("steps", 40),
-        default_guidance=float(options.get("guidance", 5.0)),
-        default_negative_prompt=options.get("negative_prompt", ""),
-        grid_overrides=overrides,
-    )
+    # The family (wan, ltx) is read from the weights' model_index.json.
+    return families.create_backend(entry.name, str(entry.path), entry.options, device)
 
 
 _FACTORIES: dict[str, Callable[[ModelEntry, str], VideoBackend]] = {

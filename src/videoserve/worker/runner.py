@@ -31,6 +31,7 @@ from videoserve.jobs.workers import WorkerRegistry, WorkerState
 from videoserve.media.encode import encode_mp4, write_thumbnail
 from videoserve.models.backends.base import Cancelled
 from videoserve.models.registry import ModelRegistry
+from videoserve.observability import logs
 from videoserve.settings import Settings
 from videoserve.storage.base import BlobStore
 
@@ -154,7 +155,8 @@ class Worker:
         job, lease = claimed
         self.current[job.id] = job
         try:
-            await self._execute(job, lease)
+            with logs.job_context(job.id):  # every line about this job, in every thread, says so
+                await self._execute(job, lease)
         finally:
             self.current.pop(job.id, None)
         return True

@@ -1,0 +1,214 @@
+"""Per-key rate limits: a pure-ASGI middleware over the `limits` library (moving windows).
+
+Two separate buckets per caller, so a client polling its jobs is never cut off because it
+submitted (the `segmind` SDK never retries a poll: one 429 during `wait()` fails the job):
+
+- `submit`: the calls that create a job (`POST /v2/{model}`, `POST /v1/{model}`,
+  `POST /v1/videos`, `POST /v1/videos/{id}/remix`), limited by `VIDEOSERVE_RATE_LIMIT`
+  (empty: no limit).
+- `status`: every other call under `/v1/` and `/v2/` (polls, results, lists, cancels), limited
+  by `VIDEOSERVE_STATUS_RATE_LIMIT`. Pages, docs, signed file links, health and `/metrics`
+  are not limited.
+
+A POST is a submit when its path names a configured model (`/v1/NAME`, `/v2/NAME`) or is one
+of the Videos API's creating paths; a POST to an unknown name is a 404 and counts as `status`.
+The caller is identified without a database read: by a hash of the presented key (`x-api-key`
+or `Authorization: Bearer`), else by the client's address. A bad key is limited under its own
+hash until the 401 answers it.
+Counts live in this process's memory, or in Redis with `VIDEOSERVE_REDIS_URL` so that every
+API process shares them. If Redis fails, limiting pauses for a few seconds (logged) rather than
+failing requests: the limits protect capacity, and the job database stays the source of truth.
+
+Every limited answer carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
+`X-RateLimit-Reset` (epoch seconds when a slot frees); a refusal is 429 with `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from limits import RateLimitItem, parse_many
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from videoserve.api.errors import error_response
+from videoserve.settings import Settings
+
+log = logging.getLogger("videoserve.api")
+
+Bucket = Literal["submit", "status"]
+
+_MODEL_PATH = re.compile(r"^/v[12]/([^/]+)$")  # POST /v1/{model}, POST /v2/{model}
+_VIDEOS_PATH = re.compile(r"^/v1/videos(/[^/]+/remix)?/?$")  # OpenAI create and remix
+LIMITED_PREFIXES = ("/v1/", "/v2/")
+STORAGE_PAUSE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One limit's answer for one call."""
+
+    allowed: bool
+    item: RateLimitItem
+    remaining: int
+    reset_at: float  # epoch seconds when the oldest counted call leaves the window
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_at - time.time()))
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "X-RateLimit-Limit": str(self.item.amount),
+            "X-RateLimit-Remaining": str(max(0, self.remaining)),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+    def message(self) -> str:
+        return f"rate limit exceeded: {self.item}; retry in {self.retry_after} s"
+
+
+class RateLimits:
+    """The two buckets over one storage."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.items: dict[Bucket, list[RateLimitItem]] = {
+            "submit": parse_many(settings.rate_limit) if settings.rate_limit else [],
+            "status": parse_many(settings.status_rate_limit) if settings.status_rate_limit else [],
+        }
+        self._pool = None
+        if settings.redis_url:
+            import redis.asyncio
+
+            # Our own pool, so that shutdown can close its connections; short timeouts, so a
+            # dead Redis costs a request a second at most before limiting pauses.
+            self._pool = redis.asyncio.ConnectionPool.from_url(
+                settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0
+            )
+            url = settings.redis_url
+            storage = storage_from_string(
+                url if url.startswith("async+") else "async+" + url,
+                implementation="redispy",
+                connection_pool=self._pool,
+                key_prefix=settings.rate_limit_prefix,
+            )
+        else:
+            storage = storage_from_string("async+memory://")
+        self.limiter = MovingWindowRateLimiter(storage)
+        self._paused_until = 0.0
+
+    @property
+    def active(self) -> bool:
+        return any(self.items.values())
+
+    async def hit(self, bucket: Bucket, identity: str) -> Verdict | None:
+        """Count one call; the tightest limit's verdict, or None when nothing limits it."""
+        items = self.items[bucket]
+        if not items or time.monotonic() < self._paused_until:
+            return None
+        verdicts = []
+        try:
+            for item in items:
+                allowed = await self.limiter.hit(item, bucket, identity)
+                stats = await self.limiter.get_window_stats(item, bucket, identity)
+                verdict = Verdict(allowed, item, stats.remaining, stats.reset_time)
+                if not allowed:
+                    return verdict
+                verdicts.append(verdict)
+        except Exception as exc:  # Redis down or restarting
+            log.warning(
+                "rate limiting paused for %gs: its storage failed: %s", STORAGE_PAUSE_SECONDS, exc
+            )
+            self._paused_until = time.monotonic() + STORAGE_PAUSE_SECONDS
+            return None
+        return min(verdicts, key=lambda v: v.remaining)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.disconnect()
+
+
+class RateLimitMiddleware:
+    """Counts each API call in its bucket; 429 once a limit is spent."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.limits = RateLimits(settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._closing_on_shutdown(send))
+            return
+        if (
+            scope["type"] != "http"
+            or not self.limits.active
+            or not scope["path"].startswith(LIMITED_PREFIXES)
+        ):
+            await self.app(scope, receive, send)
+            return
+        verdict = await self.limits.hit(_bucket(scope), _identity(scope))
+        if verdict is None:
+            await self.app(scope, receive, send)
+            return
+        headers = verdict.headers()
+        if not verdict.allowed:
+            response = error_response(429, verdict.message(), headers)
+            await response(scope, receive, send)
+            return
+        extra = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*(message.get("headers") or []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _closing_on_shutdown(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.limits.close()
+            await send(message)
+
+        return wrapped
+
+
+def _bucket(scope: Scope) -> Bucket:
+    if scope["method"] != "POST":
+        return "status"
+    path = scope["path"]
+    if _VIDEOS_PATH.match(path):
+        return "submit"
+    named = _MODEL_PATH.match(path)
+    if named is None:
+        return "status"
+    # Only a configured model name creates a job (POST /v1/webhooks does not). scope["app"]
+    # is the FastAPI app, set before any middleware runs; its runtime holds the registry.
+    runtime = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
+    if runtime is None:
+        return "submit"
+    return "submit" if named.group(1) in runtime.registry.names() else "status"
+
+
+def _identity(scope: Scope) -> str:
+    headers = dict(scope.get("headers") or [])
+    presented = headers.get(b"x-api-key", b"").strip()
+    if not presented:
+        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer":
+            presented = credentials.strip()
+    if presented:
+        # Salted, so the names in Redis are not the stored key hashes.
+        return "key:" + hashlib.sha256(b"videoserve-rate-limit:" + presented).hexdigest()[:32]
+    client = scope.get("client")
+    return "ip:" + (client[0] if client else "unknown")

@@ -1,0 +1,243 @@
+"""Credits: every grant, charge and refund is a `credit_ledger` row; a balance is their sum.
+
+`api_keys.balance` caches that sum. It is changed only by an `UPDATE ... SET balance = balance
++/- :amount` in the same transaction that writes the ledger row, never read into Python and
+written back, so concurrent submits cannot overspend and `balance == SUM(amount)` always holds.
+
+- A charge is taken when a job is accepted, in the transaction that inserts the job: the key's
+  UPDATE carries the check (`unlimited OR balance >= cost`), so on PostgreSQL the row lock
+  serialises a key's submits and the check is re-evaluated on the latest balance; on SQLite the
+  transaction holds the database write lock from BEGIN IMMEDIATE.
+- A refund is written in the transaction that moves the job to FAILED. The unique constraint on
+  `(job_id, kind)` makes it at most once per job; the insert skips a duplicate instead of
+  failing, so a refund can never undo the FAILED transition it rides with.
+- Unlimited keys are charged and refunded too (their balance simply goes negative), so usage,
+  `spent` and the metrics read the same way for every key.
+
+Amounts are floats: prices are per-second numbers set by the operator, and with whole-number
+prices every sum is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from videoserve import errors
+from videoserve.jobs import clock, schema
+
+ledger = schema.credit_ledger
+keys = schema.api_keys
+
+Kind = Literal["grant", "charge", "refund"]
+
+
+def number(value: float) -> int | float:
+    """A credit amount as people write it: 8, not 8.0."""
+    value = float(value)
+    return int(value) if value.is_integer() else round(value, 6)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """The price of one request: the model's price per second times the video's seconds."""
+
+    seconds: float
+    price_per_second: float
+
+    @property
+    def amount(self) -> float:
+        return self.seconds * self.price_per_second
+
+    def describe(self) -> str:
+        unit = "credit" if self.price_per_second == 1 else "credits"
+        return f"{number(self.seconds)} s x {number(self.price_per_second)} {unit}/s"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A key's credits as `GET /v1/account` shows them."""
+
+    key_id: str
+    name: str
+    unlimited: bool
+    balance: float  # the cached ledger sum
+    granted: float  # grants and adjustments
+    spent: float  # charges, as a positive number
+    refunded: float
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ledger row."""
+
+    id: int
+    api_key_id: str
+    job_id: str | None
+    kind: Kind
+    amount: float
+    note: str | None
+    created_at: float
+
+
+def insufficient(balance: float | None, charge: Charge) -> errors.InsufficientCredits:
+    """The 406 a refused charge answers, with the balance and how the price was computed."""
+    have = "no such key" if balance is None else f"balance {number(balance)}"
+    return errors.InsufficientCredits(
+        f"insufficient credits: {have}, price {number(charge.amount)} ({charge.describe()})"
+    )
+
+
+# --- writes: each runs inside the caller's transaction --------------------------------------
+async def charge(conn: AsyncConnection, api_key_id: str, job_id: str, price: Charge) -> bool:
+    """Deduct the price if the key may spend it and record the charge; False when refused."""
+    taken = (
+        await conn.execute(
+            keys.update()
+            .where(keys.c.id == api_key_id)
+            .where(sa.or_(keys.c.unlimited, keys.c.balance >= price.amount))
+            .values(balance=keys.c.balance - price.amount)
+            .returning(keys.c.id)
+        )
+    ).first()
+    if taken is None:
+        return False
+    await conn.execute(
+        ledger.insert().values(
+            api_key_id=api_key_id,
+            job_id=job_id,
+            kind="charge",
+            amount=-price.amount,
+            note=price.describe(),
+            created_at=clock.now(),
+        )
+    )
+    return True
+
+
+async def refund(
+    conn: AsyncConnection, api_key_id: str, job_id: str, cost: float | None, note: str
+) -> float:
+    """Give a failed job's charge back, once; returns the amount refunded (0 if none)."""
+    if cost is None:  # nothing was charged (auth off, or a job from before credits existed)
+        return 0.0
+    row = (
+        await conn.execute(
+            _insert_ignoring_duplicates(conn)
+            .values(
+                api_key_id=api_key_id,
+                job_id=job_id,
+                kind="refund",
+                amount=cost,
+                note=note[:500],
+                created_at=clock.now(),
+            )
+            .returning(ledger.c.id)
+        )
+    ).first()
+    if row is None:  # already refunded
+        return 0.0
+    await conn.execute(
+        keys.update().where(keys.c.id == api_key_id).values(balance=keys.c.balance + cost)
+    )
+    return cost
+
+
+async def grant(conn: AsyncConnection, api_key_id: str, amount: float, note: str) -> float | None:
+    """Add credits (negative: an adjustment) to a key; its new balance, None if no such key."""
+    row = (
+        await conn.execute(
+            keys.update()
+            .where(keys.c.id == api_key_id)
+            .values(balance=keys.c.balance + amount)
+            .returning(keys.c.balance)
+        )
+    ).first()
+    if row is None:
+        return None
+    await conn.execute(
+        ledger.insert().values(
+            api_key_id=api_key_id,
+            job_id=None,
+            kind="grant",
+            amount=amount,
+            note=note,
+            created_at=clock.now(),
+        )
+    )
+    return float(row.balance)
+
+
+def _insert_ignoring_duplicates(conn: AsyncConnection) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(ledger).on_conflict_do_nothing(index_elements=["job_id", "kind"])
+
+
+# --- reads -----------------------------------------------------------------------------------
+async def balance(engine: AsyncEngine, api_key_id: str) -> float | None:
+    async with engine.connect() as conn:
+        value = (
+            await conn.execute(sa.select(keys.c.balance).where(keys.c.id == api_key_id))
+        ).scalar()
+    return None if value is None else float(value)
+
+
+async def account(engine: AsyncEngine, api_key_id: str) -> Account | None:
+    """The key's balance and its ledger totals by kind; None for an unknown key."""
+    totals = (
+        sa.select(ledger.c.kind, sa.func.sum(ledger.c.amount))
+        .where(ledger.c.api_key_id == api_key_id)
+        .group_by(ledger.c.kind)
+    )
+    async with engine.connect() as conn:
+        key = (await conn.execute(sa.select(keys).where(keys.c.id == api_key_id))).first()
+        if key is None:
+            return None
+        sums = {kind: float(total or 0) for kind, total in (await conn.execute(totals)).all()}
+    return Account(
+        key_id=key.id,
+        name=key.name,
+        unlimited=bool(key.unlimited),
+        balance=float(key.balance),
+        granted=sums.get("grant", 0.0),
+        spent=-sums.get("charge", 0.0),
+        refunded=sums.get("refund", 0.0),
+    )
+
+
+async def refunds_for(engine: AsyncEngine, job_ids: list[str]) -> dict[str, float]:
+    """job id -> amount refunded, for the jobs that got a refund."""
+    if not job_ids:
+        return {}
+    query = sa.select(ledger.c.job_id, ledger.c.amount).where(
+        ledger.c.kind == "refund", ledger.c.job_id.in_(job_ids)
+    )
+    async with engine.connect() as conn:
+        return {job_id: float(amount) for job_id, amount in (await conn.execute(query)).all()}
+
+
+async def entries(engine: AsyncEngine, api_key_id: str) -> list[Entry]:
+    """The key's ledger, oldest first."""
+    query = (
+        sa.select(ledger)
+        .where(ledger.c.api_key_id == api_key_id)
+        .order_by(ledger.c.created_at, ledger.c.id)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [
+        Entry(
+            id=r.id,
+            api_key_id=r.api_key_id,
+            job_id=r.job_id,
+            kind=r.kind,
+            amount=float(r.amount),
+            note=r.note,
+            created_at=r.created_at,
+        )
+        for r in rows
+    ]

@@ -1,0 +1,152 @@
+"""Log lines that say which request or job they belong to, as text or as JSON.
+
+Two context variables carry the correlation: `request_id` (set by `RequestIdMiddleware` for
+every HTTP request, from the client's `X-Request-Id` or a new id) and `job_id` (set by the
+worker while it runs a job, and inherited by the model thread through `asyncio.to_thread`).
+A filter on the handler copies them onto every record, so a line logged anywhere below a
+request or a job carries its id without the caller passing it.
+
+`VIDEOSERVE_LOG_FORMAT=json` writes one JSON object per line (`time`, `level`, `logger`,
+`message`, then `request_id` / `job_id` when set, `exception` with a traceback); `text`, the
+default, is for people.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import secrets
+import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Literal
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id: ContextVar[str | None] = ContextVar("videoserve_request_id", default=None)
+job_id: ContextVar[str | None] = ContextVar("videoserve_job_id", default=None)
+
+REQUEST_ID_HEADER = "x-request-id"
+# A client's id is echoed and logged, so only a short token of safe characters is taken.
+_ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+LogFormat = Literal["text", "json"]
+
+
+@contextlib.contextmanager
+def job_context(value: str) -> Iterator[None]:
+    """Tag every line logged inside (and in tasks and threads started inside) with the job."""
+    token = job_id.set(value)
+    try:
+        yield
+    finally:
+        job_id.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the request and job ids of the current context onto each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        record.job_id = job_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in ("request_id", "job_id"):
+            value = getattr(record, name, None)
+            if value:
+                line[name] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger [request=... job=...]: message`, the brackets only when set."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        tags = [
+            f"{label}={value}"
+            for label, value in (
+                ("request", getattr(record, "request_id", None)),
+                ("job", getattr(record, "job_id", None)),
+            )
+            if value
+        ]
+        record.context = f" [{' '.join(tags)}]" if tags else ""
+        return super().format(record)
+
+
+def make_handler(log_format: LogFormat, stream: IO[str] | None = None) -> logging.Handler:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    return handler
+
+
+def configure(level: str, log_format: LogFormat, stream: IO[str] | None = None) -> None:
+    """Route every logger through one handler of the chosen format (the CLI calls this)."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(make_handler(log_format, stream))
+    root.setLevel(level.upper())
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+class RequestIdMiddleware:
+    """Pure ASGI: give each HTTP request an id for its log lines and echo it in the answer.
+
+    The id is the client's `X-Request-Id` when it is a short safe token, else a new one. An
+    answer that already carries `X-Request-Id` keeps it (`POST /v1/{model}` puts the job's id
+    there, as Segmind does). The variable is not reset afterwards on purpose: the 500 handler
+    runs outside this middleware and should still log the id, and every request runs in a
+    task of its own and sets it afresh.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        presented = ""
+        for name, value in scope.get("headers") or []:
+            if name == REQUEST_ID_HEADER.encode():
+                presented = value.decode("latin-1").strip()
+                break
+        current = presented if _ACCEPTABLE_ID.match(presented) else new_request_id()
+        request_id.set(current)
+        encoded = current.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                if not any(name.lower() == REQUEST_ID_HEADER.encode() for name, _ in headers):
+                    headers.append((b"x-request-id", encoded))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
