@@ -92,6 +92,9 @@ class Settings(BaseSettings):
         default=600.0, ge=0, description="On SIGTERM, how long a worker may finish its job"
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    max_loaded_models: int = Field(
+        default=2, ge=1, description="Models a process keeps loaded; another unloads the LRU one"
+    )
     model_cache_dir: Path | None = Field(
         default=None, description="Where built-in models are built; default: data_dir/models"
     )

@@ -32,6 +32,10 @@ QUEUED_TOPIC = "queued"
 _CLAIM_CAP_LOCK_ID = 0x56494443  # "VIDC"
 
 
+# Any job reached COMPLETED or FAILED (the webhook dispatcher waits on it).
+FINISHED_TOPIC = "jobs:finished"
+
+
 def job_topic(job_id: str) -> str:
     return f"job:{job_id}"
 
@@ -187,7 +191,7 @@ class JobStore:
             earlier = await self._by_idempotency_key(new.api_key_id, new.idempotency_key)
             if earlier is not None:
                 return self._check_same_request(earlier, new), False
-        topic = QUEUED_TOPIC if new.failed_with is None else job_topic(new.id)
+        topic = QUEUED_TOPIC if new.failed_with is None else FINISHED_TOPIC
         refunded = 0.0
         try:
             async with self.engine.begin() as conn:
@@ -443,8 +447,10 @@ class JobStore:
     ) -> bool:
         """One fenced transition; a FAILED one carries its refund when `refund(job)` says so."""
         topics = (job_topic(job_id), *topics)
-        if values.get("status") in _TERMINAL_VALUES and self.policy.max_running_per_key:
-            topics = (*topics, QUEUED_TOPIC)  # a capped key may have a job to claim now
+        if values.get("status") in _TERMINAL_VALUES:
+            topics = (*topics, FINISHED_TOPIC)
+            if self.policy.max_running_per_key:
+                topics = (*topics, QUEUED_TOPIC)  # a capped key may have a job to claim now
         refunded = 0.0
         async with self.engine.begin() as conn:
             row = (
@@ -497,7 +503,9 @@ class JobStore:
                 .values(cancel_requested=True)
             )
             await self.notifier.send(conn, job_topic(job_id))
+            await self.notifier.send(conn, FINISHED_TOPIC)
         self.notifier.after_commit(job_topic(job_id))
+        self.notifier.after_commit(FINISHED_TOPIC)
         if refunded:
             self.observer.credits("refund", refunded)
         if cancelled is not None:
@@ -552,6 +560,8 @@ class JobStore:
                 )
             ).all()
             topics = [job_topic(r.id) for r in (*failed, *requeued)]
+            if failed:
+                topics.append(FINISHED_TOPIC)
             if requeued or (failed and self.policy.max_running_per_key):
                 topics.append(QUEUED_TOPIC)
             for topic in topics:

@@ -164,7 +164,12 @@ class ModelRegistry:
                     entry = ModelEntry(entry.name, "tiny", folder, entry.options)
                 entries[entry.name] = entry
         aliases.update(settings.aliases)
-        return cls(entries.values(), aliases, device=settings.device)
+        return cls(
+            entries.values(),
+            aliases,
+            device=settings.device,
+            max_loaded_models=settings.max_loaded_models,
+        )
 
     # --- lookups -------------------------------------------------------------------------
     def names(self) -> list[str]:

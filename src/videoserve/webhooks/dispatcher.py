@@ -25,7 +25,7 @@ import httpx_secure
 
 from videoserve.jobs import clock
 from videoserve.jobs.records import Job
-from videoserve.jobs.store import JobStore
+from videoserve.jobs.store import FINISHED_TOPIC, JobStore
 from videoserve.storage.base import BlobStore
 from videoserve.storage.signing import UrlSigner
 from videoserve.webhooks import events, urls
@@ -38,7 +38,6 @@ MAX_BACKOFF_SECONDS = 900.0  # retries never wait longer than this between attem
 CONCURRENCY = 8  # attempts in flight per process: one slow receiver cannot stall the rest
 # A topic the job store may publish whenever a job reaches a terminal state; until it does,
 # the dispatcher notices finished jobs on its poll.
-JOB_FINISHED_TOPIC = "jobs:finished"
 
 
 def backoff(attempt: int, base: float) -> float:
@@ -152,7 +151,7 @@ class WebhookDispatcher:
         """Until `stop`, an attempt finishes (a slot frees), a job finishes, or `timeout`."""
         waiters = [
             asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self.store.notifier.wait(JOB_FINISHED_TOPIC, timeout)),
+            asyncio.ensure_future(self.store.notifier.wait(FINISHED_TOPIC, timeout)),
             *self._in_flight,
         ]
         try:
