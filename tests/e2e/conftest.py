@@ -59,7 +59,9 @@ def server(make_server: Callable[..., LiveServer]) -> LiveServer:
     return make_server()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running on the main
+# thread while it lives, which would break every later test that starts one of its own.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     """One headless Chromium for the whole session; each test gets its own context."""
     try:
