@@ -1169,7 +1169,7 @@
       .map((item) => ({
         id: item.request_id || item.id,
         model: item.model,
-        prompt: (item.params && item.params.prompt) || item.prompt || "",
+        prompt: (item.parameters && item.parameters.prompt) || (item.params && item.params.prompt) || item.prompt || "",
         created: item.created_at ? when(item.created_at) : 0,
         status: item.status,
       }))
