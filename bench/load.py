@@ -44,15 +44,21 @@ def parse_wrk(out: str) -> dict[str, float]:
 
     lat = dict(re.findall(r"\s+(50|99)%\s+(\S+)", out))
     errors = 0
+    kinds: dict[str, int] = {}
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
-        errors += sum(int(x) for x in m.groups())
+        kinds = dict(
+            zip(("connect", "read", "write", "timeout"), map(int, m.groups()), strict=True)
+        )
+        errors += sum(kinds.values())
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        kinds["non_2xx"] = int(m.group(1))
         errors += int(m.group(1))
     return {
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": ms(lat["50"]),
         "p99_ms": ms(lat["99"]),
         "errors": errors,
+        "error_kinds": kinds,
     }
 
 
