@@ -40,10 +40,11 @@ def request_hash(model: str, raw: Any) -> str:
 
 
 def input_blob_key(job_id: str) -> str:
-    return f"jobs/{job_id}/input.png"
+    return job_blob_prefix(job_id) + "input.png"
 
 
 def job_blob_prefix(job_id: str) -> str:
+    """Every file of a job lives under this prefix; deleting it deletes the job's files."""
     return f"jobs/{job_id}/"
 
 

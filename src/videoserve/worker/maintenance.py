@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.store import JobStore
 from videoserve.settings import Settings
 from videoserve.storage.base import BlobStore
@@ -31,7 +32,7 @@ class Maintenance:
         deleted = 0
         while batch := await self.store.expired(limit=100):
             for job in batch:
-                await self.blobs.delete_prefix(f"jobs/{job.id}/")
+                await self.blobs.delete_prefix(job_blob_prefix(job.id))
             deleted += await self.store.delete([job.id for job in batch])
         if deleted:
             log.info("retention: deleted %d expired requests", deleted)

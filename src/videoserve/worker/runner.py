@@ -26,6 +26,7 @@ from PIL import Image
 
 from videoserve import errors
 from videoserve.jobs.records import Job, Lease
+from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.store import JobStore
 from videoserve.jobs.workers import WorkerRegistry, WorkerState
 from videoserve.media.encode import encode_mp4, write_thumbnail
@@ -303,7 +304,7 @@ class Worker:
 
 
 def _attempt_prefix(lease: Lease) -> str:
-    return f"jobs/{lease.job_id}/{lease.attempt}/"
+    return f"{job_blob_prefix(lease.job_id)}{lease.attempt}/"
 
 
 def _image_param(job: Job) -> dict[str, Any]:
