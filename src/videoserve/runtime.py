@@ -43,6 +43,7 @@ class Runtime:
         )
         self.store = JobStore.open(
             settings.resolved_database_url(),
+            pool_size=settings.database_pool_size,
             policy=Policy(
                 max_running_per_key=settings.max_running_per_key,
                 refund_content_blocks=settings.refund_content_blocks,

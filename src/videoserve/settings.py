@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(
         default=None, description="file:///path or s3://bucket/prefix; default: data_dir/blobs"
     )
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description="Database connections per process; requests beyond it wait for one",
+    )
     s3_endpoint: str | None = None
     s3_region: str | None = None
     s3_access_key_id: str | None = None

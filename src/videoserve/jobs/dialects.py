@@ -2,6 +2,11 @@
 
 - Engines: SQLite runs in WAL mode with a busy timeout, and every write transaction starts
   with `BEGIN IMMEDIATE` so two writers queue on the lock instead of failing at commit.
+- Single statements (reads, and writes that are one atomic UPDATE or INSERT) run on an
+  autocommit engine: no BEGIN/COMMIT round trips. On a SQLite file, reads also have a
+  synchronous path that runs in the event loop (see `SyncReader`).
+- Wake-ups ride in the writing statement on PostgreSQL (`pg_notify` in RETURNING, see
+  `Notifier.returning`), so a one-statement write is one round trip.
 - Claiming: PostgreSQL adds `FOR UPDATE SKIP LOCKED` so concurrent claimers pass each other;
   SQLite serialises writers anyway.
 - The migration lock: an advisory lock on PostgreSQL, the write lock on SQLite.
@@ -16,6 +21,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -26,15 +32,24 @@ log = logging.getLogger("videoserve.jobs")
 
 NOTIFY_CHANNEL = "videoserve_events"
 _MIGRATION_LOCK_ID = 0x56494445  # "VIDE": any constant shared by every videoserve process
-READ_ONLY = "videoserve_read_only"
+# Execution option: this connection runs single autocommit statements (no BEGIN IMMEDIATE).
+AUTOCOMMIT = "videoserve_autocommit"
 
 
 def is_postgres(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine configured for the dialect in `url`."""
+DEFAULT_POOL_SIZE = 20
+
+
+def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngine:
+    """An async engine configured for the dialect in `url`.
+
+    The pool is fixed (no overflow): under load, requests beyond `pool_size` wait for a
+    connection instead of opening one that is closed again after one statement. That churn
+    (a PostgreSQL connection costs several milliseconds to open) halved the poll rate.
+    Nothing holds one connection while asking for another, so waiting cannot deadlock."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -42,12 +57,16 @@ def create_engine(url: str) -> AsyncEngine:
 
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
-            url, connect_args={"timeout": 30}, pool_size=8, max_overflow=24
+            url, connect_args={"timeout": 30}, pool_size=pool_size, max_overflow=0
         )
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        # No pool_pre_ping: it costs a round trip on every checkout. A connection that died
+        # with a restarted server fails its statement with a disconnect error, which makes
+        # SQLAlchemy invalidate the whole pool; the request answers 503 (api/errors.py), a
+        # worker retries (worker/runner.py), and the next checkout connects afresh.
+        return create_async_engine(url, pool_size=pool_size, max_overflow=0)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
 
 
@@ -66,15 +85,56 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
         # Reads run as single autocommit statements: no lock, no BEGIN/ROLLBACK round trips
         # (WAL lets them run beside a writer). Writes take the write lock at BEGIN.
-        if not conn.get_execution_options().get(READ_ONLY):
+        if not conn.get_execution_options().get(AUTOCOMMIT):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def read_only(engine: AsyncEngine) -> AsyncEngine:
-    """An engine for single-statement reads: autocommit, so no transaction round trips."""
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """An engine for single statements: each commits on its own, with no transaction round
+    trips. One UPDATE or INSERT is atomic by itself on both databases; on SQLite a writing
+    statement takes the write lock when it starts, so the busy timeout still queues it."""
     if is_postgres(engine):
-        return engine.execution_options(isolation_level="AUTOCOMMIT", **{READ_ONLY: True})
-    return engine.execution_options(**{READ_ONLY: True})
+        return engine.execution_options(isolation_level="AUTOCOMMIT", **{AUTOCOMMIT: True})
+    return engine.execution_options(**{AUTOCOMMIT: True})
+
+
+class SyncReader:
+    """Single-statement reads of a SQLite file, run synchronously in the event loop.
+
+    Why: through aiosqlite every statement is several hops to its thread and back, and a hop
+    waits for the GIL while the loop is busy (~1 ms each under load); a read by primary key
+    takes ~20 us in the calling thread. In WAL mode a reader never waits for the writer (only
+    a RESTART/TRUNCATE checkpoint could hold it, and we run the default passive ones), so
+    the loop is not blocked. `query_only` makes the connection refuse writes: a write here
+    could wait on our own aiosqlite transaction and deadlock the loop.
+    """
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url).set(drivername="sqlite+pysqlite")
+        self.engine = sa.create_engine(parsed, connect_args={"check_same_thread": False})
+
+        @event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            dbapi_connection.isolation_level = None  # autocommit: no BEGIN, no lock kept
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA query_only=ON")
+            cursor.execute("PRAGMA busy_timeout=1000")
+            cursor.close()
+
+    @classmethod
+    def for_url(cls, url: str) -> SyncReader | None:
+        """A reader for a SQLite file database; None elsewhere (PostgreSQL, `:memory:`)."""
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+            return None
+        return cls(url)
+
+    def first(self, query: sa.Executable, params: dict[str, Any] | None = None) -> sa.Row | None:
+        with self.engine.connect() as conn:
+            return conn.execute(query, params).first()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
 
 
 def claim_subquery(engine: AsyncEngine, select: sa.Select) -> sa.Select:
@@ -115,6 +175,11 @@ class Notifier:
 
     async def send(self, conn: AsyncConnection, topic: str) -> None:
         """Announce `topic` to other processes from inside the writing transaction."""
+
+    def returning(self, *topics: str | sa.ColumnElement[str]) -> list[sa.ColumnElement[Any]]:
+        """Columns to add to a writing statement's RETURNING so that it announces `topics`
+        itself, saving a round trip; each is sent only for a row the statement changed."""
+        return []
 
     def after_commit(self, topic: str) -> None:
         """Wake this process's waiters once the writing transaction has committed."""
@@ -179,6 +244,14 @@ class PostgresNotifier(Notifier):
             sa.text("SELECT pg_notify(:channel, :topic)"),
             {"channel": NOTIFY_CHANNEL, "topic": topic},
         )
+
+    def returning(self, *topics: str | sa.ColumnElement[str]) -> list[sa.ColumnElement[Any]]:
+        # pg_notify in RETURNING runs once per changed row, and like any NOTIFY it is
+        # delivered only when the statement's transaction commits.
+        return [
+            sa.func.pg_notify(sa.literal(NOTIFY_CHANNEL), topic).label(f"_notify_{i}")
+            for i, topic in enumerate(topics)
+        ]
 
     async def _listen_forever(self) -> None:
         import asyncpg

@@ -50,7 +50,7 @@ async def list_jobs(
     visible = _owned_and_live(api_key_id)
     query = sa.select(jobs).where(visible)
     newest_first = order == "desc"
-    async with store.engine.execution_options(**{dialects.READ_ONLY: True}).connect() as conn:
+    async with store.engine.execution_options(**{dialects.AUTOCOMMIT: True}).connect() as conn:
         if after is not None:
             cursor = (
                 await conn.execute(

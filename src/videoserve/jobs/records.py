@@ -39,7 +39,8 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
-        data = dict(row._mapping)
+        # Skip extra RETURNING columns (the `_notify_*` wake-ups a statement carries).
+        data = {k: v for k, v in row._mapping.items() if not k.startswith("_")}
         data["status"] = Status(data["status"])
         data["cancel_requested"] = bool(data.get("cancel_requested"))
         return cls(**data)

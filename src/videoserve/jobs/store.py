@@ -22,22 +22,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from videoserve.jobs import clock, dialects, ledger, schema
 from videoserve.jobs.records import Job, Lease
+from videoserve.jobs.statements import (
+    FINISHED_TOPIC,
+    HOLDS,
+    QUEUED_TOPIC,
+    HotStatements,
+    holds,
+    job_topic,
+)
 from videoserve.jobs.states import TERMINAL, Status, sources
 
 log = logging.getLogger("videoserve.jobs")
 jobs = schema.jobs
 
-QUEUED_TOPIC = "queued"
 # Serialises claims on PostgreSQL while a per-key running cap is set (see `JobStore.claim`).
 _CLAIM_CAP_LOCK_ID = 0x56494443  # "VIDC"
 
-
-# Any job reached COMPLETED or FAILED (the webhook dispatcher waits on it).
-FINISHED_TOPIC = "jobs:finished"
-
-
-def job_topic(job_id: str) -> str:
-    return f"job:{job_id}"
+__all__ = ["FINISHED_TOPIC", "QUEUED_TOPIC", "JobStore", "NewJob", "Policy", "job_topic"]
 
 
 @dataclass(frozen=True)
@@ -106,24 +107,61 @@ class JobStore:
         *,
         policy: Policy | None = None,
         observer: Observer | None = None,
+        sync_reader: dialects.SyncReader | None = None,
     ) -> None:
         self.engine = engine
         self.notifier = notifier
         self.policy = policy or Policy()
         self.observer = observer or Observer()
-        self._read_engine = dialects.read_only(engine)
+        self._read_engine = dialects.autocommit(engine)
+        self._sync_reader = sync_reader
+        self._hot = HotStatements(
+            notifier,
+            postgres=dialects.is_postgres(engine),
+            capped=self.policy.max_running_per_key > 0,
+        )
 
     @classmethod
     def open(
-        cls, url: str, *, policy: Policy | None = None, observer: Observer | None = None
+        cls,
+        url: str,
+        *,
+        pool_size: int = dialects.DEFAULT_POOL_SIZE,
+        policy: Policy | None = None,
+        observer: Observer | None = None,
     ) -> JobStore:
-        engine = dialects.create_engine(url)
-        return cls(engine, dialects.create_notifier(engine, url), policy=policy, observer=observer)
+        engine = dialects.create_engine(url, pool_size=pool_size)
+        return cls(
+            engine,
+            dialects.create_notifier(engine, url),
+            policy=policy,
+            observer=observer,
+            sync_reader=dialects.SyncReader.for_url(url),
+        )
 
     @property
     def read_engine(self) -> AsyncEngine:
-        """For single-statement reads: autocommit, no transaction round trips."""
+        """For single statements (reads, one-statement writes): autocommit, no transaction
+        round trips."""
         return self._read_engine
+
+    async def _first(
+        self, query: sa.Executable, params: dict[str, Any] | None = None
+    ) -> sa.Row | None:
+        """One row of a single-statement read (synchronously on a SQLite file)."""
+        if self._sync_reader is not None:
+            return self._sync_reader.first(query, params)
+        async with self._read_engine.connect() as conn:
+            return (await conn.execute(query, params)).first()
+
+    async def _write_one(
+        self, statement: sa.Executable, params: dict[str, Any] | None = None
+    ) -> sa.Row | None:
+        """Run one writing statement on its own, atomically: one round trip, no BEGIN."""
+        async with self._read_engine.connect() as conn:
+            row = (await conn.execute(statement, params)).first()
+            await conn.commit()  # ends SQLAlchemy's own transaction; the database's is done
+        return row
 
     async def start(self) -> None:
         await self.migrate()
@@ -132,6 +170,8 @@ class JobStore:
     async def close(self) -> None:
         await self.notifier.close()
         await self.engine.dispose()
+        if self._sync_reader is not None:
+            self._sync_reader.dispose()
 
     # --- schema ------------------------------------------------------------------------------
     async def migrate(self) -> int:
@@ -194,17 +234,11 @@ class JobStore:
         topic = QUEUED_TOPIC if new.failed_with is None else FINISHED_TOPIC
         refunded = 0.0
         try:
-            async with self.engine.begin() as conn:
-                if new.charge is not None and not await ledger.charge(
-                    conn, new.api_key_id, new.id, new.charge
-                ):
-                    raise _Declined
-                row = (await conn.execute(jobs.insert().values(**values).returning(*jobs.c))).one()
-                if new.failed_with is not None and self.policy.refund_content_blocks:
-                    refunded = await ledger.refund(
-                        conn, new.api_key_id, new.id, row.cost, f"refund: {new.failed_with}"
-                    )
-                await self.notifier.send(conn, topic)
+            if new.charge is None and new.failed_with is None:
+                # Nothing to charge or refund: one INSERT, announcing itself (the common case).
+                row = await self._write_one(self._hot.insert, values)
+            else:
+                row, refunded = await self._create_with_credits(new, values, topic)
         except _Declined:
             assert new.charge is not None
             # Read only to word the refusal; the decision was the UPDATE's.
@@ -229,6 +263,25 @@ class JobStore:
             self.observer.finished(job)
         return job, True
 
+    async def _create_with_credits(
+        self, new: NewJob, values: dict[str, Any], topic: str
+    ) -> tuple[sa.Row, float]:
+        """The submit transaction when credits move: charge, insert, and for a job stored
+        FAILED its refund, all or nothing. Returns the row and the amount refunded."""
+        refunded = 0.0
+        async with self.engine.begin() as conn:
+            if new.charge is not None and not await ledger.charge(
+                conn, new.api_key_id, new.id, new.charge
+            ):
+                raise _Declined
+            row = (await conn.execute(jobs.insert().values(**values).returning(*jobs.c))).one()
+            if new.failed_with is not None and self.policy.refund_content_blocks:
+                refunded = await ledger.refund(
+                    conn, new.api_key_id, new.id, row.cost, f"refund: {new.failed_with}"
+                )
+            await self.notifier.send(conn, topic)
+        return row, refunded
+
     @staticmethod
     def _check_same_request(earlier: Job, new: NewJob) -> Job:
         if earlier.request_hash != new.request_hash:
@@ -239,35 +292,24 @@ class JobStore:
         query = sa.select(jobs).where(
             jobs.c.api_key_id == api_key_id, jobs.c.idempotency_key == key
         )
-        async with self._read_engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._first(query)
         return Job.from_row(row) if row else None
 
     async def get(self, job_id: str, *, api_key_id: str | None = None) -> Job | None:
         """The job, unless it does not exist, has expired, or belongs to another key."""
-        query = sa.select(jobs).where(
-            jobs.c.id == job_id,
-            sa.or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > clock.now()),
-        )
-        if api_key_id is not None:
-            query = query.where(jobs.c.api_key_id == api_key_id)
-        async with self._read_engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+        params: dict[str, Any] = {"job_id": job_id, "now": clock.now()}
+        if api_key_id is None:
+            row = await self._first(self._hot.get, params)
+        else:
+            row = await self._first(self._hot.get_owned, params | {"owner": api_key_id})
         return Job.from_row(row) if row else None
 
     async def queue_position(self, job: Job) -> int:
         """1 for the next job a worker of its model will claim, 2 behind it, and so on."""
-        query = sa.select(sa.func.count()).where(
-            jobs.c.status == Status.QUEUED.value,
-            jobs.c.served_by == job.served_by,
-            sa.or_(
-                jobs.c.created_at < job.created_at,
-                sa.and_(jobs.c.created_at == job.created_at, jobs.c.id < job.id),
-            ),
-        )
-        async with self._read_engine.connect() as conn:
-            ahead = (await conn.execute(query)).scalar_one()
-        return int(ahead) + 1
+        params = {"served_by": job.served_by, "created_at": job.created_at, "job_id": job.id}
+        row = await self._first(self._hot.queue_ahead, params)
+        assert row is not None
+        return int(row[0]) + 1
 
     async def count_by_status(self) -> dict[str, int]:
         query = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
@@ -307,52 +349,28 @@ class JobStore:
         statement; workers claim once per video). Without a cap no lock is taken.
         """
         now = clock.now()
-        oldest = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.status.in_([s.value for s in sources(Status.PROCESSING)]))
-            .order_by(jobs.c.created_at, jobs.c.id)
-            .limit(1)
-        )
+        token = secrets.token_hex(16)
+        statement = self._hot.claim(served_by)
+        params: dict[str, Any] = {
+            "now": now,
+            "expires": now + lease_seconds,
+            "token": token,
+            "worker": worker_id,
+        }
         if served_by is not None:
-            oldest = oldest.where(jobs.c.served_by.in_(list(served_by)))
+            params["models"] = list(served_by)
         cap = self.policy.max_running_per_key
         if cap > 0:
-            running = jobs.alias("running")
-            busy = (
-                sa.select(sa.func.count())
-                .select_from(running)
-                .where(
-                    running.c.api_key_id == jobs.c.api_key_id,
-                    running.c.status == Status.PROCESSING.value,
-                )
-                .scalar_subquery()
-            )
-            oldest = oldest.where(busy < cap)
-        oldest = dialects.claim_subquery(self.engine, oldest)
-        token = secrets.token_hex(16)
-        statement = (
-            jobs.update()
-            .where(jobs.c.id == oldest.scalar_subquery(), jobs.c.status == Status.QUEUED.value)
-            .values(
-                status=Status.PROCESSING.value,
-                attempt=jobs.c.attempt + 1,
-                lease_token=token,
-                lease_expires_at=now + lease_seconds,
-                worker_id=worker_id,
-                progress=0,
-                started_at=sa.func.coalesce(jobs.c.started_at, now),
-            )
-            .returning(*jobs.c)
-        )
-        async with self.engine.begin() as conn:
-            if cap > 0 and dialects.is_postgres(self.engine):
+            params["cap"] = cap
+        if cap > 0 and dialects.is_postgres(self.engine):
+            async with self.engine.begin() as conn:
                 # Held until commit, and each statement after it sees every earlier claim.
                 await conn.execute(
                     sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _CLAIM_CAP_LOCK_ID}
                 )
-            row = (await conn.execute(statement)).first()
-            if row is not None:
-                await self.notifier.send(conn, job_topic(row.id))
+                row = (await conn.execute(statement, params)).first()
+        else:
+            row = await self._write_one(statement, params)
         if row is None:
             return None
         job = Job.from_row(row)
@@ -360,32 +378,16 @@ class JobStore:
         self.observer.claimed(job)
         return job, Lease(job.id, job.attempt, token)
 
-    @staticmethod
-    def _holds(lease: Lease) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            jobs.c.id == lease.job_id,
-            jobs.c.attempt == lease.attempt,
-            jobs.c.lease_token == lease.token,
-            jobs.c.status == Status.PROCESSING.value,
-        )
-
     async def heartbeat(
         self, lease: Lease, lease_seconds: float, progress: int | None = None
     ) -> Heartbeat:
         """Extend the lease (and record progress); tells the worker if it lost the job."""
-        values: dict[str, Any] = {"lease_expires_at": clock.now() + lease_seconds}
-        if progress is not None:
-            values["progress"] = max(0, min(100, int(progress)))
-        statement = (
-            jobs.update()
-            .where(self._holds(lease))
-            .values(**values)
-            .returning(jobs.c.cancel_requested)
-        )
-        async with self.engine.begin() as conn:
-            row = (await conn.execute(statement)).first()
-            if row is not None and progress is not None:
-                await self.notifier.send(conn, job_topic(lease.job_id))
+        params = holds(lease) | {"expires": clock.now() + lease_seconds}
+        if progress is None:
+            row = await self._write_one(self._hot.heartbeat, params)
+        else:
+            params["new_progress"] = max(0, min(100, int(progress)))
+            row = await self._write_one(self._hot.heartbeat_progress, params)
         if row is None:
             return Heartbeat(alive=False)
         if progress is not None:
@@ -397,15 +399,16 @@ class JobStore:
     ) -> bool:
         """Mark the job COMPLETED; only the current lease holder can (the video is stored)."""
         now = clock.now()
-        return await self._finish(
-            self._holds(lease),
-            lease.job_id,
-            status=Status.COMPLETED.value,
-            progress=100,
-            result=result,
-            finished_at=now,
-            expires_at=now + retention_seconds,
-        )
+        params = holds(lease) | {
+            "new_result": result,
+            "now": now,
+            "expires": now + retention_seconds,
+        }
+        row = await self._write_one(self._hot.complete, params)
+        if row is None:
+            return False
+        self._announce_finished(Job.from_row(row), 0.0)
+        return True
 
     async def fail(self, lease: Lease, error: str, retention_seconds: float) -> bool:
         """Mark the job FAILED (model error, or stopped after a cancel) and refund it: always
@@ -413,8 +416,7 @@ class JobStore:
         now = clock.now()
         refund_cancelled = self.policy.refund_running_cancellations
         return await self._finish(
-            self._holds(lease),
-            lease.job_id,
+            lease,
             refund=lambda job: refund_cancelled or not job.cancel_requested,
             status=Status.FAILED.value,
             error=error,
@@ -425,51 +427,49 @@ class JobStore:
     async def release(self, lease: Lease) -> bool:
         """Hand a job back to the queue without spending an attempt (a draining worker)."""
         return await self._finish(
-            self._holds(lease),
-            lease.job_id,
+            lease,
             status=Status.QUEUED.value,
             attempt=jobs.c.attempt - 1,
             lease_token=None,
             lease_expires_at=None,
             worker_id=None,
             progress=0,
-            topics=(QUEUED_TOPIC,),
         )
 
-    async def _finish(
-        self,
-        where: sa.ColumnElement[bool],
-        job_id: str,
-        *,
-        topics: tuple[str, ...] = (),
-        refund: Callable[[Job], bool] | None = None,
-        **values: Any,
-    ) -> bool:
-        """One fenced transition; a FAILED one carries its refund when `refund(job)` says so."""
-        topics = (job_topic(job_id), *topics)
-        if values.get("status") in _TERMINAL_VALUES:
-            topics = (*topics, FINISHED_TOPIC)
-            if self.policy.max_running_per_key:
-                topics = (*topics, QUEUED_TOPIC)  # a capped key may have a job to claim now
-        refunded = 0.0
-        async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(jobs.update().where(where).values(**values).returning(*jobs.c))
-            ).first()
-            job = Job.from_row(row) if row is not None else None
-            if job is not None:
-                if refund is not None and refund(job):
-                    refunded = await _refund(conn, job)
-                for topic in topics:
-                    await self.notifier.send(conn, topic)
-        if job is None:
-            return False
-        for topic in topics:
+    def _topics(self, job: Job) -> tuple[str, ...]:
+        """What a worker's transition of `job` announces."""
+        if job.status.value not in _TERMINAL_VALUES:
+            return (job_topic(job.id), QUEUED_TOPIC)  # handed back: claimable again
+        if self.policy.max_running_per_key:  # a capped key may have a job to claim now
+            return (job_topic(job.id), FINISHED_TOPIC, QUEUED_TOPIC)
+        return (job_topic(job.id), FINISHED_TOPIC)
+
+    def _announce_finished(self, job: Job, refunded: float) -> None:
+        """After the commit: wake this process's waiters and tell the observer."""
+        for topic in self._topics(job):
             self.notifier.after_commit(topic)
         if refunded:
             self.observer.credits("refund", refunded)
         if job.status.value in _TERMINAL_VALUES:
             self.observer.finished(job)
+
+    async def _finish(
+        self, lease: Lease, *, refund: Callable[[Job], bool] | None = None, **values: Any
+    ) -> bool:
+        """One fenced transition (fail, release) in a transaction that announces it, and for a
+        FAILED job carries its refund when `refund(job)` says so."""
+        refunded = 0.0
+        statement = jobs.update().where(HOLDS).values(**values).returning(*jobs.c)
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(statement, holds(lease))).first()
+            if row is None:
+                return False
+            job = Job.from_row(row)
+            if refund is not None and refund(job):
+                refunded = await _refund(conn, job)
+            for topic in self._topics(job):
+                await self.notifier.send(conn, topic)
+        self._announce_finished(job, refunded)
         return True
 
     async def request_cancel(self, job_id: str, api_key_id: str, retention_seconds: float) -> Job:

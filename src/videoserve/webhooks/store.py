@@ -69,7 +69,7 @@ class WebhookStore:
 
     def __init__(self, store: JobStore) -> None:
         self.engine = store.engine
-        self._read_engine = store.engine.execution_options(**{dialects.READ_ONLY: True})
+        self._read_engine = store.engine.execution_options(**{dialects.AUTOCOMMIT: True})
 
     # --- secrets -----------------------------------------------------------------------------
     async def secret(self, api_key_id: str) -> str:
