@@ -12,13 +12,18 @@ TFLOP/s against its matmul FLOPs counted from the config and the token count.
     python -m bench.gpu_pipeline --plain               # diffusers' documented defaults
     python -m bench.gpu_pipeline --cache first_block   # with First Block Cache
     python -m bench.gpu_pipeline --tiny --device cpu   # toy configs: the harness's own test
+    python -m bench.gpu_pipeline --batch-cfg off       # ours without Wan's batched CFG
 
 "Plain" is the model cards' recipe: bf16 (the Wan VAE in fp32), `pipe.to(device)`, the default
 attention (PyTorch SDPA), the pipeline's own CFG, MP4 encoding after each video. "Ours" adds the
 fastest attention backend that works here, `compile_repeated_blocks` (regional torch.compile),
-and encodes each MP4 on a thread while the next video generates. LTXPipeline already batches
-CFG (conditional and unconditional in one forward); WanPipeline runs them as two forwards, and
-we leave that as it is. JSON on stdout (and in --out), progress on stderr.
+Wan's CFG as one batch, and encodes each MP4 on a thread while the next video generates.
+LTXPipeline batches CFG itself (conditional and unconditional in one forward); WanPipeline runs
+them as two forwards, which ours batches as videoserve's Wan backend does (`batch_cfg`,
+`videoserve.models.backends.cfg`): by default on a GPU only, like the backend, so the CPU
+harness test keeps the pipeline's own CFG unless `--batch-cfg on`. The report's `forwards` and
+`samples` count the forwards the transformer computed. JSON on stdout (and in --out), progress
+on stderr.
 """
 
 from __future__ import annotations
@@ -150,6 +155,7 @@ TINY = {
 TINY_SHAPE = Shape(64, 64, 9, 2, 5.0, 8)
 ATTENTION_BACKENDS = ("_flash_3", "flash", "sage", "_native_cudnn", "native")
 PROMPT = "a druid walks through a misty forest at sunset, cinematic lighting, slow motion"
+NEGATIVE_PROMPT = "blurry, low quality"
 
 
 # --- FLOPs -----------------------------------------------------------------------------------
@@ -176,18 +182,26 @@ def denoiser_flops(arch: Architecture, tokens: int, text_tokens: int) -> float:
 
 
 class DenoiserMeter:
-    """Counts the transformer's forwards and samples, and the tokens each one saw."""
+    """Counts the transformer's forwards and samples, and the tokens each one saw.
+
+    Forwards are counted at the input projection, where a forward's computation starts: a call
+    that batched CFG answers with the half it kept computes nothing and counts as none.
+    """
 
     def __init__(self, pipe: Any, layout: str) -> None:
         self.layout = layout
         self.forwards = self.samples = self.tokens = self.text_tokens = 0
-        pipe.transformer.register_forward_pre_hook(self._count, with_kwargs=True)
+        pipe.transformer.register_forward_pre_hook(self._measure, with_kwargs=True)
+        first = pipe.transformer.proj_in if layout == "ltx" else pipe.transformer.patch_embedding
+        first.register_forward_pre_hook(self._count)
 
-    def _count(self, module: Any, args: tuple, kwargs: dict) -> None:
+    def _count(self, module: Any, args: tuple) -> None:
+        self.forwards += 1
+        self.samples += args[0].shape[0]
+
+    def _measure(self, module: Any, args: tuple, kwargs: dict) -> None:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         text = kwargs.get("encoder_hidden_states")
-        self.forwards += 1
-        self.samples += hidden.shape[0]
         if self.layout == "ltx":  # packed (B, L, C)
             self.tokens = hidden.shape[1]
         else:  # (B, C, F, H, W), patches of (1, 2, 2)
@@ -201,7 +215,11 @@ class DenoiserMeter:
 # --- timing ----------------------------------------------------------------------------------
 @dataclass
 class Clock:
-    """Wall time of the pipeline's phases, synchronised with the device."""
+    """Wall time of the pipeline's phases, synchronised with the device.
+
+    A phase's first call counts: with batched CFG the prompts are encoded before the pipeline
+    call, which then calls `encode_prompt` again with the embeddings (a no-op).
+    """
 
     sync: Callable[[], None]
     marks: dict[str, float] = field(default_factory=dict)
@@ -211,10 +229,10 @@ class Clock:
 
         def timed(*args: Any, **kwargs: Any) -> Any:
             self.sync()
-            self.marks[start] = time.perf_counter()
+            self.marks.setdefault(start, time.perf_counter())
             result = original(*args, **kwargs)
             self.sync()
-            self.marks[end] = time.perf_counter()
+            self.marks.setdefault(end, time.perf_counter())
             return result
 
         setattr(owner, method, timed)
@@ -242,6 +260,8 @@ def pick_attention(pipe: Any, device: str, trial: Callable[[], None]) -> str:
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from videoserve.models.backends import cfg  # imports diffusers: only when benchmarking
+
     arch = TINY[name] if args.tiny else FULL[name]
     shape = TINY_SHAPE if args.tiny else SHAPES[name]
     steps = args.steps or shape.steps
@@ -264,6 +284,15 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         from diffusers.hooks import FirstBlockCacheConfig
 
         pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
+    # Ours batches Wan's CFG where videoserve's backend does by default: on a GPU.
+    batch_cfg = (
+        not args.plain
+        and arch.layout != "ltx"
+        and (args.batch_cfg == "on" or (args.batch_cfg == "auto" and cuda))
+    )
+    if batch_cfg:
+        cfg.install(pipe)
+    cfg_runs: list[cfg.CFGRun] = []  # the last video's, read for the report
     meter = DenoiserMeter(pipe, arch.layout)
     clock = Clock(sync)
     clock.wrap(pipe, "encode_prompt", "encode_start", "encode_end")
@@ -271,10 +300,14 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     def generate(num_steps: int) -> np.ndarray:
         kwargs: dict[str, Any] = {"frame_rate": shape.fps} if arch.layout == "ltx" else {}
-        with torch.inference_mode():
+        prompts: dict[str, Any] = {"prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT}
+        with torch.inference_mode(), contextlib.ExitStack() as stack:
+            if batch_cfg:
+                embeds = cfg.encode_prompts(pipe, PROMPT, NEGATIVE_PROMPT)
+                cfg_runs[:] = [stack.enter_context(cfg.batching(pipe, *embeds))]
+                prompts = {"prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
             output = pipe(
-                prompt=PROMPT,
-                negative_prompt="blurry, low quality",
+                **prompts,
                 height=shape.height,
                 width=shape.width,
                 num_frames=shape.frames,
@@ -350,7 +383,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "attention_backend": attention,
         "compiled": compiled,
         "cache": args.cache,
-        "cfg_batched": arch.layout == "ltx",
+        # Wan: true only if the last video batched every step (`forwards` shows it too).
+        "cfg_batched": arch.layout == "ltx"
+        or any(run.batched and run.stopped is None for run in cfg_runs),
         "mp4_overlapped": overlap,
         "build_seconds": round(build_seconds, 3),
         "seconds": {key: round(value, 4) for key, value in seconds.items()},
@@ -419,6 +454,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--plain", action="store_true", help="diffusers' defaults, no tuning")
     parser.add_argument("--cache", choices=["first_block"], default=None)
+    parser.add_argument(
+        "--batch-cfg",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="ours: Wan's CFG as one batch (auto: on a GPU); plain never batches Wan",
+    )
     parser.add_argument("--tiny", action="store_true", help="toy configs and shapes (CPU test)")
     parser.add_argument("--steps", type=int, default=None, help="override the denoising steps")
     parser.add_argument("--videos", type=int, default=2, help="measured videos per model")

@@ -8,7 +8,7 @@ Operators describe models in one TOML file (`VIDEOSERVE_MODELS`):
                                                 # or a Hugging Face repo id (owner/name)
     family = "wan2.1"                           # optional; detected from the folder if absent
     # optional: device, steps, guidance, negative_prompt, fps, max_frames, dtype,
-    # cpu_offload, group_offload, vae_tiling, cache, cache_threshold (docs/models.md)
+    # cpu_offload, group_offload, vae_tiling, cache, cache_threshold, batch_cfg (docs/models.md)
     price_per_second = 2.5                      # credits per second of video (default 1)
 
     [aliases]
@@ -72,6 +72,7 @@ _OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "vae_tiling": ((bool,), "true or false"),
         "cache": ((str,), '"first_block"'),
         "cache_threshold": ((int, float), "a number between 0 and 1"),
+        "batch_cfg": ((bool,), "true or false"),
         "price_per_second": _PRICE,
     },
 }

@@ -6,12 +6,17 @@ One family, several layouts, all told apart by their configs (no weights read):
 - Wan 2.2 TI2V 5B (`WanPipeline` with `expand_timesteps`): text, or an image as the first frame
   through `WanImageToVideoPipeline` over the same modules. The built-in `tiny-t2v` has this layout.
 - Wan 2.2 A14B (`boundary_ratio`, two transformers): text only, at 720p.
+
+Under classifier-free guidance the pipelines run the transformer twice per step; with the
+`batch_cfg` option (by default on a GPU without offloading) the two run as one batch (`cfg.py`),
+the prompts encoded here so that the batching knows both before the first step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +80,27 @@ class WanBackend(DiffusersBackend):
             return None, primary
         shares = primary.config.expand_timesteps
         return primary, _image_pipeline_sharing(primary) if shares else None
+
+    def _place(self, pipe: Any, device: str) -> None:
+        super()._place(pipe, device)
+        if self.runtime.batches_cfg(device):
+            from videoserve.models.backends import cfg
+
+            # Here, before any CPU-offload hooks (installed per call) wrap the forward.
+            cfg.install(pipe)
+
+    @contextlib.contextmanager
+    def _pipeline_call(self, pipe: Any, call: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        from videoserve.models.backends import cfg
+
+        # The pipelines skip the unconditional call at guidance <= 1: nothing to batch.
+        if call["guidance_scale"] <= 1 or not cfg.installed(pipe):
+            yield call
+            return
+        embeds = cfg.encode_prompts(pipe, call["prompt"], call["negative_prompt"])
+        rest = {k: v for k, v in call.items() if k not in ("prompt", "negative_prompt")}
+        with cfg.batching(pipe, *embeds):
+            yield {**rest, "prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
 
 
 def _image_pipeline_sharing(t2v: Any) -> Any:
