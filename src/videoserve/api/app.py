@@ -66,6 +66,8 @@ def create_app(
         lifespan=lifespan,
     )
     api_errors.install(app)
+    # Routes are matched in order: the status poll, by far the most frequent request, first.
+    app.include_router(segmind.polls)
     app.include_router(ui.router)
     app.include_router(meta.router)
     app.include_router(files.router)

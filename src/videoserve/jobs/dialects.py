@@ -111,11 +111,15 @@ class SyncReader:
 
     def __init__(self, url: str) -> None:
         parsed = make_url(url).set(drivername="sqlite+pysqlite")
-        self.engine = sa.create_engine(parsed, connect_args={"check_same_thread": False})
+        self.engine = sa.create_engine(
+            parsed, connect_args={"check_same_thread": False}, isolation_level="AUTOCOMMIT"
+        )
+        # One connection kept open: a checkout and a return per read cost more than the read.
+        # In autocommit each statement takes its own snapshot; nothing is held between reads.
+        self._conn: sa.Connection | None = None
 
         @event.listens_for(self.engine, "connect")
         def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-            dbapi_connection.isolation_level = None  # autocommit: no BEGIN, no lock kept
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA query_only=ON")
             cursor.execute("PRAGMA busy_timeout=1000")
@@ -130,10 +134,18 @@ class SyncReader:
         return cls(url)
 
     def first(self, query: sa.Executable, params: dict[str, Any] | None = None) -> sa.Row | None:
-        with self.engine.connect() as conn:
-            return conn.execute(query, params).first()
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        try:
+            return self._conn.execute(query, params).first()
+        except sa.exc.DBAPIError:
+            self.dispose()  # the next read starts on a fresh connection
+            raise
 
     def dispose(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         self.engine.dispose()
 
 
