@@ -35,6 +35,7 @@ def encode_mp4(
     *,
     preset: str = "veryfast",
     crf: int = 20,
+    durable: bool = True,
 ) -> VideoInfo:
     """Encode RGB frames (T, H, W, 3) to an H.264 High yuv420p MP4 at `path` and probe it.
 
@@ -42,7 +43,8 @@ def encode_mp4(
     2x2 blocks, so an odd width or height is padded by repeating the last column or row: the
     file is then one pixel wider or taller than the frames, and the returned info says so.
     `fps` is turned into an exact rational (denominator at most 1001), so NTSC rates such as
-    30000/1001 stay exact and `frames / fps` equals the file's duration.
+    30000/1001 stay exact and `frames / fps` equals the file's duration. `durable=False`
+    skips the fsync (several ms) for a scratch file that something else makes durable.
     """
     video = _as_uint8_video(frames)
     rate = _frame_rate(fps)
@@ -51,7 +53,7 @@ def encode_mp4(
         raise ValueError(f"crf must be an integer from 1 to 51, got {crf!r}")
     video = _pad_to_even(video)
     path = Path(path)
-    with _atomic_target(path, suffix=".mp4") as tmp:
+    with _atomic_target(path, suffix=".mp4", durable=durable) as tmp:
         _write_mp4(tmp, video, rate, preset=preset, crf=crf)
     return probe_mp4(path)
 
@@ -73,7 +75,9 @@ def _write_mp4(path: Path, video: np.ndarray, rate: Fraction, *, preset: str, cr
         container.mux(stream.encode(None))  # flush the frames the encoder still holds
 
 
-def write_thumbnail(frame: np.ndarray, path: Path, *, max_side: int = 512) -> tuple[int, int]:
+def write_thumbnail(
+    frame: np.ndarray, path: Path, *, max_side: int = 512, durable: bool = True
+) -> tuple[int, int]:
     """Write `frame` (H, W, 3) as a JPEG no larger than `max_side` on its long side; (w, h).
 
     Small frames are kept at their size: upscaling would only blur a preview.
@@ -87,7 +91,7 @@ def write_thumbnail(frame: np.ndarray, path: Path, *, max_side: int = 512) -> tu
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.LANCZOS)
     path = Path(path)
-    with _atomic_target(path, suffix=".jpg") as tmp:
+    with _atomic_target(path, suffix=".jpg", durable=durable) as tmp:
         image.save(tmp, format="JPEG", quality=85, optimize=True)
     return image.size
 
@@ -133,7 +137,7 @@ def _pad_to_even(video: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def _atomic_target(path: Path, *, suffix: str) -> Iterator[Path]:
+def _atomic_target(path: Path, *, suffix: str, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; move it into place on success, remove it on error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
@@ -141,7 +145,8 @@ def _atomic_target(path: Path, *, suffix: str) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        _fsync(tmp)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.store import JobStore
 from videoserve.jobs.workers import WorkerRegistry, WorkerState
 from videoserve.media.encode import encode_mp4, write_thumbnail
+from videoserve.media.probe import VideoInfo
 from videoserve.models.backends.base import Cancelled
 from videoserve.models.registry import ModelRegistry
 from videoserve.observability import logs
@@ -253,12 +254,15 @@ class Worker:
         with tempfile.TemporaryDirectory(dir=self._scratch) as scratch:
             video_path, thumb_path = Path(scratch) / "video.mp4", Path(scratch) / "thumb.jpg"
             begun = time.perf_counter()
-            info = await asyncio.to_thread(encode_mp4, video.frames, video.fps, video_path)
-            await asyncio.to_thread(write_thumbnail, video.frames[0], thumb_path)
+            # Scratch files, not fsynced: the blob store makes its copies durable, and both
+            # are stored before the job is marked COMPLETED.
+            info = await asyncio.to_thread(_encode, video, video_path, thumb_path)
             encode_time = time.perf_counter() - begun
             prefix = _attempt_prefix(lease)
-            await self.blobs.put_file(prefix + "thumbnail.jpg", thumb_path, "image/jpeg")
-            await self.blobs.put_file(prefix + "video.mp4", video_path, "video/mp4")
+            await asyncio.gather(
+                self.blobs.put_file(prefix + "thumbnail.jpg", thumb_path, "image/jpeg"),
+                self.blobs.put_file(prefix + "video.mp4", video_path, "video/mp4"),
+            )
         return {
             "output_key": prefix + "video.mp4",
             "thumbnail_key": prefix + "thumbnail.jpg",
@@ -301,6 +305,13 @@ class Worker:
                 signals.stop.set()
             # Progress is at most a few writes a second, however fast the steps are.
             await asyncio.sleep(0.2)
+
+
+def _encode(video: Any, video_path: Path, thumb_path: Path) -> VideoInfo:
+    """The MP4 and its thumbnail, in one trip to a thread."""
+    info = encode_mp4(video.frames, video.fps, video_path, durable=False)
+    write_thumbnail(video.frames[0], thumb_path, durable=False)
+    return info
 
 
 def _attempt_prefix(lease: Lease) -> str:
