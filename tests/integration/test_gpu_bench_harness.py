@@ -46,14 +46,16 @@ def bench(*args: str) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("mode", [[], ["--plain"]], ids=["ours", "plain"])
+@pytest.mark.parametrize(
+    "mode", [[], ["--plain"], ["--batch-cfg", "on"]], ids=["ours", "plain", "ours-batched-cfg"]
+)
 def test_tiny_run_reports_every_phase(mode: list[str], tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     report = bench(
         "--threads", "1", "--videos", "1", "--cache", "first_block", "--out", str(out), *mode
     )
     assert json.loads(out.read_text()) == report
-    assert report["mode"] == ("plain" if mode else "ours") and report["tiny"] is True
+    assert report["mode"] == ("plain" if "--plain" in mode else "ours") and report["tiny"]
     assert {"device", "gpu", "torch", "diffusers", "peak_rss_gb"} <= set(report)
     assert [r["model"] for r in report["results"]] == [
         "wan2.1-t2v-1.3b",
@@ -68,9 +70,12 @@ def test_tiny_run_reports_every_phase(mode: list[str], tmp_path: Path) -> None:
         assert result["denoiser"]["tflop"] > 0 and result["denoiser"]["achieved_tflops"] > 0
         assert result["peak_gpu_memory_gb"] is None  # no GPU here
         assert result["cache"] == "first_block" and result["steps"] == 2
-        # CFG: Wan runs two forwards per step, LTX one forward with a batch of two.
-        expected = (2, 4) if result["model"].startswith("ltx") else (4, 4)
+        # CFG: LTX runs one forward with a batch of two per step; Wan runs two forwards,
+        # or one batch of two with our batched CFG (on by default on a GPU only).
+        batched = result["model"].startswith("ltx") or "--batch-cfg" in mode
+        expected = (2, 4) if batched else (4, 4)
         assert (result["denoiser"]["forwards"], result["denoiser"]["samples"]) == expected
+        assert result["cfg_batched"] is batched
 
 
 def test_flop_count_of_wan21_at_its_native_shape() -> None:
