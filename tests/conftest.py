@@ -190,3 +190,15 @@ def _sibling_db(database_url: str, data_dir: Path) -> str:
 def server(make_server: Callable[..., LiveServer]) -> LiveServer:
     """A live server on SQLite with the embedded worker and the tiny model."""
     return make_server()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """For modules of toy models (`pytestmark = pytest.mark.usefixtures(...)`): they gain
+    nothing from more threads, and on a busy 2-core machine they lose a lot."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

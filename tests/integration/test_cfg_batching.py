@@ -11,7 +11,6 @@ through the real loader (`families.create_backend` on a saved folder).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,7 @@ CALL = {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2, "g
 TOLERANCE = 1e-5  # frames in [0, 1]; changing the negative prompt moves them by ~1e-2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Toy models gain nothing from more threads; on a busy 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 class Counter:
