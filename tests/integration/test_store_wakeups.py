@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 import sqlalchemy as sa
 
-from videoserve.jobs import dialects
+from videoserve.jobs.sqlite_direct import SyncReader
 from videoserve.jobs.statements import FINISHED_TOPIC, QUEUED_TOPIC, job_topic
 from videoserve.jobs.store import JobStore, NewJob
 from videoserve.settings import Settings
@@ -111,12 +112,33 @@ async def test_the_sqlite_read_path_refuses_writes(tmp_path) -> None:  # type: i
     store = JobStore.open(url)
     await store.start()
     try:
-        reader = dialects.SyncReader.for_url(url)
+        reader = SyncReader.for_url(url)
         assert reader is not None
         with pytest.raises(sa.exc.OperationalError, match="readonly"):
             reader.first(sa.text("DELETE FROM jobs RETURNING id"))
         reader.dispose()
     finally:
         await store.close()
-    assert dialects.SyncReader.for_url("sqlite+aiosqlite:///:memory:") is None
-    assert dialects.SyncReader.for_url("postgresql+asyncpg://u@h/db") is None
+    assert SyncReader.for_url("sqlite+aiosqlite:///:memory:") is None
+    assert SyncReader.for_url("postgresql+asyncpg://u@h/db") is None
+
+
+async def test_a_sqlite_write_waiting_for_the_lock_leaves_the_loop_free(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Another process holds SQLite's write lock; our one-statement write waits for it in its
+    # own thread while the event loop goes on serving reads.
+    store = JobStore.open(f"sqlite+aiosqlite:///{tmp_path / 'v.db'}")
+    await store.start()
+    other = sqlite3.connect(tmp_path / "v.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        create = asyncio.create_task(store.create(new_job()))
+        for _ in range(50):
+            assert await store.get("video_unknown") is None
+            await asyncio.sleep(0)
+        assert not create.done()  # it cannot commit while the lock is held
+        other.execute("COMMIT")
+        job, created = await asyncio.wait_for(create, timeout=30)
+        assert created and (await store.get(job.id)) is not None
+    finally:
+        other.close()
+        await store.close()

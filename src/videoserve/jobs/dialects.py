@@ -3,8 +3,8 @@
 - Engines: SQLite runs in WAL mode with a busy timeout, and every write transaction starts
   with `BEGIN IMMEDIATE` so two writers queue on the lock instead of failing at commit.
 - Single statements (reads, and writes that are one atomic UPDATE or INSERT) run on an
-  autocommit engine: no BEGIN/COMMIT round trips. On a SQLite file, reads also have a
-  synchronous path that runs in the event loop (see `SyncReader`).
+  autocommit engine: no BEGIN/COMMIT round trips. On a SQLite file they bypass aiosqlite
+  (`sqlite_direct`).
 - Wake-ups ride in the writing statement on PostgreSQL (`pg_notify` in RETURNING, see
   `Notifier.returning`), so a one-statement write is one round trip.
 - Claiming: PostgreSQL adds `FOR UPDATE SKIP LOCKED` so concurrent claimers pass each other;
@@ -96,57 +96,6 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
     if is_postgres(engine):
         return engine.execution_options(isolation_level="AUTOCOMMIT", **{AUTOCOMMIT: True})
     return engine.execution_options(**{AUTOCOMMIT: True})
-
-
-class SyncReader:
-    """Single-statement reads of a SQLite file, run synchronously in the event loop.
-
-    Why: through aiosqlite every statement is several hops to its thread and back, and a hop
-    waits for the GIL while the loop is busy (~1 ms each under load); a read by primary key
-    takes ~20 us in the calling thread. In WAL mode a reader never waits for the writer (only
-    a RESTART/TRUNCATE checkpoint could hold it, and we run the default passive ones), so
-    the loop is not blocked. `query_only` makes the connection refuse writes: a write here
-    could wait on our own aiosqlite transaction and deadlock the loop.
-    """
-
-    def __init__(self, url: str) -> None:
-        parsed = make_url(url).set(drivername="sqlite+pysqlite")
-        self.engine = sa.create_engine(
-            parsed, connect_args={"check_same_thread": False}, isolation_level="AUTOCOMMIT"
-        )
-        # One connection kept open: a checkout and a return per read cost more than the read.
-        # In autocommit each statement takes its own snapshot; nothing is held between reads.
-        self._conn: sa.Connection | None = None
-
-        @event.listens_for(self.engine, "connect")
-        def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA query_only=ON")
-            cursor.execute("PRAGMA busy_timeout=1000")
-            cursor.close()
-
-    @classmethod
-    def for_url(cls, url: str) -> SyncReader | None:
-        """A reader for a SQLite file database; None elsewhere (PostgreSQL, `:memory:`)."""
-        parsed = make_url(url)
-        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-            return None
-        return cls(url)
-
-    def first(self, query: sa.Executable, params: dict[str, Any] | None = None) -> sa.Row | None:
-        if self._conn is None:
-            self._conn = self.engine.connect()
-        try:
-            return self._conn.execute(query, params).first()
-        except sa.exc.DBAPIError:
-            self.dispose()  # the next read starts on a fresh connection
-            raise
-
-    def dispose(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self.engine.dispose()
 
 
 def claim_subquery(engine: AsyncEngine, select: sa.Select) -> sa.Select:

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from videoserve.jobs import clock, dialects, ledger, schema
 from videoserve.jobs.records import Job, Lease
+from videoserve.jobs.sqlite_direct import SqliteWriter, SyncReader
 from videoserve.jobs.statements import (
     FINISHED_TOPIC,
     HOLDS,
@@ -107,7 +108,8 @@ class JobStore:
         *,
         policy: Policy | None = None,
         observer: Observer | None = None,
-        sync_reader: dialects.SyncReader | None = None,
+        sync_reader: SyncReader | None = None,
+        sqlite_writer: SqliteWriter | None = None,
     ) -> None:
         self.engine = engine
         self.notifier = notifier
@@ -115,6 +117,7 @@ class JobStore:
         self.observer = observer or Observer()
         self._read_engine = dialects.autocommit(engine)
         self._sync_reader = sync_reader
+        self._sqlite_writer = sqlite_writer
         self._hot = HotStatements(
             notifier,
             postgres=dialects.is_postgres(engine),
@@ -136,7 +139,8 @@ class JobStore:
             dialects.create_notifier(engine, url),
             policy=policy,
             observer=observer,
-            sync_reader=dialects.SyncReader.for_url(url),
+            sync_reader=SyncReader.for_url(url),
+            sqlite_writer=SqliteWriter.for_url(url),
         )
 
     @property
@@ -158,6 +162,8 @@ class JobStore:
         self, statement: sa.Executable, params: dict[str, Any] | None = None
     ) -> sa.Row | None:
         """Run one writing statement on its own, atomically: one round trip, no BEGIN."""
+        if self._sqlite_writer is not None:
+            return await self._sqlite_writer.first(statement, params)
         async with self._read_engine.connect() as conn:
             row = (await conn.execute(statement, params)).first()
             await conn.commit()  # ends SQLAlchemy's own transaction; the database's is done
@@ -172,6 +178,8 @@ class JobStore:
         await self.engine.dispose()
         if self._sync_reader is not None:
             self._sync_reader.dispose()
+        if self._sqlite_writer is not None:
+            self._sqlite_writer.dispose()
 
     # --- schema ------------------------------------------------------------------------------
     async def migrate(self) -> int:
