@@ -10,6 +10,7 @@ from videoserve.models.grid import (
     WAN22_TI2V_GRID,
     FamilyGrid,
     GenerationPlan,
+    chain_frames,
     plan,
 )
 
@@ -113,3 +114,55 @@ def test_wan22_ti2v_grid() -> None:
 def test_malformed_size_is_refused() -> None:
     with pytest.raises(errors.InvalidRequest):
         plan(TINY_GRID, "bogus", 4)
+
+
+# --- chaining: a duration over one pass, where the model does image-to-video ----------------
+def delivered(counts: tuple[int, ...]) -> int:
+    """Frames a chain delivers: every later pass drops its first (the conditioning frame)."""
+    return counts[0] + sum(c - 1 for c in counts[1:])
+
+
+def test_chain_is_refused_unless_asked() -> None:
+    assert plan(WAN22_TI2V_GRID, "1280x720", 4, chain=True).segments == 1
+    with pytest.raises(errors.InvalidRequest) as caught:
+        plan(WAN22_TI2V_GRID, "1280x720", 8)
+    assert caught.value.message == (
+        "duration: 8s is longer than this model generates in one pass (max 5.0s at 24 fps)"
+    )
+
+
+@pytest.mark.parametrize(("duration", "counts"), [(4, (97,)), (8, (97, 97)), (12, (97, 97, 97))])
+def test_wan22_ti2v_chains_8_and_12_seconds(duration: int, counts: tuple[int, ...]) -> None:
+    shape = plan(WAN22_TI2V_GRID, "720x1280", duration, chain=True)
+    assert shape.segment_frames == counts and shape.segments == len(counts)
+    assert (shape.gen_width, shape.gen_height, shape.out_width, shape.out_height) == (
+        704,
+        1280,
+        720,
+        1280,
+    )
+    assert shape.out_frames == duration * 24 and shape.seconds == duration
+    assert delivered(counts) >= shape.out_frames
+
+
+def test_tiny_grid_with_a_small_max_frames_takes_three_passes() -> None:
+    grid = FamilyGrid(multiple=32, frame_rule=4, fps=8, max_frames=13, scale=1 / 8)
+    shape = plan(grid, "1280x720", 4, chain=True)
+    assert shape.segment_frames == (13, 13, 9)  # 13 + 12 + 8 = 33, one trimmed
+    assert shape.out_frames == 32
+
+
+@pytest.mark.parametrize("rule", [4, 8])
+@pytest.mark.parametrize("max_frames", [9, 13, 17, 40, 81, 121, 257])
+@pytest.mark.parametrize("frames", [1, 2, 8, 32, 96, 100, 192, 288, 1000])
+def test_chain_frames_obey_the_rule_and_cover_with_the_fewest_passes(
+    rule: int, max_frames: int, frames: int
+) -> None:
+    longest = (max_frames - 1) // rule * rule + 1
+    counts = tuple(chain_frames(frames, longest, rule))
+    assert all(c <= longest and (c - 1) % rule == 0 for c in counts)
+    assert frames <= delivered(counts) < frames + rule  # trimmed: less than one rule's worth
+    fewer = len(counts) - 1
+    assert fewer == 0 or longest + (fewer - 1) * (longest - 1) < frames  # no fewer would do
+    assert list(counts[:-1]) == [counts[0]] * (len(counts) - 1)  # even, the last one shorter
+    assert counts[-1] <= counts[0]

@@ -187,8 +187,12 @@ def test_image_rules_per_layout(tmp_path: Path) -> None:
     ltx = families.create_backend("ltx", str(tmp_path / "ltx"), {}, "cpu")
     ltx.check(VideoParams(prompt="a", duration=8))  # 8 s fits LTX-Video's 257 frames
     ltx.check(VideoParams(prompt="a", duration=4, input_reference=image))
-    with pytest.raises(errors.InvalidRequest, match=r"max 10\.7s at 24 fps"):
-        ltx.check(VideoParams(prompt="a", duration=12))
+    ltx.check(VideoParams(prompt="a", duration=12))  # over one pass: chained, 2 passes
+    # Wan 2.1 text-to-video has no image pipeline to chain with: over one pass is refused.
+    pipeline_folder(tmp_path / "wan", "WanPipeline")
+    wan = families.create_backend("wan", str(tmp_path / "wan"), {}, "cpu")
+    with pytest.raises(errors.InvalidRequest, match=r"max 5\.1s at 16 fps"):
+        wan.check(VideoParams(prompt="a", duration=8))
 
 
 # --- where the weights are: a folder, or the Hugging Face cache ------------------------------

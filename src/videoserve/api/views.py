@@ -73,6 +73,7 @@ async def result(runtime: Runtime, job: Job, base: str) -> dict[str, Any]:
         "frames": r["frames"],
         "seconds": r["seconds"],
         "seed": r.get("seed"),
+        "segments": r.get("segments", 1),  # passes chained for a duration over one pass
         "metrics": {
             "queue_time": round(started - job.created_at, 4),
             "inference_time": r["inference_time"],

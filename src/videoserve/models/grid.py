@@ -3,7 +3,8 @@
 Every family has a grid: the resolutions it was trained at, the multiple its latent patches
 need, the frame counts its VAE accepts (`rule*k + 1`), its native frame rate and how many frames
 one pass may hold. `plan` is the one rule that maps the public `size`/`duration` onto it; the
-tables here describe the families we ship.
+tables here describe the families we ship. A duration longer than one pass is chained (segments
+of image-to-video from the previous segment's last frame) where the model can, else refused.
 """
 
 from __future__ import annotations
@@ -34,13 +35,25 @@ class GenerationPlan:
     gen_height: int
     out_width: int
     out_height: int
-    gen_frames: int
+    gen_frames: int  # frames the first pass generates
     out_frames: int
     fps: int
+    # Frames each later pass generates: image-to-video from the previous pass's last frame,
+    # whose re-rendering (its own first frame) is dropped. () for a single pass.
+    later_frames: tuple[int, ...] = ()
 
     @property
     def seconds(self) -> float:
         return self.out_frames / self.fps
+
+    @property
+    def segment_frames(self) -> tuple[int, ...]:
+        """The frame count of every pass, in order."""
+        return (self.gen_frames, *self.later_frames)
+
+    @property
+    def segments(self) -> int:
+        return 1 + len(self.later_frames)
 
 
 # The tiny test model: any size on a 32 grid, an eighth of the requested size, 8 fps.
@@ -85,7 +98,7 @@ def parse_size(size: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def plan(grid: FamilyGrid, size: str, duration: int) -> GenerationPlan:
+def plan(grid: FamilyGrid, size: str, duration: int, *, chain: bool = False) -> GenerationPlan:
     """Map a requested `size` and `duration` onto `grid`, or refuse a duration it cannot make.
 
     The rule:
@@ -97,8 +110,10 @@ def plan(grid: FamilyGrid, size: str, duration: int) -> GenerationPlan:
     3. Deliver the requested size when `scale` is 1 (frames are scaled to it, cropping the few
        pixels where the aspect ratios differ), else the scaled target.
     4. Deliver exactly `duration * fps` frames, so the video lasts `duration` seconds. Generate
-       the smallest `frame_rule*k + 1` count that covers them and drop the extra frames. A count
-       over `max_frames` is refused (400): we do not stitch passes.
+       the smallest `frame_rule*k + 1` count that covers them and drop the extra frames.
+    5. A count over `max_frames` is refused (400) unless `chain` (the model does image-to-video
+       with the same weights): then the fewest passes that cover it (`chain_frames`), each
+       later one continuing from the previous pass's last frame.
     """
     width, height = parse_size(size)
     out_width, out_height = _even(width * grid.scale), _even(height * grid.scale)
@@ -114,7 +129,12 @@ def plan(grid: FamilyGrid, size: str, duration: int) -> GenerationPlan:
 
     out_frames = duration * grid.fps
     gen_frames = _frames_covering(out_frames, grid.frame_rule)
-    if gen_frames > grid.max_frames:
+    later: tuple[int, ...] = ()
+    longest = _frames_within(grid.max_frames, grid.frame_rule)
+    if gen_frames > grid.max_frames and chain and longest > 1:
+        gen_frames, *rest = chain_frames(out_frames, longest, grid.frame_rule)
+        later = tuple(rest)
+    elif gen_frames > grid.max_frames:
         raise errors.InvalidRequest(
             f"duration: {duration}s is longer than this model generates in one pass "
             f"(max {max_seconds(grid):.1f}s at {grid.fps} fps)",
@@ -128,7 +148,26 @@ def plan(grid: FamilyGrid, size: str, duration: int) -> GenerationPlan:
         gen_frames=gen_frames,
         out_frames=out_frames,
         fps=grid.fps,
+        later_frames=later,
     )
+
+
+def chain_frames(frames: int, longest: int, rule: int) -> list[int]:
+    """The frame counts of the fewest passes of at most `longest` frames that deliver `frames`.
+
+    A later pass of `g` frames adds `g - 1`: its first frame re-renders the previous pass's
+    last. The passes are as even as the rule allows (the seams are then evenly spaced and no
+    pass is a stub), the last one only as long as what is left needs.
+    """
+    if frames <= longest:
+        return [_frames_covering(frames, rule)]
+    passes = 1 + math.ceil((frames - longest) / (longest - 1))
+    # The shortest even pass that covers: g + (passes - 1) * (g - 1) >= frames.
+    even = _frames_covering(math.ceil((frames + passes - 1) / passes), rule)
+    counts = [min(even, longest)] * (passes - 1)
+    left = frames - counts[0] - sum(c - 1 for c in counts[1:])
+    counts.append(_frames_covering(left + 1, rule))
+    return counts
 
 
 def max_seconds(grid: FamilyGrid) -> float:

@@ -274,6 +274,7 @@ class Worker:
             "seconds": info.seconds,
             "codec": info.codec,
             "seed": getattr(video, "seed", None),
+            "segments": getattr(video, "segments", 1),
             "inference_time": round(inference_time, 4),
             "encode_time": round(encode_time, 4),
         }

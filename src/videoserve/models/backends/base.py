@@ -34,6 +34,7 @@ class GeneratedVideo:
     fps: float
     model: str  # the model name that actually produced it
     seed: int | None = None  # the seed used, so a caller can record and reproduce it
+    segments: int = 1  # passes chained into it (image-to-video from the last frame)
 
 
 class Cancelled(Exception):

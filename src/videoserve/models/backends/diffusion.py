@@ -4,8 +4,9 @@ A family module (`wan.py`, `ltx.py`) says which pipeline classes it loads, how i
 pipeline shares the text pipeline's weights and which extra arguments its pipelines take. This
 base finds the weights (a local folder or the Hugging Face cache, never the network), places
 them on the device with the operator's runtime options, reports progress per denoising step,
-stops between steps, and delivers frames at the planned size. torch and diffusers are imported
-only when a model loads, so an API process that never generates does not pay for them.
+stops between steps, chains image-to-video passes for a duration over one pass (where the
+family has an image pipeline), and delivers frames at the planned size. torch and diffusers are
+imported only when a model loads, so an API process that never generates does not pay for them.
 """
 
 from __future__ import annotations
@@ -238,8 +239,9 @@ class DiffusersBackend:
 
         Not part of `VideoBackend`: callers use it when a backend has it.
         """
-        grids.plan(self.grid, params.size, params.duration)
         index = read_model_index(self.path)
+        # No index yet (the tiny model before its first build): `generate` decides.
+        grids.plan(self.grid, params.size, params.duration, chain=self._chains(index or {}))
         if not index:
             return
         if params.input_reference is not None and not self._accepts_image(index):
@@ -367,7 +369,6 @@ class DiffusersBackend:
         on_progress: ProgressCallback,
         should_stop: StopCheck,
     ) -> GeneratedVideo:
-        shape = grids.plan(self.grid, params.size, params.duration)
         guidance = getattr(params, "guidance_scale", None)
         seed = getattr(params, "seed", None)
         seed = secrets.randbits(32) if seed is None else seed
@@ -375,9 +376,6 @@ class DiffusersBackend:
             "prompt": params.prompt,
             "negative_prompt": getattr(params, "negative_prompt", None)
             or self.default_negative_prompt,
-            "height": shape.gen_height,
-            "width": shape.gen_width,
-            "num_frames": shape.gen_frames,
             "num_inference_steps": getattr(params, "num_inference_steps", None)
             or self.default_steps,
             "guidance_scale": self.default_guidance if guidance is None else guidance,
@@ -387,8 +385,11 @@ class DiffusersBackend:
             with self._lock:
                 if not self.loaded:  # unloaded by hand between the two lines above
                     self._load()
-                output = self._run(call, shape, seed, image, on_progress, should_stop)
-        frames = _to_uint8(np.asarray(output.frames[0][: shape.out_frames]))
+                shape = grids.plan(
+                    self.grid, params.size, params.duration, chain=self._i2v is not None
+                )
+                frames = self._run_segments(call, shape, seed, image, on_progress, should_stop)
+        frames = _to_uint8(frames[: shape.out_frames])
         if (shape.out_width, shape.out_height) != (shape.gen_width, shape.gen_height):
             frames = np.stack(
                 [
@@ -396,7 +397,43 @@ class DiffusersBackend:
                     for f in frames
                 ]
             )
-        return GeneratedVideo(frames=frames, fps=float(shape.fps), model=self.name, seed=seed)
+        return GeneratedVideo(
+            frames=frames,
+            fps=float(shape.fps),
+            model=self.name,
+            seed=seed,
+            segments=shape.segments,
+        )
+
+    def _run_segments(
+        self,
+        call: dict[str, Any],
+        shape: grids.GenerationPlan,
+        seed: int,
+        image: Image.Image | None,
+        on_progress: ProgressCallback,
+        should_stop: StopCheck,
+    ) -> np.ndarray:
+        """Every pass of the plan, joined: float frames in [0, 1] at the generated size.
+
+        A later pass is image-to-video from the last frame so far, with seed + k so that one
+        seed still gives one video; its first frame re-renders that image and is dropped.
+        Progress runs once from 0 to the steps of all passes.
+        """
+        count = shape.segments
+        parts: list[np.ndarray] = []
+        for k, frames in enumerate(shape.segment_frames):
+
+            def progress(step: int, total: int, k: int = k) -> None:
+                on_progress(k * total + step, count * total)
+
+            if k:
+                image = Image.fromarray(_to_uint8(parts[-1][-1]))
+            size = {"height": shape.gen_height, "width": shape.gen_width, "num_frames": frames}
+            output = self._run({**call, **size}, shape, seed + k, image, progress, should_stop)
+            segment = np.asarray(output.frames[0])
+            parts.append(segment[1:] if k else segment)
+        return np.concatenate(parts) if count > 1 else parts[0]
 
     def _run(
         self,
@@ -460,6 +497,13 @@ class DiffusersBackend:
 
     def _accepts_image(self, index: Mapping[str, Any]) -> bool:
         return True
+
+    def _chains(self, index: Mapping[str, Any]) -> bool:
+        """Whether a duration over one pass is chained: image-to-video with the same weights.
+
+        An empty index (weights not there yet) passes here; `generate` checks the pipelines.
+        """
+        return not index or self._accepts_image(index)
 
     def _requires_image(self, index: Mapping[str, Any]) -> bool:
         return False
