@@ -86,7 +86,11 @@ async def test_a_write_that_changes_nothing_wakes_nobody(open_store) -> None:  #
     reader = await started(open_store()) if writer.notifier.crosses_processes else writer
     job, _ = await writer.create(new_job())
     _, lease = await writer.claim("w1", None, lease_seconds=30)
-    assert await writer.complete(lease, {"output_key": "x"}, 60)
+    # Wait until the completion's own wake-ups have arrived (on PostgreSQL they come in the
+    # order sent, `job:<id>` before `jobs:finished`), so none is still in flight below.
+    assert await woken(
+        reader, FINISHED_TOPIC, lambda: writer.complete(lease, {"output_key": "x"}, 60)
+    )
     # The lease is spent: a zombie's second completion updates no row, so it announces nothing.
     waiter = asyncio.create_task(reader.notifier.wait(job_topic(job.id), timeout=0.5))
     await asyncio.sleep(0)
