@@ -9,7 +9,7 @@ families (LTX-Video with `max_frames = 17`: its VAE needs 8k+1 frames, so 17 + 1
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,7 @@ LAYOUTS = {
 OPTIONS = {"family": "tiny", "steps": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Toy models gain nothing from more threads; on a busy 2-core machine they lose a lot."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

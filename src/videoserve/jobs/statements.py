@@ -53,7 +53,7 @@ class HotStatements:
     def __init__(self, notifier: Notifier, *, postgres: bool, capped: bool) -> None:
         self._postgres = postgres
         self._capped = capped
-        self._claims: dict[tuple[bool, bool], sa.Update] = {}
+        self._claims: dict[bool, sa.Update] = {}  # by: restricted to some models
         self.insert = jobs.insert().returning(*jobs.c, *notifier.returning(QUEUED_TOPIC))
         alive = sa.or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > sa.bindparam("now"))
         self.get = sa.select(jobs).where(jobs.c.id == sa.bindparam("job_id"), alive)
@@ -98,12 +98,12 @@ class HotStatements:
 
         Parameters: now, expires, token, worker, models (when `served_by`), cap (when capped).
         """
-        key = (served_by is not None, self._capped)
-        if key not in self._claims:
-            self._claims[key] = self._build_claim(*key)
-        return self._claims[key]
+        with_models = served_by is not None
+        if with_models not in self._claims:
+            self._claims[with_models] = self._build_claim(with_models)
+        return self._claims[with_models]
 
-    def _build_claim(self, with_models: bool, capped: bool) -> sa.Update:
+    def _build_claim(self, with_models: bool) -> sa.Update:
         oldest = (
             sa.select(jobs.c.id)
             .where(jobs.c.status.in_([s.value for s in sources(Status.PROCESSING)]))
@@ -112,7 +112,7 @@ class HotStatements:
         )
         if with_models:
             oldest = oldest.where(jobs.c.served_by.in_(sa.bindparam("models", expanding=True)))
-        if capped:
+        if self._capped:
             # The key's PROCESSING count as a subquery of the claim: exact on SQLite (one
             # writer at a time); on PostgreSQL the store serialises capped claims (see claim).
             running = jobs.alias("running")
