@@ -26,6 +26,31 @@ class Availability:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; the catalog and the service's checks read this, never a name."""
+
+    text_to_video: bool = True
+    image_to_video: bool = False  # `GenerationInputs.image` as the first frame / guide
+    audio: bool = False  # returns a waveform with the frames
+    video_to_video: bool = False  # `GenerationInputs.video` edited with `strength`
+    reference_images: bool = False  # `GenerationInputs.reference_images` (characters)
+    extend: bool = False  # continues `GenerationInputs.video` from its last frame(s)
+
+
+@dataclass(frozen=True)
+class GenerationInputs:
+    """Everything a job hands a backend beside its parameters, already fetched and decoded."""
+
+    image: Image.Image | None = None  # first frame / visual guide (`input_reference`)
+    video: np.ndarray | None = None  # uint8 (T, H, W, 3) source frames (edits, extensions)
+    video_fps: float | None = None
+    audio: np.ndarray | None = None  # float32 (channels, samples) in [-1, 1] of the source
+    audio_sample_rate: int | None = None
+    reference_images: tuple[Image.Image, ...] = ()  # characters' reference frames
+    strength: float | None = None  # edits: how far the result may move from the source
+
+
 @dataclass
 class GeneratedVideo:
     """Frames ready to encode: uint8 (T, H, W, 3) RGB at the delivered size and frame count."""
@@ -35,6 +60,8 @@ class GeneratedVideo:
     model: str  # the model name that actually produced it
     seed: int | None = None  # the seed used, so a caller can record and reproduce it
     segments: int = 1  # passes chained into it (image-to-video from the last frame)
+    audio: np.ndarray | None = None  # float32 (channels, samples) in [-1, 1], in sync
+    audio_sample_rate: int | None = None
 
 
 class Cancelled(Exception):

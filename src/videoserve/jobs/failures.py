@@ -1,0 +1,20 @@
+"""Why a job ended without a video: a code every consumer reads, the message beside it for people.
+
+No module compares message text; dialects map these codes to their own fields (OpenAI's
+`error.code`, Segmind's `code` next to `error`), and the playground reads the code too.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class FailureCode(enum.StrEnum):
+    CANCELLED = "cancelled"  # the owner cancelled it (or deleted it while it ran)
+    MODERATION = "moderation"  # the content policy blocked the prompt or an input
+    MODEL_ERROR = "model_error"  # the backend raised while generating
+    WORKER_LOST = "worker_lost"  # every attempt's lease expired (workers died or hung)
+    TIMEOUT = "timeout"  # it ran past its job time limit
+    INPUT_INVALID = "input_invalid"  # an input failed checks only the worker could make
+    MODEL_UNAVAILABLE = "model_unavailable"  # the model could not be loaded on the worker
+    MEDIA_ERROR = "media_error"  # encoding or storing the video failed
