@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from videoserve import errors
-from videoserve.models.backends.base import Cancelled, GeneratedVideo
+from videoserve.models.backends.base import Cancelled, GeneratedVideo, GenerationInputs
 from videoserve.models.backends.tiny import TinyBackend, build_tiny_pipeline, publish
 from videoserve.models.backends.wan import WanBackend
 from videoserve.models.grid import TINY_GRID, WAN21_GRID
@@ -62,7 +62,9 @@ def run(
     def should_stop() -> bool:
         return stop_after is not None and len(progress) >= stop_after
 
-    video = backend.generate(params, image, lambda s, t: progress.append((s, t)), should_stop)
+    video = backend.generate(
+        params, GenerationInputs(image=image), lambda s, t: progress.append((s, t)), should_stop
+    )
     return video, progress
 
 
@@ -132,7 +134,10 @@ def test_image_to_video(tiny: TinyBackend) -> None:
 def test_stop_before_the_first_step(tiny: TinyBackend) -> None:
     with pytest.raises(Cancelled):
         tiny.generate(
-            VideoParams(prompt="a cat", duration=4), None, lambda s, t: None, lambda: True
+            VideoParams(prompt="a cat", duration=4),
+            GenerationInputs(),
+            lambda s, t: None,
+            lambda: True,
         )
 
 
@@ -141,7 +146,7 @@ def test_stop_between_steps(tiny: TinyBackend) -> None:
     with pytest.raises(Cancelled):
         tiny.generate(
             VideoParams(prompt="a cat", duration=4),
-            None,
+            GenerationInputs(),
             lambda s, t: progress.append((s, t)),
             lambda: len(progress) >= 2,
         )

@@ -23,7 +23,7 @@ from PIL import Image
 
 from videoserve.models import families, random_weights
 from videoserve.models.backends import cfg
-from videoserve.models.backends.base import Cancelled
+from videoserve.models.backends.base import Cancelled, GenerationInputs
 from videoserve.models.backends.diffusion import DiffusersBackend, RuntimeOptions
 from videoserve.models.backends.tiny import build_tiny_pipeline
 from videoserve.models.params import DiffusersParams
@@ -229,8 +229,12 @@ def test_backend_option_same_video_half_the_forwards(tiny_folder: Path) -> None:
     assert not cfg.installed(plain._t2v) and cfg.installed(batched._i2v)
     for picture in (None, image()):
         params = DiffusersParams(prompt=PROMPT, duration=4, seed=5, guidance_scale=5.0)
-        expected = plain.generate(params, picture, lambda s, t: None, lambda: False)
-        video = batched.generate(params, picture, lambda s, t: None, lambda: False)
+        expected = plain.generate(
+            params, GenerationInputs(image=picture), lambda s, t: None, lambda: False
+        )
+        video = batched.generate(
+            params, GenerationInputs(image=picture), lambda s, t: None, lambda: False
+        )
         assert video.frames.shape == expected.frames.shape
         # uint8 frames: rounding can move a value by one step
         assert np.abs(video.frames.astype(int) - expected.frames.astype(int)).max() <= 1
@@ -241,11 +245,13 @@ def test_backend_option_same_video_half_the_forwards(tiny_folder: Path) -> None:
 def test_backend_runs_again_after_a_cancel(tiny_folder: Path) -> None:
     model, counter = backend(tiny_folder, batch_cfg=True)
     params = DiffusersParams(prompt=PROMPT, duration=4, seed=5, num_inference_steps=3)
-    first = model.generate(params, None, lambda s, t: None, lambda: False)
+    first = model.generate(params, GenerationInputs(), lambda s, t: None, lambda: False)
     steps: list[int] = []
     with pytest.raises(Cancelled):
-        model.generate(params, None, lambda s, t: steps.append(s), lambda: len(steps) >= 1)
+        model.generate(
+            params, GenerationInputs(), lambda s, t: steps.append(s), lambda: len(steps) >= 1
+        )
     counter.take()
-    again = model.generate(params, None, lambda s, t: None, lambda: False)
+    again = model.generate(params, GenerationInputs(), lambda s, t: None, lambda: False)
     assert np.array_equal(again.frames, first.frames)
     assert counter.take() == (6, [2, 2, 2])

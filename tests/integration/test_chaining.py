@@ -22,7 +22,7 @@ from PIL import Image
 from tests.conftest import LiveServer, wait_until
 from videoserve.media.probe import probe_mp4
 from videoserve.models import families, random_weights
-from videoserve.models.backends.base import Cancelled
+from videoserve.models.backends.base import Cancelled, GenerationInputs
 from videoserve.models.params import DiffusersParams
 
 # name: (layout, pipeline class saved)
@@ -145,7 +145,7 @@ def run(
     )
     video = backend.generate(
         params,
-        image,
+        GenerationInputs(image=image),
         lambda s, t: progress.append((s, t)),
         lambda: bool(stop_after) and len(progress) >= stop_after,
     )

@@ -25,7 +25,7 @@ from PIL import Image
 
 from tests.conftest import LiveServer, wait_until
 from videoserve.models import families, random_weights
-from videoserve.models.backends.base import Cancelled, GeneratedVideo
+from videoserve.models.backends.base import Cancelled, GeneratedVideo, GenerationInputs
 from videoserve.models.backends.diffusion import DiffusersBackend
 from videoserve.models.backends.ltx import LTXBackend
 from videoserve.models.backends.tiny import TinyBackend, build_tiny_pipeline
@@ -152,7 +152,10 @@ def run(
     progress: list[tuple[int, int]] = []
     body = {"prompt": "a dog", "duration": 4, "num_inference_steps": 2, **params}
     video = backend.generate(
-        DiffusersParams(**body), image, lambda s, t: progress.append((s, t)), lambda: False
+        DiffusersParams(**body),
+        GenerationInputs(image=image),
+        lambda s, t: progress.append((s, t)),
+        lambda: False,
     )
     return video, progress
 
@@ -194,7 +197,7 @@ def test_ltx_stops_between_steps_and_runs_again(weights: dict[str, Path]) -> Non
     with pytest.raises(Cancelled):
         backend.generate(
             DiffusersParams(prompt="a cat", duration=4, num_inference_steps=4),
-            None,
+            GenerationInputs(),
             lambda s, t: progress.append((s, t)),
             lambda: len(progress) >= 2,
         )

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from videoserve import errors
 from videoserve.api.errors import status_for
-from videoserve.jobs.records import Job
+from videoserve.jobs.records import Job, sound_of
 from videoserve.jobs.states import Status
 from videoserve.worker.runner import CANCELLED_ERROR
 
@@ -83,6 +83,9 @@ def video(job: Job, *, remixed_from: str | None = None) -> dict[str, Any]:
     }
     if job.status == Status.FAILED:
         body["error"] = {"code": failure_code(job.error), "message": job.error or "failed"}
+    if job.status == Status.COMPLETED:
+        # Extras beside OpenAI's own fields (its SDK keeps unknown fields on the object).
+        body |= sound_of(job.result)
     return body
 
 

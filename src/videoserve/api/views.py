@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from videoserve.jobs.records import Job
+from videoserve.jobs.records import Job, sound_of
 from videoserve.jobs.states import Status
 from videoserve.runtime import Runtime
 
@@ -72,6 +72,7 @@ async def result(runtime: Runtime, job: Job, base: str) -> dict[str, Any]:
         "fps": r["fps"],
         "frames": r["frames"],
         "seconds": r["seconds"],
+        **sound_of(r),
         "seed": r.get("seed"),
         "segments": r.get("segments", 1),  # passes chained for a duration over one pass
         "metrics": {

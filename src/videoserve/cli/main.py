@@ -153,9 +153,14 @@ def generate(
     except Exception as exc:  # the CLI's one place to turn errors into a message and exit 1
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    sound = (
+        f"with audio ({result.get('audio_codec')}, {result.get('audio_sample_rate')} Hz)"
+        if result.get("has_audio")
+        else "silent"
+    )
     err.print(
         f"wrote {output} ({result['width']}x{result['height']}, {result['seconds']}s, "
-        f"{result['frames']} frames, by {result.get('served_by')})"
+        f"{result['frames']} frames, {sound}, by {result.get('served_by')})"
     )
 
 

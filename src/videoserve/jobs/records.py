@@ -69,3 +69,14 @@ class ApiKey:
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+def sound_of(result: dict[str, Any] | None) -> dict[str, Any]:
+    """The audio facts of a result as every view shows them; a result from before sound is
+    silent (it was)."""
+    result = result or {}
+    return {
+        "has_audio": bool(result.get("has_audio", False)),
+        "audio_sample_rate": result.get("audio_sample_rate"),
+        "audio_codec": result.get("audio_codec"),
+    }

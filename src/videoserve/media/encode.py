@@ -1,5 +1,8 @@
 """Turn model output frames into the files users download: an H.264 MP4 and a JPEG thumbnail.
 
+A model that makes sound hands a waveform beside the frames: it goes into the same MP4 as an
+AAC track (PyAV's bundled `aac` encoder), fitted to the frames' duration (see `fit_audio`).
+
 Both writers go through a temporary sibling and `os.replace`, so anyone reading `path` (the API
 serving it, a storage upload) sees the previous file or the complete new one, never a partial one.
 """
@@ -26,6 +29,8 @@ from videoserve.media.probe import VideoInfo, probe_mp4
 _CODEC = "libx264"
 _PROFILE = "high"
 _PIX_FMT = "yuv420p"
+_AUDIO_CODEC = "aac"  # FFmpeg's native AAC-LC encoder, in PyAV's wheel; plays everywhere
+_AUDIO_BIT_RATE = 128_000
 
 
 def encode_mp4(
@@ -36,6 +41,8 @@ def encode_mp4(
     preset: str = "veryfast",
     crf: int = 20,
     durable: bool = True,
+    audio: np.ndarray | None = None,
+    sample_rate: int | None = None,
 ) -> VideoInfo:
     """Encode RGB frames (T, H, W, 3) to an H.264 High yuv420p MP4 at `path` and probe it.
 
@@ -45,20 +52,58 @@ def encode_mp4(
     `fps` is turned into an exact rational (denominator at most 1001), so NTSC rates such as
     30000/1001 stay exact and `frames / fps` equals the file's duration. `durable=False`
     skips the fsync (several ms) for a scratch file that something else makes durable.
+    `audio` (float (channels, samples) in [-1, 1] at `sample_rate`) adds an AAC track of
+    exactly the video's duration.
     """
     video = _as_uint8_video(frames)
     rate = _frame_rate(fps)
+    sound = None
+    if audio is not None:
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 8000:
+            raise ValueError(f"sample_rate must be an integer >= 8000, got {sample_rate!r}")
+        sound = fit_audio(audio, sample_rate, video.shape[0] / rate)
     if isinstance(crf, bool) or not isinstance(crf, numbers.Integral) or not 1 <= crf <= 51:
         # crf 0 is lossless, which x264 only writes in the High 4:4:4 profile browsers lack
         raise ValueError(f"crf must be an integer from 1 to 51, got {crf!r}")
     video = _pad_to_even(video)
     path = Path(path)
     with _atomic_target(path, suffix=".mp4", durable=durable) as tmp:
-        _write_mp4(tmp, video, rate, preset=preset, crf=crf)
+        _write_mp4(tmp, video, rate, preset=preset, crf=crf, sound=sound, sample_rate=sample_rate)
     return probe_mp4(path)
 
 
-def _write_mp4(path: Path, video: np.ndarray, rate: Fraction, *, preset: str, crf: int) -> None:
+def fit_audio(audio: np.ndarray, sample_rate: int, seconds: float | Fraction) -> np.ndarray:
+    """The waveform as contiguous float32 (channels, samples), exactly `seconds` long.
+
+    A short waveform is padded with silence at its end, a long one trimmed there: both keep
+    the start in sync, and the difference is a model's rounding (LTX-2's audio of 25 frames
+    at 24 fps is ~32 ms short, from the pipeline's own latent arithmetic), not content.
+    Stretching it instead would shift every sound by up to that much and change its pitch.
+    """
+    wave = np.asarray(audio)
+    if wave.ndim == 1:
+        wave = wave[np.newaxis]
+    if wave.ndim != 2 or not 1 <= wave.shape[0] <= 2:
+        raise ValueError(f"audio must be (channels, samples), 1 or 2 channels: got {wave.shape}")
+    if not np.issubdtype(wave.dtype, np.floating) or not np.isfinite(wave).all():
+        raise ValueError("audio must be finite floats in [-1, 1]")
+    samples = round(seconds * sample_rate)
+    wave = np.clip(wave[:, :samples], -1.0, 1.0).astype(np.float32)
+    if wave.shape[1] < samples:
+        wave = np.pad(wave, ((0, 0), (0, samples - wave.shape[1])))
+    return np.ascontiguousarray(wave)
+
+
+def _write_mp4(
+    path: Path,
+    video: np.ndarray,
+    rate: Fraction,
+    *,
+    preset: str,
+    crf: int,
+    sound: np.ndarray | None = None,
+    sample_rate: int | None = None,
+) -> None:
     _, height, width, _ = video.shape
     options = {"movflags": "+faststart"}  # a muxer option: it rewrites the finished file
     with av.open(str(path), mode="w", format="mp4", options=options) as container:
@@ -68,11 +113,47 @@ def _write_mp4(path: Path, video: np.ndarray, rate: Fraction, *, preset: str, cr
         stream.width = width
         stream.height = height
         stream.pix_fmt = _PIX_FMT
+        # Every stream exists before the first packet: the header is written then.
+        track = None
+        if sound is not None and sample_rate is not None:
+            track = _AudioTrack(container, sound, sample_rate)
         for index, pixels in enumerate(video):
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             frame.pts = index
             container.mux(stream.encode(frame))
+            if track is not None:  # keep the two interleaved, about a frame apart
+                track.encode_until((index + 1) / rate)
         container.mux(stream.encode(None))  # flush the frames the encoder still holds
+        if track is not None:
+            track.finish()
+
+
+class _AudioTrack:
+    """An AAC-LC track fed in time order beside the video (planar float, as the encoder takes)."""
+
+    def __init__(
+        self, container: av.container.OutputContainer, sound: np.ndarray, sample_rate: int
+    ) -> None:
+        self.layout = "stereo" if sound.shape[0] == 2 else "mono"
+        self.container, self.sound, self.sample_rate = container, sound, sample_rate
+        self.stream = container.add_stream(_AUDIO_CODEC, rate=sample_rate, layout=self.layout)
+        self.stream.bit_rate = _AUDIO_BIT_RATE
+        self.frame_size = 1024  # AAC-LC's frame: the encoder takes exactly this many samples
+        self.sent = 0
+
+    def encode_until(self, seconds: float | Fraction) -> None:
+        goal = min(self.sound.shape[1], round(seconds * self.sample_rate))
+        while self.sent < goal:
+            chunk = np.ascontiguousarray(self.sound[:, self.sent : self.sent + self.frame_size])
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self.layout)
+            frame.sample_rate = self.sample_rate
+            frame.pts = self.sent
+            self.container.mux(self.stream.encode(frame))
+            self.sent += chunk.shape[1]
+
+    def finish(self) -> None:
+        self.encode_until(Fraction(self.sound.shape[1], self.sample_rate))
+        self.container.mux(self.stream.encode(None))
 
 
 def write_thumbnail(

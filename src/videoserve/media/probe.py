@@ -11,7 +11,8 @@ import av.error
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """The facts of a video's first video stream, as the container and decoder report them."""
+    """The facts of a video's first video stream (and first audio stream), as the container and
+    decoder report them."""
 
     width: int  # coded picture width in pixels
     height: int  # coded picture height in pixels
@@ -21,6 +22,14 @@ class VideoInfo:
     codec: str  # FFmpeg codec name, e.g. "h264"
     profile: str | None  # codec profile, e.g. "High"; None when the codec has none
     pix_fmt: str | None  # pixel format, e.g. "yuv420p"
+    audio_codec: str | None = None  # the first audio stream's codec, e.g. "aac"; None: silent
+    audio_sample_rate: int | None = None
+    audio_channels: int | None = None
+    audio_seconds: float | None = None  # the audio stream's own duration
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_codec is not None
 
 
 def probe_mp4(path: Path) -> VideoInfo:
@@ -42,6 +51,10 @@ def probe_mp4(path: Path) -> VideoInfo:
             fps = float(rate) if rate else 0.0
             frames = stream.frames or _count_frames(container, stream)
             seconds = _stream_seconds(container, stream, frames, fps)
+            sound = container.streams.audio[0] if container.streams.audio else None
+            audio_seconds = None
+            if sound is not None and sound.duration is not None and sound.time_base is not None:
+                audio_seconds = float(sound.duration * sound.time_base)
             return VideoInfo(
                 width=ctx.width,
                 height=ctx.height,
@@ -51,6 +64,10 @@ def probe_mp4(path: Path) -> VideoInfo:
                 codec=ctx.name,
                 profile=ctx.profile or None,
                 pix_fmt=ctx.format.name if ctx.format is not None else None,
+                audio_codec=sound.codec_context.name if sound is not None else None,
+                audio_sample_rate=sound.codec_context.sample_rate if sound is not None else None,
+                audio_channels=sound.codec_context.channels if sound is not None else None,
+                audio_seconds=audio_seconds,
             )
     except av.error.FFmpegError as exc:
         raise ValueError(f"{path} is not a readable video: {exc}") from exc

@@ -11,6 +11,7 @@ otherwise) and listed as unavailable until they are.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from videoserve.models import grid as grids
@@ -21,10 +22,15 @@ from videoserve.models.backends.diffusion import (
     read_model_index,
 )
 from videoserve.models.backends.ltx import LTXBackend
+from videoserve.models.backends.ltx2 import LTX2Backend
 from videoserve.models.backends.wan import WanBackend
 from videoserve.models.weights import Weights
 
-BACKENDS: dict[str, type[DiffusersBackend]] = {"wan": WanBackend, "ltx": LTXBackend}
+BACKENDS: dict[str, type[DiffusersBackend]] = {
+    "wan": WanBackend,
+    "ltx": LTXBackend,
+    "ltx2": LTX2Backend,
+}
 
 # `_class_name` in model_index.json -> family
 PIPELINE_FAMILIES: dict[str, str] = {
@@ -41,6 +47,7 @@ GRID_FAMILIES: dict[str, str | None] = {
     "wan2.2-a14b": "wan",
     "wan2.2-ti2v": "wan",
     "ltx-video": "ltx",
+    "ltx-2": "ltx2",
 }
 assert set(GRID_FAMILIES) == set(grids.FAMILY_GRIDS), "every grid needs its family"
 
@@ -61,6 +68,18 @@ def pipeline_class(weights: Weights) -> str | None:
     return None if index is None else str(index.get("_class_name"))
 
 
+def missing_components(folder: Path, required: tuple[str, ...]) -> list[str]:
+    """The components of `required` that `model_index.json` does not name or has no folder for."""
+    index = read_model_index(folder) or {}
+    missing = []
+    for name in required:
+        entry = index.get(name)
+        named = isinstance(entry, list) and len(entry) == 2 and entry[1] is not None
+        if not named or not (folder / name).is_dir():
+            missing.append(name)
+    return missing
+
+
 def check_entry(name: str, path: str, options: Mapping[str, Any]) -> None:
     """Refuse at startup a diffusers entry that cannot work: ValueError saying why."""
     prefix = f"model '{name}'"
@@ -73,6 +92,15 @@ def check_entry(name: str, path: str, options: Mapping[str, Any]) -> None:
                 f"serve (supported: {', '.join(PIPELINE_FAMILIES)})"
             )
         family = PIPELINE_FAMILIES[class_name]
+        folder = Weights(path).folder()
+        assert folder is not None  # its model_index.json was read
+        missing = missing_components(folder, BACKENDS[family].required_components)
+        if missing:
+            raise ValueError(
+                f"{prefix}: {path} holds a {class_name!r} pipeline without its "
+                f"{', '.join(missing)} component{'s' if len(missing) > 1 else ''} "
+                f"(model_index.json must name each, with its subfolder)"
+            )
     grid = options.get("family")
     if grid is not None and family is not None and GRID_FAMILIES.get(grid) not in (None, family):
         raise ValueError(

@@ -80,6 +80,12 @@ LTX_VIDEO_GRID = FamilyGrid(
     multiple=32, frame_rule=8, fps=24, max_frames=257, trained=((768, 512), (512, 768))
 )
 
+# LTX-2 (2.0-2.5): the same 32x spatial / 8x temporal VAE grid as LTX-Video (diffusers'
+# `LTX2Pipeline`: sides multiples of 32, frames 8k+1), any size on it (the pipeline's examples
+# run 768x512 and 1280x704), 24 fps (its `frame_rate` default), and up to 20 s in one pass (the
+# pipeline's own `max_seconds` bound): 481 frames. 4, 8 and 12 s all fit one pass.
+LTX2_GRID = FamilyGrid(multiple=32, frame_rule=8, fps=24, max_frames=481)
+
 FAMILY_GRIDS: dict[str, FamilyGrid] = {
     "tiny": TINY_GRID,
     "wan2.1": WAN21_GRID,
@@ -87,6 +93,7 @@ FAMILY_GRIDS: dict[str, FamilyGrid] = {
     "wan2.2-a14b": WAN_720P_GRID,
     "wan2.2-ti2v": WAN22_TI2V_GRID,
     "ltx-video": LTX_VIDEO_GRID,
+    "ltx-2": LTX2_GRID,
 }
 
 
@@ -98,7 +105,9 @@ def parse_size(size: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def plan(grid: FamilyGrid, size: str, duration: int, *, chain: bool = False) -> GenerationPlan:
+def plan(
+    grid: FamilyGrid, size: str, duration: int, *, chain: bool = False, audio: bool = False
+) -> GenerationPlan:
     """Map a requested `size` and `duration` onto `grid`, or refuse a duration it cannot make.
 
     The rule:
@@ -113,7 +122,8 @@ def plan(grid: FamilyGrid, size: str, duration: int, *, chain: bool = False) -> 
        the smallest `frame_rule*k + 1` count that covers them and drop the extra frames.
     5. A count over `max_frames` is refused (400) unless `chain` (the model does image-to-video
        with the same weights): then the fewest passes that cover it (`chain_frames`), each
-       later one continuing from the previous pass's last frame.
+       later one continuing from the previous pass's last frame. `audio` (the video has sound,
+       which is never chained) only words the refusal.
     """
     width, height = parse_size(size)
     out_width, out_height = _even(width * grid.scale), _even(height * grid.scale)
@@ -135,9 +145,11 @@ def plan(grid: FamilyGrid, size: str, duration: int, *, chain: bool = False) -> 
         gen_frames, *rest = chain_frames(out_frames, longest, grid.frame_rule)
         later = tuple(rest)
     elif gen_frames > grid.max_frames:
+        with_sound = " with sound" if audio else ""
+        hint = "; send audio: false for a longer silent video" if audio else ""
         raise errors.InvalidRequest(
-            f"duration: {duration}s is longer than this model generates in one pass "
-            f"(max {max_seconds(grid):.1f}s at {grid.fps} fps)",
+            f"duration: {duration}s is longer than this model generates{with_sound} in one pass "
+            f"(max {max_seconds(grid):.1f}s at {grid.fps} fps){hint}",
             param="duration",
         )
     return GenerationPlan(

@@ -184,6 +184,20 @@ class DiffusersParams(VideoParams):
     )
 
 
+class AudioDiffusersParams(DiffusersParams):
+    """`DiffusersParams` of a model that makes sound: the sound can be switched off."""
+
+    audio: bool = Field(
+        default=True,
+        strict=True,
+        description=(
+            "Put the model's synchronized sound in the MP4 as an AAC track (default true); "
+            "false gives a silent file."
+        ),
+        examples=[True],
+    )
+
+
 def validate_params(schema: type[VideoParams], raw: object) -> VideoParams:
     """Parse a request body into `schema`, or raise one `InvalidRequest` a human can act on."""
     if not isinstance(raw, dict):
@@ -221,6 +235,8 @@ def _describe(schema: type[VideoParams], error: ErrorDetails) -> str:
     if kind == "string_too_long":
         got = len(value) if isinstance(value, str) else "?"
         return f"must be at most {ctx.get('max_length')} characters (got {got})"
+    if kind == "bool_type":
+        return f"must be true or false (got {value!r})"
     if kind == "string_type":
         return f"must be a string (got {_kind_of(value)})"
     if kind == "literal_error":

@@ -16,14 +16,16 @@ Operators describe models in one TOML file (`VIDEOSERVE_MODELS`):
 
 `VIDEOSERVE_ALIASES` is applied after the file's `[aliases]`, so the environment wins. The
 built-in `tiny-t2v` always exists. `sora-2-pro`, unless aliased or configured, is served by the
-first available `diffusers` entry in file order (list the family you prefer first), else by
-`tiny-t2v` with a warning. Whatever serves it, `sora-2-pro` accepts exactly the seed's four
-parameters; every other name takes its backend's schema. A request costs the `price_per_second`
-of the model that serves it (an alias has no price of its own) times its duration.
+first available `diffusers` entry that makes sound (LTX-2), else the first available one, in file
+order (list the family you prefer first), else by `tiny-t2v` with a warning. Whatever serves
+it, `sora-2-pro` accepts exactly the seed's four parameters; every other name takes its
+backend's schema. A request costs the `price_per_second` of the model that serves it (an alias
+has no price of its own) times its duration.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -36,10 +38,10 @@ from typing import Any
 
 from videoserve import errors
 from videoserve.models import families
-from videoserve.models.backends.base import VideoBackend
+from videoserve.models.backends.base import Capabilities, VideoBackend
 from videoserve.models.backends.tiny import TINY_NAME, TinyBackend
 from videoserve.models.grid import FAMILY_GRIDS
-from videoserve.models.params import VideoParams, schema_json
+from videoserve.models.params import DURATIONS, SIZES, VideoParams, schema_json
 from videoserve.models.pool import DEFAULT_MAX_LOADED, ModelPool
 from videoserve.models.weights import is_repo_id
 from videoserve.settings import Settings
@@ -259,22 +261,43 @@ class ModelRegistry:
                     "available": state.available,
                     "reason": state.reason,
                     "warning": self.warnings[0] if name == SORA and self._sora_fallback else None,
+                    **self._abilities(target),
                     "parameters": schema_json(self.schema(name)),
                 }
             )
         return listed
 
     # --- internals -----------------------------------------------------------------------
+    def _abilities(self, target: str) -> dict[str, Any]:
+        """What the model serving a name can do, as the catalog lists it (configs only)."""
+        backend = self.backend(target)
+        able = getattr(backend, "capabilities", None) or Capabilities()
+        durations = getattr(backend, "durations", None)
+        return {
+            **dataclasses.asdict(able),
+            "durations": list(durations() if durations is not None else DURATIONS),
+            "sizes": list(SIZES),
+        }
+
     def _best_for_sora(self) -> str:
-        """The first available diffusers model in file order, else tiny-t2v with a warning."""
+        """The first available diffusers model that makes sound, else the first available one,
+        in file order; else tiny-t2v with a warning. Sora 2 Pro makes sound: so should its
+        stand-in when one here can."""
         missing = []
+        available = []
         for entry in self._entries.values():
             if entry.backend != "diffusers":
                 continue
-            state = self.backend(entry.name).availability()
+            backend = self.backend(entry.name)
+            state = backend.availability()
             if state.available:
-                return entry.name
-            missing.append(f"{entry.name}: {state.reason}")
+                available.append(entry.name)
+                if backend.capabilities.audio:
+                    return entry.name
+            else:
+                missing.append(f"{entry.name}: {state.reason}")
+        if available:
+            return available[0]
         self._sora_fallback = True
         warning = (
             f"{SORA} is served by {TINY_NAME}, a random-weight test model: configure real weights "

@@ -18,7 +18,7 @@ from typing import Any
 import standardwebhooks
 
 from videoserve import errors
-from videoserve.jobs.records import Job
+from videoserve.jobs.records import Job, sound_of
 from videoserve.jobs.states import Status
 from videoserve.storage.base import BlobStore
 from videoserve.storage.signing import UrlSigner
@@ -114,6 +114,7 @@ async def video_data(job: Job, blobs: BlobStore, signer: UrlSigner, base: str) -
                 blobs, signer, base, result["thumbnail_key"], job.expires_at
             )
         data["served_by"] = result.get("served_by", job.served_by)
+        data |= sound_of(result)
     return data
 
 

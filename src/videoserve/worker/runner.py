@@ -31,7 +31,7 @@ from videoserve.jobs.store import JobStore
 from videoserve.jobs.workers import WorkerRegistry, WorkerState
 from videoserve.media.encode import encode_mp4, write_thumbnail
 from videoserve.media.probe import VideoInfo
-from videoserve.models.backends.base import Cancelled
+from videoserve.models.backends.base import Cancelled, GenerationInputs
 from videoserve.models.registry import ModelRegistry
 from videoserve.observability import logs
 from videoserve.settings import Settings
@@ -246,7 +246,8 @@ class Worker:
         def generate():  # type: ignore[no-untyped-def]
             resolved.load()
             begun = time.perf_counter()
-            video = resolved.generate(params, image, on_progress, signals.stop.is_set)
+            inputs = GenerationInputs(image=image)
+            video = resolved.generate(params, inputs, on_progress, signals.stop.is_set)
             return video, time.perf_counter() - begun
 
         video, inference_time = await asyncio.to_thread(generate)
@@ -273,6 +274,9 @@ class Worker:
             "frames": info.frames,
             "seconds": info.seconds,
             "codec": info.codec,
+            "has_audio": info.has_audio,
+            "audio_sample_rate": info.audio_sample_rate,
+            "audio_codec": info.audio_codec,
             "seed": getattr(video, "seed", None),
             "segments": getattr(video, "segments", 1),
             "inference_time": round(inference_time, 4),
@@ -310,7 +314,14 @@ class Worker:
 
 def _encode(video: Any, video_path: Path, thumb_path: Path) -> VideoInfo:
     """The MP4 and its thumbnail, in one trip to a thread."""
-    info = encode_mp4(video.frames, video.fps, video_path, durable=False)
+    info = encode_mp4(
+        video.frames,
+        video.fps,
+        video_path,
+        durable=False,
+        audio=getattr(video, "audio", None),
+        sample_rate=getattr(video, "audio_sample_rate", None),
+    )
     write_thumbnail(video.frames[0], thumb_path, durable=False)
     return info
 

@@ -12,7 +12,8 @@ from videoserve.api.deps import KeyDep, RuntimeDep
 from videoserve.api.views import iso
 from videoserve.jobs import ledger, listing
 from videoserve.jobs.keys import ANONYMOUS
-from videoserve.jobs.records import ApiKey, Job
+from videoserve.jobs.records import ApiKey, Job, sound_of
+from videoserve.jobs.states import Status
 
 router = APIRouter(prefix="/v1", tags=["Account"])
 
@@ -99,6 +100,7 @@ def _request_view(job: Job, refunded: float) -> dict[str, Any]:
         "expires_at": iso(job.expires_at),
         "queue_time": _seconds(job.created_at, job.started_at),
         "inference_time": result.get("inference_time"),
+        **(sound_of(result) if job.status == Status.COMPLETED else {}),
         "total_time": _seconds(job.created_at, job.finished_at),
         "error": job.error,
     }

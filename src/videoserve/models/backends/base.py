@@ -1,8 +1,8 @@
 """The contract between the worker and a model backend.
 
-A backend turns validated parameters (and an already-fetched input image) into frames. It
-reports progress per denoising step and stops between steps when asked; encoding, storage
-and job state are someone else's job.
+A backend turns validated parameters (and the job's already-fetched inputs) into frames, and a
+waveform where the model makes sound. It reports progress per denoising step and stops between
+steps when asked; encoding, storage and job state are someone else's job.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class VideoBackend(Protocol):
 
     name: str
     schema: type[VideoParams]
+    capabilities: Capabilities
 
     def availability(self) -> Availability:
         """Cheap check (no loading, no imports of torch) whether this backend can run here."""
@@ -93,7 +94,7 @@ class VideoBackend(Protocol):
     def generate(
         self,
         params: VideoParams,
-        image: Image.Image | None,
+        inputs: GenerationInputs,
         on_progress: ProgressCallback,
         should_stop: StopCheck,
     ) -> GeneratedVideo:

@@ -30,11 +30,13 @@ from videoserve.models import grid as grids
 from videoserve.models.backends.base import (
     Availability,
     Cancelled,
+    Capabilities,
     GeneratedVideo,
+    GenerationInputs,
     ProgressCallback,
     StopCheck,
 )
-from videoserve.models.params import DiffusersParams, VideoParams
+from videoserve.models.params import DURATIONS, DiffusersParams, VideoParams
 from videoserve.models.weights import Weights
 
 if TYPE_CHECKING:
@@ -136,6 +138,7 @@ class DiffusersBackend:
 
     family: ClassVar[str] = ""  # "wan", "ltx": what `families.family_of` maps classes to
     pipeline_classes: ClassVar[tuple[str, ...]] = ()  # the `_class_name`s this family loads
+    required_components: ClassVar[tuple[str, ...]] = ()  # checked at startup, named if absent
     default_grid: ClassVar[grids.FamilyGrid]
     DEFAULT_STEPS: ClassVar[int] = 40
     DEFAULT_GUIDANCE: ClassVar[float] = 5.0
@@ -241,7 +244,9 @@ class DiffusersBackend:
         """
         index = read_model_index(self.path)
         # No index yet (the tiny model before its first build): `generate` decides.
-        grids.plan(self.grid, params.size, params.duration, chain=self._chains(index or {}))
+        with_audio = self.makes_audio and getattr(params, "audio", True)
+        chain = self._chains(index or {}) and not with_audio
+        grids.plan(self.grid, params.size, params.duration, chain=chain, audio=with_audio)
         if not index:
             return
         if params.input_reference is not None and not self._accepts_image(index):
@@ -254,6 +259,19 @@ class DiffusersBackend:
                 f"input_reference: model '{self.name}' needs an input image",
                 param="input_reference",
             )
+
+    def durations(self) -> tuple[int, ...]:
+        """The public durations this model makes with its defaults (sound on where it has it)."""
+        index = read_model_index(self.path) or {}
+        chain = self._chains(index) and not self.makes_audio
+        able = []
+        for duration in DURATIONS:
+            try:
+                grids.plan(self.grid, "1280x720", duration, chain=chain)
+            except errors.InvalidRequest:
+                continue
+            able.append(duration)
+        return tuple(able)
 
     def pull(self) -> Path:
         """Download the weights into the Hugging Face cache; `weights.PullFailed` if it cannot."""
@@ -365,7 +383,7 @@ class DiffusersBackend:
     def generate(
         self,
         params: VideoParams,
-        image: Image.Image | None,
+        inputs: GenerationInputs,
         on_progress: ProgressCallback,
         should_stop: StopCheck,
     ) -> GeneratedVideo:
@@ -380,15 +398,22 @@ class DiffusersBackend:
             or self.default_steps,
             "guidance_scale": self.default_guidance if guidance is None else guidance,
         }
+        with_audio = self.makes_audio and getattr(params, "audio", True)
         with self._in_use():
             self.load()
             with self._lock:
                 if not self.loaded:  # unloaded by hand between the two lines above
                     self._load()
                 shape = grids.plan(
-                    self.grid, params.size, params.duration, chain=self._i2v is not None
+                    self.grid,
+                    params.size,
+                    params.duration,
+                    chain=self._chains_now(with_audio),
+                    audio=with_audio,
                 )
-                frames = self._run_segments(call, shape, seed, image, on_progress, should_stop)
+                frames, waveform = self._run_segments(
+                    call, shape, seed, inputs.image, on_progress, should_stop
+                )
         frames = _to_uint8(frames[: shape.out_frames])
         if (shape.out_width, shape.out_height) != (shape.gen_width, shape.gen_height):
             frames = np.stack(
@@ -397,12 +422,15 @@ class DiffusersBackend:
                     for f in frames
                 ]
             )
+        rate = self.audio_sample_rate if with_audio and waveform is not None else None
         return GeneratedVideo(
             frames=frames,
             fps=float(shape.fps),
             model=self.name,
             seed=seed,
             segments=shape.segments,
+            audio=waveform if rate else None,  # the encoder fits it to the frames' length
+            audio_sample_rate=rate,
         )
 
     def _run_segments(
@@ -413,15 +441,18 @@ class DiffusersBackend:
         image: Image.Image | None,
         on_progress: ProgressCallback,
         should_stop: StopCheck,
-    ) -> np.ndarray:
-        """Every pass of the plan, joined: float frames in [0, 1] at the generated size.
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every pass of the plan, joined: float frames in [0, 1] at the generated size, and the
+        waveform (channels, samples) of a single pass that made sound, else None.
 
         A later pass is image-to-video from the last frame so far, with seed + k so that one
         seed still gives one video; its first frame re-renders that image and is dropped.
-        Progress runs once from 0 to the steps of all passes.
+        Progress runs once from 0 to the steps of all passes. A chained video is silent:
+        `_chains_now` refuses chaining while sound is asked for.
         """
         count = shape.segments
         parts: list[np.ndarray] = []
+        waveform = None
         for k, frames in enumerate(shape.segment_frames):
 
             def progress(step: int, total: int, k: int = k) -> None:
@@ -433,7 +464,9 @@ class DiffusersBackend:
             output = self._run({**call, **size}, shape, seed + k, image, progress, should_stop)
             segment = np.asarray(output.frames[0])
             parts.append(segment[1:] if k else segment)
-        return np.concatenate(parts) if count > 1 else parts[0]
+            if count == 1:
+                waveform = self._waveform(output)
+        return (np.concatenate(parts) if count > 1 else parts[0]), waveform
 
     def _run(
         self,
@@ -483,6 +516,36 @@ class DiffusersBackend:
             raise
 
     # --- what a family says --------------------------------------------------------------
+    makes_audio: ClassVar[bool] = False  # the pipeline returns a waveform with the frames
+
+    @property
+    def audio_sample_rate(self) -> int | None:
+        """The waveform's sample rate (a loaded pipeline's vocoder says), else None."""
+        return None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What these weights can do, from their configs (no weights read)."""
+        index = read_model_index(self.path) or {}
+        return Capabilities(
+            text_to_video=not index or not self._requires_image(index),
+            image_to_video=bool(index) and self._accepts_image(index),
+            audio=self.makes_audio,
+        )
+
+    def _chains_now(self, with_audio: bool) -> bool:
+        """Whether this generation may chain passes: an image pipeline, and no sound asked for.
+
+        Chained passes would each bring their own waveform, and joining them at the seams
+        is not done (yet): a sound model refuses a duration over one pass unless `audio` is
+        false, rather than deliver a file whose sound stops short.
+        """
+        return self._i2v is not None and not with_audio
+
+    def _waveform(self, output: Any) -> np.ndarray | None:
+        """The (channels, samples) float waveform of one pipeline output, if it has one."""
+        return None
+
     def _detect_grid(self, folder: Path | None) -> grids.FamilyGrid:
         """The family's grid for these weights (configs only, no weights read)."""
         return self.default_grid
