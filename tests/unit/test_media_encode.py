@@ -179,3 +179,70 @@ def test_probe_refuses_what_is_not_a_video(tmp_path: Path) -> None:
         probe.probe_mp4(path)
     with pytest.raises(FileNotFoundError):
         probe.probe_mp4(tmp_path / "missing.mp4")
+
+
+# --- sound ----------------------------------------------------------------------------------
+def tone(seconds: float, rate: int = 24000, channels: int = 2) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return np.stack([0.5 * np.sin(2 * np.pi * 440 * (c + 1) * t) for c in range(channels)])
+
+
+def streams(path: Path) -> list[tuple[str, str, float]]:
+    with av.open(str(path)) as container:
+        return [
+            (s.type, s.codec_context.name, float(s.duration * s.time_base))
+            for s in container.streams
+        ]
+
+
+# LTX-2's waveform for 25 frames at 24 fps is ~32 ms short; a long one is trimmed.
+@pytest.mark.parametrize("audio_seconds", [25 / 24 - 0.032, 25 / 24, 1.5])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_audio_is_an_aac_track_as_long_as_the_video(
+    tmp_path: Path, audio_seconds: float, channels: int
+) -> None:
+    path = tmp_path / "sound.mp4"
+    wave = tone(audio_seconds, channels=channels).astype(np.float32)
+    info = encode.encode_mp4(gradient(25, 64, 96), 24, path, audio=wave, sample_rate=24000)
+    assert (info.frames, info.has_audio, info.audio_codec) == (25, True, "aac")
+    assert (info.audio_sample_rate, info.audio_channels) == (24000, channels)
+    [video, audio] = streams(path)
+    assert video[:2] == ("video", "h264") and audio[:2] == ("audio", "aac")
+    frame = 1 / 24
+    assert abs(video[2] - 25 / 24) < frame and abs(audio[2] - 25 / 24) < frame
+    assert path.read_bytes()[:64].find(b"moov") > 0  # still +faststart: the index first
+    with av.open(str(path)) as container:
+        decoded = np.concatenate(
+            [f.to_ndarray() for f in container.decode(container.streams.audio[0])], axis=1
+        )
+    assert np.abs(decoded).max() > 0.1  # the tone survived, not silence
+
+
+def test_fit_audio_pads_with_silence_or_trims_at_the_end() -> None:
+    wave = np.ones((2, 900), np.float32)
+    padded = encode.fit_audio(wave, 1000, 1.0)
+    assert padded.shape == (2, 1000) and padded[:, :900].all() and not padded[:, 900:].any()
+    trimmed = encode.fit_audio(np.ones(1500), 1000, Fraction(1))
+    assert trimmed.shape == (1, 1000) and trimmed.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("audio", "rate", "message"),
+    [
+        (np.zeros((3, 100), np.float32), 24000, "1 or 2 channels"),
+        (np.full((2, 100), np.nan, np.float32), 24000, "finite floats"),
+        (np.zeros((2, 100), np.int16), 24000, "finite floats"),
+        (np.zeros((2, 100), np.float32), None, "sample_rate must be an integer"),
+        (np.zeros((2, 100), np.float32), 100, "sample_rate must be an integer"),
+    ],
+)
+def test_bad_audio_is_refused(tmp_path: Path, audio: np.ndarray, rate: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        encode.encode_mp4(gradient(4, 16, 16), 8, tmp_path / "x.mp4", audio=audio, sample_rate=rate)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_silent_video_has_no_audio_stream(tmp_path: Path) -> None:
+    info = encode.encode_mp4(gradient(4, 16, 16), 8, tmp_path / "x.mp4")
+    assert (info.has_audio, info.audio_codec, info.audio_sample_rate) == (False, None, None)
+    assert [s[0] for s in streams(tmp_path / "x.mp4")] == ["video"]

@@ -16,6 +16,8 @@ from videoserve import errors
 from videoserve.models import families, grid_table, weights
 from videoserve.models.backends.diffusion import RuntimeOptions
 from videoserve.models.backends.ltx import LTXBackend
+from videoserve.models.backends.ltx2 import COMPONENTS as LTX2_COMPONENTS
+from videoserve.models.backends.ltx2 import LTX2Backend
 from videoserve.models.backends.wan import WanBackend
 from videoserve.models.grid import FAMILY_GRIDS, plan
 from videoserve.models.params import DURATIONS, SIZES
@@ -46,6 +48,12 @@ EXPECTED: dict[str, tuple[dict[str, str], dict[int, tuple[int, int] | str]]] = {
         {"720x1280": "512x768", "1280x720": "768x512", "1024x1792": "512x768",
          "1792x1024": "768x512"},
         {4: (96, 97), 8: (192, 193), 12: "max 10.7s at 24 fps"},
+    ),
+    # LTX-2: any size on its 32 grid (720 rounds up to 736 and is cropped back), 20 s a pass.
+    "ltx-2": (
+        {"720x1280": "736x1280", "1280x720": "1280x736", "1024x1792": "1024x1792",
+         "1792x1024": "1792x1024"},
+        {4: (96, 97), 8: (192, 193), 12: (288, 289)},
     ),
 }  # fmt: skip
 
@@ -82,9 +90,16 @@ def test_docs_table_is_the_rendered_one() -> None:
 
 # --- which family serves a folder ------------------------------------------------------------
 def pipeline_folder(path: Path, class_name: str, **config: object) -> Path:
-    """A folder that passes the availability check (it reads only model_index.json)."""
+    """A folder that passes the availability check (it reads only model_index.json), with an
+    (empty) subfolder for each component a family requires."""
     path.mkdir(parents=True)
-    (path / "model_index.json").write_text(json.dumps({"_class_name": class_name, **config}))
+    parts: dict[str, object] = {}
+    if class_name.startswith("LTX2"):
+        for part in LTX2_COMPONENTS:
+            (path / part).mkdir()
+            parts[part] = ["diffusers", "Placeholder"]
+    index = {"_class_name": class_name, **parts, **config}
+    (path / "model_index.json").write_text(json.dumps(index))
     return path
 
 
@@ -102,6 +117,8 @@ def registry_for(tmp_path: Path, toml: str) -> ModelRegistry:
         ("LTXPipeline", LTXBackend, "ltx-video"),
         ("LTXImageToVideoPipeline", LTXBackend, "ltx-video"),
         ("LTXConditionPipeline", LTXBackend, "ltx-video"),
+        ("LTX2Pipeline", LTX2Backend, "ltx-2"),
+        ("LTX2ImageToVideoPipeline", LTX2Backend, "ltx-2"),
     ],
 )
 def test_family_read_from_model_index(
@@ -123,6 +140,47 @@ def test_unknown_pipeline_class_is_refused_at_startup(tmp_path: Path) -> None:
     assert message.startswith(f"model 'sd': {tmp_path / 'sd'} holds a 'StableDiffusionPipeline'")
     for supported in families.PIPELINE_FAMILIES:
         assert supported in message
+
+
+@pytest.mark.parametrize("missing", ["vocoder", "audio_vae", "connectors"])
+def test_ltx2_folder_without_a_component_is_refused_at_startup(
+    tmp_path: Path, missing: str
+) -> None:
+    folder = pipeline_folder(tmp_path / "ltx2", "LTX2Pipeline")
+    (folder / missing).rmdir()  # named in model_index.json, but its folder is gone
+    with pytest.raises(ValueError) as caught:
+        registry_for(tmp_path, '[models.ltx2]\nbackend = "diffusers"\npath = "ltx2"\n')
+    assert str(caught.value) == (
+        f"model 'ltx2': {folder} holds a 'LTX2Pipeline' pipeline without its {missing} "
+        "component (model_index.json must name each, with its subfolder)"
+    )
+    index = json.loads((folder / "model_index.json").read_text())
+    del index[missing]  # and not named at all
+    (folder / missing).mkdir()
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=f"without its {missing} component"):
+        registry_for(tmp_path, '[models.ltx2]\nbackend = "diffusers"\npath = "ltx2"\n')
+
+
+def test_sora_prefers_an_available_model_with_sound(tmp_path: Path) -> None:
+    pipeline_folder(tmp_path / "wan", "WanPipeline")
+    pipeline_folder(tmp_path / "ltx2", "LTX2Pipeline")
+    toml = (
+        '[models.wan]\nbackend = "diffusers"\npath = "wan"\n'
+        '[models.ltx2]\nbackend = "diffusers"\npath = "ltx2"\n'
+    )
+    registry = registry_for(tmp_path, toml)
+    assert registry.served_by("sora-2-pro") == "ltx2"  # later in the file, but it makes sound
+    listed = {m["id"]: m for m in registry.describe()}
+    assert listed["ltx2"]["audio"] is True and listed["wan"]["audio"] is False
+    assert listed["sora-2-pro"]["audio"] is True
+    assert listed["ltx2"]["image_to_video"] and not listed["wan"]["image_to_video"]
+    assert listed["ltx2"]["durations"] == [4, 8, 12] and listed["wan"]["durations"] == [4]
+    assert listed["wan"]["sizes"] == list(SIZES)
+    for name in ("wan", "ltx2", "sora-2-pro", "tiny-t2v"):
+        assert {"text_to_video", "video_to_video", "reference_images"} <= set(listed[name])
+    (tmp_path / "ltx2" / "model_index.json").unlink()  # now unavailable: the silent one serves
+    assert registry_for(tmp_path, toml).served_by("sora-2-pro") == "wan"
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from videoserve import errors
 from videoserve.models.backends.tiny import TinyBackend
 from videoserve.models.backends.wan import WanBackend
 from videoserve.models.grid import WAN21_GRID, WAN22_TI2V_GRID
-from videoserve.models.params import DiffusersParams, VideoParams, schema_json
+from videoserve.models.params import SIZES, DiffusersParams, VideoParams, schema_json
 from videoserve.models.registry import ModelEntry, ModelRegistry, load_models_file
 from videoserve.settings import Settings
 
@@ -73,6 +73,15 @@ def test_builtin_tiny_and_sora_fallback(tmp_path: Path, caplog: pytest.LogCaptur
         "available": True,
         "reason": None,
         "warning": None,
+        # What the Wan 2.2 TI2V layout of the tiny model can do, before it is even built.
+        "text_to_video": True,
+        "image_to_video": True,
+        "audio": False,
+        "video_to_video": False,
+        "reference_images": False,
+        "extend": False,
+        "durations": [4, 8, 12],  # the tiny grid's passes chain
+        "sizes": list(SIZES),
         "parameters": schema_json(DiffusersParams),
     }
     assert listed["sora-2-pro"]["alias_of"] == "tiny-t2v"

@@ -33,6 +33,11 @@ FAMILIES = (
     ),
     ("Wan 2.2 TI2V 5B", "wan2.2-ti2v", "Over one pass: chained."),
     ("LTX-Video 0.9.x", "ltx-video", "Over one pass: chained."),
+    (
+        "LTX-2 (with sound)",
+        "ltx-2",
+        "Every public duration fits one pass (max {max:.1f} s); with sound nothing is chained.",
+    ),
     ("tiny-t2v (random weights, for tests)", "tiny", "Over one pass: chained."),
 )
 

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from videoserve.models import random_weights
-from videoserve.models.backends.base import Availability
+from videoserve.models.backends.base import Availability, Capabilities
 from videoserve.models.backends.wan import WanBackend
 from videoserve.models.grid import TINY_GRID
 
@@ -86,6 +86,11 @@ class TinyBackend(WanBackend):
 
     def availability(self) -> Availability:
         return Availability(True)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        # Known before the first build: the Wan 2.2 TI2V layout does text and image to video.
+        return Capabilities(text_to_video=True, image_to_video=True)
 
     def load(self) -> None:
         self.pull()

@@ -1,0 +1,159 @@
+"""LTX-2 end to end: video with sound from a tiny random-weight folder, over HTTP, both databases.
+
+The folder is built in code (`videoserve.models.random_weights_ltx2`: the real checkpoint's
+compression ratios, patch sizes and positional ranges at toy widths), saved with
+`save_pretrained` once per module and named in a models TOML by its folder alone. Its entry says
+`family = "tiny"` (an eighth of the requested size, 8 fps) with `max_frames = 33`, so one pass
+holds 4 s and an 8 s request shows what a sound model does over one pass. Every MP4 is read back
+with PyAV: its streams, their codecs and durations are the facts the tests check.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import openai
+import pytest
+from segmind import SegmindClient
+
+from tests.conftest import LiveServer
+from tests.integration.test_families import generate_over_http, png_data_uri
+from videoserve.models import random_weights_ltx2
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+FPS = 8  # the tiny grid
+FRAME = 1 / FPS
+
+
+@pytest.fixture(scope="module")
+def ltx2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("weights") / "ltx2"
+    random_weights_ltx2.build_pipeline(seed=1).save_pretrained(folder)
+    return folder
+
+
+def models_toml(tmp_path: Path, folder: Path) -> Path:
+    toml = tmp_path / "models.toml"
+    toml.write_text(
+        f'[models.ltx2]\nbackend = "diffusers"\npath = "{folder}"\n'
+        'family = "tiny"\nsteps = 2\nmax_frames = 33\n'
+    )
+    return toml
+
+
+def streams(mp4: bytes) -> list[dict[str, Any]]:
+    """Every stream of an MP4: kind, codec, duration in seconds (and frames or sample rate)."""
+    with av.open(io.BytesIO(mp4)) as container:
+        found = []
+        for stream in container.streams:
+            fact = {
+                "type": stream.type,
+                "codec": stream.codec_context.name,
+                "seconds": float(stream.duration * stream.time_base),
+            }
+            if stream.type == "video":
+                fact["frames"] = sum(1 for _ in container.decode(stream))
+                container.seek(0)
+            else:
+                fact["sample_rate"] = stream.codec_context.sample_rate
+            found.append(fact)
+        return found
+
+
+def assert_in_sync_with_sound(mp4: bytes, seconds: float, frames: int) -> None:
+    video, audio = streams(mp4)  # exactly two streams
+    assert (video["type"], video["codec"], video["frames"]) == ("video", "h264", frames)
+    assert (audio["type"], audio["codec"], audio["sample_rate"]) == ("audio", "aac", 24000)
+    assert abs(video["seconds"] - seconds) < FRAME
+    assert abs(audio["seconds"] - seconds) < FRAME
+
+
+def download(server: LiveServer, result: dict[str, Any]) -> bytes:
+    return httpx.get(result["output"], timeout=30).content
+
+
+def test_ltx2_text_and_image_to_video_with_sound_over_http(
+    ltx2_folder: Path, make_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    server = make_server(models=models_toml(tmp_path, ltx2_folder))
+    listed = {m["id"]: m for m in httpx.get(f"{server.url}/v1/models").json()["data"]}
+    model = listed["ltx2"]
+    assert model["available"] is True, model["reason"]
+    assert (model["text_to_video"], model["image_to_video"], model["audio"]) == (True,) * 3
+    assert model["durations"] == [4]  # with sound, one pass of at most 33 frames
+    assert model["parameters"]["properties"]["audio"]["default"] is True
+
+    t2v = {"prompt": "a cat walking in the forest", "duration": 4, "size": "1280x720", "seed": 5}
+    i2v = {**t2v, "size": "720x1280", "input_reference": png_data_uri()}
+    for body, shape in ((t2v, (160, 90)), (i2v, (90, 160))):
+        result = generate_over_http(server, "ltx2", body)
+        assert (result["mp4"]["width"], result["mp4"]["height"]) == shape
+        assert (result["frames"], result["seconds"], result["served_by"]) == (32, 4.0, "ltx2")
+        assert (result["has_audio"], result["audio_sample_rate"], result["audio_codec"]) == (
+            True,
+            24000,
+            "aac",
+        )
+        assert_in_sync_with_sound(download(server, result), 4.0, 32)
+
+    silent = generate_over_http(server, "ltx2", {**t2v, "audio": False})
+    assert (silent["has_audio"], silent["audio_sample_rate"], silent["audio_codec"]) == (
+        False,
+        None,
+        None,
+    )
+    assert [s["type"] for s in streams(download(server, silent))] == ["video"]
+
+
+def test_ltx2_over_one_pass_refuses_sound_and_chains_silently(
+    ltx2_folder: Path, make_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    server = make_server(models=models_toml(tmp_path, ltx2_folder))
+    headers = {"x-api-key": server.api_key}
+    body = {"prompt": "a dog", "duration": 8, "seed": 2}
+    refused = httpx.post(f"{server.url}/v2/ltx2", json=body, headers=headers)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == (
+        "duration: 8s is longer than this model generates with sound in one pass "
+        "(max 4.1s at 8 fps); send audio: false for a longer silent video"
+    )
+    bad = httpx.post(f"{server.url}/v2/ltx2", json={**body, "audio": "yes"}, headers=headers)
+    assert bad.status_code == 400
+    assert bad.json()["error"] == "audio: must be true or false (got 'yes')"
+
+    chained = generate_over_http(server, "ltx2", {**body, "audio": False})
+    assert (chained["segments"], chained["frames"], chained["has_audio"]) == (2, 64, False)
+    [video] = streams(download(server, chained))
+    assert video["frames"] == 64 and abs(video["seconds"] - 8.0) < FRAME
+
+
+def test_sdks_download_a_video_with_sound(
+    ltx2_folder: Path, make_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    # No alias: sora-2-pro picks the configured model that makes sound.
+    server = make_server(models=models_toml(tmp_path, ltx2_folder), aliases={})
+    segmind = SegmindClient(api_key=server.api_key, base_url=f"{server.url}/v1")
+    response = segmind.run_sync("ltx2", prompt="a bird flying", duration=4, seed=3)
+    assert_in_sync_with_sound(response.content, 4.0, 32)
+
+    client = openai.OpenAI(api_key=server.api_key, base_url=f"{server.url}/v1", max_retries=0)
+    created = client.videos.create(prompt="a horse running", seconds="4")
+    video = client.videos.poll(created.id, poll_interval_ms=50)
+    assert video.status == "completed" and video.model == "sora-2-pro"
+    extras = video.model_extra or {}
+    assert (extras["has_audio"], extras["audio_sample_rate"], extras["audio_codec"]) == (
+        True,
+        24000,
+        "aac",
+    )
+    assert_in_sync_with_sound(client.videos.download_content(video.id).content, 4.0, 32)
+    result = httpx.get(
+        f"{server.url}/v2/requests/{video.id}", headers={"x-api-key": server.api_key}
+    ).json()
+    assert result["served_by"] == "ltx2"  # says which model served the request
