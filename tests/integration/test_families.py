@@ -1,12 +1,13 @@
 """Every model family end to end: tiny random-weight pipelines built in code, saved as a folder,
 configured like a user's downloaded weights, and driven over HTTP through a live server.
 
-No network. Each layout (Wan 2.1 T2V, Wan 2.1 I2V, Wan 2.2 TI2V, LTX-Video, LTX-Video's
-condition pipeline) is built from toy configs (`videoserve.models.random_weights.TINY`), saved
-with `save_pretrained`, and named in a models TOML by its folder alone: the family is read from
-`model_index.json`. Toy weights at real sizes would take minutes on a CPU, so the entries say
-`family = "tiny"` (an eighth of the requested size, 8 fps): the grid the test checks the MP4
-against; the real grids are checked in tests/unit/test_model_families.py.
+No network. Each layout (Wan 2.1 T2V, Wan 2.1 I2V, Wan 2.1 VACE, Wan 2.2 TI2V, LTX-Video,
+LTX-Video's condition pipeline) is built from toy configs
+(`videoserve.models.random_weights.TINY`), saved with `save_pretrained`, and named in a models
+TOML by its folder alone: the family is read from `model_index.json`. Toy weights at real sizes
+would take minutes on a CPU, so the entries say `family = "tiny"` (an eighth of the requested
+size, 8 fps): the grid the test checks the MP4 against; the real grids are checked in
+tests/unit/test_model_families.py. LTX-2 (with sound) has its own module, test_ltx2.py.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ MODELS: dict[str, tuple[str, str, type[DiffusersBackend], bool, bool]] = {
     "wan21": ("wan2.1", "WanPipeline", WanBackend, True, False),
     "wan21-i2v": ("wan2.1-i2v", "WanImageToVideoPipeline", WanBackend, False, True),
     "wan22-ti2v": ("wan2.2-ti2v", "WanPipeline", WanBackend, True, True),
+    "wan21-vace": ("wan2.1-vace", "WanVACEPipeline", WanBackend, True, True),
     "ltx": ("ltx", "LTXPipeline", LTXBackend, True, True),
     "ltx-condition": ("ltx", "LTXConditionPipeline", LTXBackend, True, True),
 }
@@ -189,6 +191,27 @@ def test_ltx_image_to_video_shares_the_weights(weights: dict[str, Path], name: s
     assert not np.array_equal(with_image.frames, run(backend, seed=2, size="720x1280")[0].frames)
     assert backend._i2v.transformer is backend._t2v.transformer
     assert backend._i2v.vae is backend._t2v.vae
+
+
+def test_vace_takes_reference_images_and_a_first_frame(weights: dict[str, Path]) -> None:
+    backend = backend_for(weights, "wan21-vace")
+    able = backend.capabilities
+    assert (able.text_to_video, able.image_to_video, able.reference_images) == (True,) * 3
+    assert not backend_for(weights, "wan21").capabilities.reference_images
+    params = DiffusersParams(prompt="a dog", duration=4, num_inference_steps=2, seed=2)
+    picture = Image.new("RGB", (64, 48), (220, 30, 30))
+    videos = [
+        backend.generate(params, inputs, lambda s, t: None, lambda: False).frames
+        for inputs in (
+            GenerationInputs(),
+            GenerationInputs(reference_images=(picture,)),
+            GenerationInputs(image=picture),
+        )
+    ]
+    for frames in videos:  # the reference frames are the pipeline's own: not delivered
+        assert frames.shape == (32, 90, 160, 3)
+    assert not np.array_equal(videos[0], videos[1])
+    assert not np.array_equal(videos[0], videos[2])
 
 
 def test_ltx_stops_between_steps_and_runs_again(weights: dict[str, Path]) -> None:

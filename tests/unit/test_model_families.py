@@ -114,6 +114,7 @@ def registry_for(tmp_path: Path, toml: str) -> ModelRegistry:
     [
         ("WanPipeline", WanBackend, "wan2.1"),
         ("WanImageToVideoPipeline", WanBackend, "wan2.1"),
+        ("WanVACEPipeline", WanBackend, "wan2.1"),
         ("LTXPipeline", LTXBackend, "ltx-video"),
         ("LTXImageToVideoPipeline", LTXBackend, "ltx-video"),
         ("LTXConditionPipeline", LTXBackend, "ltx-video"),

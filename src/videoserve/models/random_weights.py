@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import T5TokenizerFast
 
-LAYOUTS = ("wan2.1", "wan2.1-i2v", "wan2.2-ti2v", "ltx")
+LAYOUTS = ("wan2.1", "wan2.1-i2v", "wan2.1-vace", "wan2.2-ti2v", "ltx")
 
 # A handful of whole words on top of printable ASCII, so prompts tokenize without <unk>.
 _WORDS = (
@@ -111,6 +111,23 @@ TINY: dict[str, Architecture] = {
             "intermediate_size": 16,
             "patch_size": 1,
         },
+    ),
+    # Wan 2.1 VACE layout: the T2V transformer plus VACE blocks on every other layer, whose
+    # control input is the 16 latent channels of the video and of its inactive part plus the
+    # 8x8-folded mask (16 + 16 + 64 = 96), as in VACE 1.3B / 14B.
+    "wan2.1-vace": Architecture(
+        layout="wan2.1-vace",
+        transformer={
+            **_TINY_WAN_TRANSFORMER,
+            "in_channels": 16,
+            "out_channels": 16,
+            "num_layers": 3,
+            "vace_layers": [0, 2],
+            "vace_in_channels": 96,
+        },
+        vae=_TINY_WAN21_VAE,
+        text_encoder=_TINY_UMT5,
+        scheduler=_WAN_SCHEDULER,
     ),
     # Wan 2.2 TI2V-5B layout (the built-in tiny-t2v): 48 channels, 16x spatial VAE with 2x2
     # patches, and `expand_timesteps`, which makes the same weights do image-to-video.
@@ -222,6 +239,8 @@ def build_pipeline(
         WanImageToVideoPipeline,
         WanPipeline,
         WanTransformer3DModel,
+        WanVACEPipeline,
+        WanVACETransformer3DModel,
     )
     from transformers import (
         CLIPImageProcessor,
@@ -240,6 +259,7 @@ def build_pipeline(
     tok = tokenizer()
     vocab = arch.vocab_size or len(tok)
     ltx = arch.layout == "ltx"
+    vace = arch.layout == "wan2.1-vace"
     where = torch.device(device)
     rng_devices = [where.index or 0] if where.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
@@ -250,7 +270,8 @@ def build_pipeline(
                 transformer = LTXVideoTransformer3DModel(**arch.transformer)
             else:
                 text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=vocab, **arch.text_encoder))
-                transformer = WanTransformer3DModel(**arch.transformer)
+                kind = WanVACETransformer3DModel if vace else WanTransformer3DModel
+                transformer = kind(**arch.transformer)
         with _creating(where, vae_dtype or dtype):
             vae = AutoencoderKLLTXVideo(**arch.vae) if ltx else AutoencoderKLWan(**arch.vae)
             image_encoder = (
@@ -263,6 +284,8 @@ def build_pipeline(
         scheduler = FlowMatchEulerDiscreteScheduler(**arch.scheduler)
         return LTXPipeline(transformer=transformer, scheduler=scheduler, **parts)
     scheduler = UniPCMultistepScheduler(**arch.scheduler)
+    if vace:
+        return WanVACEPipeline(transformer=transformer, scheduler=scheduler, **parts)
     if image_encoder is not None:
         side = image_encoder.config.image_size
         return WanImageToVideoPipeline(

@@ -412,7 +412,7 @@ class DiffusersBackend:
                     audio=with_audio,
                 )
                 frames, waveform = self._run_segments(
-                    call, shape, seed, inputs.image, on_progress, should_stop
+                    call, shape, seed, inputs, on_progress, should_stop
                 )
         frames = _to_uint8(frames[: shape.out_frames])
         if (shape.out_width, shape.out_height) != (shape.gen_width, shape.gen_height):
@@ -438,7 +438,7 @@ class DiffusersBackend:
         call: dict[str, Any],
         shape: grids.GenerationPlan,
         seed: int,
-        image: Image.Image | None,
+        inputs: GenerationInputs,
         on_progress: ProgressCallback,
         should_stop: StopCheck,
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -459,9 +459,10 @@ class DiffusersBackend:
                 on_progress(k * total + step, count * total)
 
             if k:
-                image = Image.fromarray(_to_uint8(parts[-1][-1]))
+                last = Image.fromarray(_to_uint8(parts[-1][-1]))
+                inputs = dataclasses.replace(inputs, image=last)
             size = {"height": shape.gen_height, "width": shape.gen_width, "num_frames": frames}
-            output = self._run({**call, **size}, shape, seed + k, image, progress, should_stop)
+            output = self._run({**call, **size}, shape, seed + k, inputs, progress, should_stop)
             segment = np.asarray(output.frames[0])
             parts.append(segment[1:] if k else segment)
             if count == 1:
@@ -473,11 +474,12 @@ class DiffusersBackend:
         call: dict[str, Any],
         shape: grids.GenerationPlan,
         seed: int,
-        image: Image.Image | None,
+        inputs: GenerationInputs,
         on_progress: ProgressCallback,
         should_stop: StopCheck,
     ) -> Any:
         """One pipeline call under the lock, with progress and cancellation between steps."""
+        image = inputs.image
         pipe = self._i2v if image is not None else self._t2v
         if pipe is None:
             needs = "does not accept" if image is not None else "needs"
@@ -498,7 +500,14 @@ class DiffusersBackend:
                 raise Cancelled(f"{self.name}: cancelled after step {step + 1}")
             return {}
 
-        fitted = fit_image(image, shape.gen_width, shape.gen_height) if image is not None else None
+        fitted = dataclasses.replace(
+            inputs,
+            image=None if image is None else fit_image(image, shape.gen_width, shape.gen_height),
+            reference_images=tuple(
+                fit_image(picture, shape.gen_width, shape.gen_height)
+                for picture in inputs.reference_images
+            ),
+        )
         self._hook_offload(pipe)
         try:
             with torch.inference_mode(), self._pipeline_call(pipe, call) as arguments:
@@ -507,7 +516,7 @@ class DiffusersBackend:
                     generator=torch.Generator(self._device).manual_seed(seed),
                     output_type="np",
                     callback_on_step_end=on_step_end,
-                    **self._call_kwargs(pipe, shape, fitted),
+                    **self._call_kwargs(pipe, shape, call["num_frames"], fitted),
                 )
         except Cancelled:
             # A stopped call skips the pipeline's own cleanup: reset step caches and offload
@@ -572,10 +581,11 @@ class DiffusersBackend:
         return False
 
     def _call_kwargs(
-        self, pipe: Any, shape: grids.GenerationPlan, image: Image.Image | None
+        self, pipe: Any, shape: grids.GenerationPlan, frames: int, inputs: GenerationInputs
     ) -> dict[str, Any]:
-        """The family's own pipeline arguments (the input image among them)."""
-        return {"image": image} if image is not None else {}
+        """The family's own pipeline arguments (the input image among them, fitted to the
+        generated size, as are the reference images)."""
+        return {"image": inputs.image} if inputs.image is not None else {}
 
     @contextlib.contextmanager
     def _pipeline_call(self, pipe: Any, call: dict[str, Any]) -> Iterator[dict[str, Any]]:

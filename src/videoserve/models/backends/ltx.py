@@ -14,9 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
 from videoserve.models import grid as grids
+from videoserve.models.backends.base import GenerationInputs
 from videoserve.models.backends.diffusion import DiffusersBackend
 
 if TYPE_CHECKING:
@@ -60,11 +59,11 @@ class LTXBackend(DiffusersBackend):
         return primary, LTXImageToVideoPipeline(**primary.components)
 
     def _call_kwargs(
-        self, pipe: Any, shape: grids.GenerationPlan, image: Image.Image | None
+        self, pipe: Any, shape: grids.GenerationPlan, frames: int, inputs: GenerationInputs
     ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"frame_rate": shape.fps}
         if pipe.vae.config.timestep_conditioning:
             kwargs |= {"decode_timestep": DECODE_TIMESTEP, "decode_noise_scale": DECODE_NOISE_SCALE}
-        if image is not None:
-            kwargs["image"] = image  # the condition pipeline puts it at frame_index 0
+        if inputs.image is not None:
+            kwargs["image"] = inputs.image  # the condition pipeline puts it at frame_index 0
         return kwargs

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
 from videoserve.models import grid as grids
+from videoserve.models.backends.base import GenerationInputs
 from videoserve.models.backends.diffusion import DiffusersBackend
 from videoserve.models.params import AudioDiffusersParams
 
@@ -79,7 +79,7 @@ class LTX2Backend(DiffusersBackend):
         return primary, LTX2ImageToVideoPipeline(**primary.components)
 
     def _call_kwargs(
-        self, pipe: Any, shape: grids.GenerationPlan, image: Image.Image | None
+        self, pipe: Any, shape: grids.GenerationPlan, frames: int, inputs: GenerationInputs
     ) -> dict[str, Any]:
         # `frame_rate` scales the temporal RoPE and sets the audio's length: the delivered rate.
         kwargs: dict[str, Any] = {
@@ -88,8 +88,8 @@ class LTX2Backend(DiffusersBackend):
             # holds fewer (a small test tokenizer), where padding further only costs time.
             "max_sequence_length": min(MAX_SEQUENCE_LENGTH, int(pipe.tokenizer.model_max_length)),
         }
-        if image is not None:
-            kwargs["image"] = image
+        if inputs.image is not None:
+            kwargs["image"] = inputs.image
         return kwargs
 
     def _waveform(self, output: Any) -> np.ndarray | None:

@@ -6,6 +6,10 @@ One family, several layouts, all told apart by their configs (no weights read):
 - Wan 2.2 TI2V 5B (`WanPipeline` with `expand_timesteps`): text, or an image as the first frame
   through `WanImageToVideoPipeline` over the same modules. The built-in `tiny-t2v` has this layout.
 - Wan 2.2 A14B (`boundary_ratio`, two transformers): text only, at 720p.
+- Wan 2.1 VACE 1.3B / 14B (`WanVACEPipeline`): one pipeline for text-to-video, image-to-video
+  (the image as the first frame: frame 0 kept by the mask, the rest generated) and reference
+  images (`GenerationInputs.reference_images`, e.g. characters), passed through as VACE's own
+  `reference_images`.
 
 Under classifier-free guidance the pipelines run the transformer twice per step; with the
 `batch_cfg` option (by default on a GPU without offloading) the two run as one batch (`cfg.py`),
@@ -15,12 +19,16 @@ the prompts encoded here so that the batching knows both before the first step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
+
 from videoserve.models import grid as grids
+from videoserve.models.backends.base import Capabilities, GenerationInputs
 from videoserve.models.backends.diffusion import DiffusersBackend, read_model_index
 
 if TYPE_CHECKING:
@@ -28,7 +36,8 @@ if TYPE_CHECKING:
 
 T2V_CLASS = "WanPipeline"
 I2V_CLASS = "WanImageToVideoPipeline"
-SUPPORTED_CLASSES = (T2V_CLASS, I2V_CLASS)
+VACE_CLASS = "WanVACEPipeline"
+SUPPORTED_CLASSES = (T2V_CLASS, I2V_CLASS, VACE_CLASS)
 
 
 def detect_grid(path: Path | None) -> grids.FamilyGrid:
@@ -60,8 +69,16 @@ class WanBackend(DiffusersBackend):
     def _detect_grid(self, folder: Path | None) -> grids.FamilyGrid:
         return detect_grid(folder)
 
+    @property
+    def capabilities(self) -> Capabilities:
+        able = super().capabilities
+        vace = (read_model_index(self.path) or {}).get("_class_name") == VACE_CLASS
+        return dataclasses.replace(able, reference_images=vace)
+
     def _accepts_image(self, index: Mapping[str, Any]) -> bool:
-        return index.get("_class_name") == I2V_CLASS or bool(index.get("expand_timesteps"))
+        return index.get("_class_name") in (I2V_CLASS, VACE_CLASS) or bool(
+            index.get("expand_timesteps")
+        )
 
     def _requires_image(self, index: Mapping[str, Any]) -> bool:
         return index.get("_class_name") == I2V_CLASS
@@ -72,18 +89,37 @@ class WanBackend(DiffusersBackend):
 
         # Wan's VAE decodes noticeably better in fp32, and it is small.
         dtypes = {"default": dtype, "vae": torch.float32}
+        if class_name == VACE_CLASS:
+            from diffusers import WanVACEPipeline
+
+            return WanVACEPipeline.from_pretrained(folder, dtype=dtypes, local_files_only=True)
         cls = WanImageToVideoPipeline if class_name == I2V_CLASS else WanPipeline
         return cls.from_pretrained(folder, dtype=dtypes, local_files_only=True)
 
     def _pipelines(self, primary: Any, class_name: str) -> tuple[Any, Any]:
+        if class_name == VACE_CLASS:
+            return primary, primary  # one pipeline: the inputs say what it does
         if class_name == I2V_CLASS:
             return None, primary
         shares = primary.config.expand_timesteps
         return primary, _image_pipeline_sharing(primary) if shares else None
 
+    def _call_kwargs(
+        self, pipe: Any, shape: grids.GenerationPlan, frames: int, inputs: GenerationInputs
+    ) -> dict[str, Any]:
+        if type(pipe).__name__ != VACE_CLASS:
+            return super()._call_kwargs(pipe, shape, frames, inputs)
+        kwargs: dict[str, Any] = {}
+        if inputs.reference_images:
+            kwargs["reference_images"] = list(inputs.reference_images)
+        if inputs.image is not None:
+            kwargs |= first_frame_conditions(inputs.image, frames)
+        return kwargs
+
     def _place(self, pipe: Any, device: str) -> None:
         super()._place(pipe, device)
-        if self.runtime.batches_cfg(device):
+        # VACE's transformer takes its control states beside the batch: not batched here.
+        if self.runtime.batches_cfg(device) and type(pipe).__name__ != VACE_CLASS:
             from videoserve.models.backends import cfg
 
             # Here, before any CPU-offload hooks (installed per call) wrap the forward.
@@ -101,6 +137,18 @@ class WanBackend(DiffusersBackend):
         rest = {k: v for k, v in call.items() if k not in ("prompt", "negative_prompt")}
         with cfg.batching(pipe, *embeds):
             yield {**rest, "prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
+
+
+def first_frame_conditions(image: Image.Image, frames: int) -> dict[str, Any]:
+    """VACE's `video` and `mask` for image-to-video: frame 0 is the image and is kept (mask
+    black), every later frame is neutral gray and generated (mask white), as VACE's own
+    first-frame task builds them."""
+    gray = Image.new("RGB", image.size, (127, 127, 127))
+    keep, make = Image.new("L", image.size, 0), Image.new("L", image.size, 255)
+    return {
+        "video": [image] + [gray] * (frames - 1),
+        "mask": [keep] + [make] * (frames - 1),
+    }
 
 
 def _image_pipeline_sharing(t2v: Any) -> Any:
