@@ -23,7 +23,9 @@ from segmind import SegmindClient
 
 from tests.conftest import LiveServer
 from tests.integration.test_families import generate_over_http, png_data_uri
-from videoserve.models import random_weights_ltx2
+from videoserve.models import families, random_weights_ltx2
+from videoserve.models.backends.base import GenerationInputs
+from videoserve.models.params import AudioDiffusersParams
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -157,3 +159,18 @@ def test_sdks_download_a_video_with_sound(
         f"{server.url}/v2/requests/{video.id}", headers={"x-api-key": server.api_key}
     ).json()
     assert result["served_by"] == "ltx2"  # says which model served the request
+
+
+def test_two_stage_with_the_latent_upsampler(ltx2_folder: Path, tmp_path: Path) -> None:
+    upsampler = tmp_path / "upsampler"
+    random_weights_ltx2.build_upsampler(seed=1).save_pretrained(upsampler / "latent_upsampler")
+    options = {"family": "tiny", "upsampler": str(upsampler)}
+    families.check_entry("ltx2", str(ltx2_folder), options)
+    backend = families.create_backend("ltx2", str(ltx2_folder), options, "cpu")
+    params = AudioDiffusersParams(prompt="a cat", duration=4, num_inference_steps=2, seed=1)
+    video = backend.generate(params, GenerationInputs(), lambda s, t: None, lambda: False)
+    assert backend._upsample is not None  # the second stage ran over the same VAE
+    assert backend._upsample.vae is backend._t2v.vae
+    # Denoised at 96x64 (half of 160x96, on the 32 grid), upsampled 2x, fitted to 160x90.
+    assert video.frames.shape == (32, 90, 160, 3)
+    assert video.audio is not None and video.audio_sample_rate == 24000

@@ -163,6 +163,37 @@ def test_ltx2_folder_without_a_component_is_refused_at_startup(
         registry_for(tmp_path, '[models.ltx2]\nbackend = "diffusers"\npath = "ltx2"\n')
 
 
+def test_the_upsampler_option_is_checked_at_startup(tmp_path: Path) -> None:
+    pipeline_folder(tmp_path / "ltx2", "LTX2Pipeline")
+    pipeline_folder(tmp_path / "wan", "WanPipeline")
+    good = tmp_path / "up" / "latent_upsampler"
+    good.mkdir(parents=True)
+    (good / "config.json").write_text(json.dumps({"_class_name": "LTX2LatentUpsamplerModel"}))
+    wrong = tmp_path / "vae"
+    wrong.mkdir()
+    (wrong / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLLTX2Video"}))
+
+    def entry(model: str, upsampler: str) -> str:
+        return f'[models.m]\nbackend = "diffusers"\npath = "{model}"\nupsampler = "{upsampler}"\n'
+
+    registry = registry_for(tmp_path, entry("ltx2", "up"))  # relative to the TOML, like path
+    assert registry.backend("m").upsampler == tmp_path / "up"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError) as caught:
+        registry_for(tmp_path, entry("wan", "up"))
+    assert str(caught.value) == (
+        f"model 'm': upsampler is an LTX-2 option, but {tmp_path / 'wan'} holds a wan "
+        "pipeline (WanPipeline)"
+    )
+    with pytest.raises(ValueError) as caught:
+        registry_for(tmp_path, entry("ltx2", "vae"))
+    assert str(caught.value) == (
+        f"model 'm': upsampler: {wrong / 'config.json'} names 'AutoencoderKLLTX2Video' "
+        "(expected 'LTX2LatentUpsamplerModel')"
+    )
+    with pytest.raises(ValueError, match=r"upsampler: no LTX2LatentUpsamplerModel config\.json"):
+        registry_for(tmp_path, entry("ltx2", "nowhere"))
+
+
 def test_sora_prefers_an_available_model_with_sound(tmp_path: Path) -> None:
     pipeline_folder(tmp_path / "wan", "WanPipeline")
     pipeline_folder(tmp_path / "ltx2", "LTX2Pipeline")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from videoserve.models import grid as grids
+from videoserve.models.backends import ltx2
 from videoserve.models.backends.diffusion import (
     DTYPES,
     DiffusersBackend,
@@ -107,6 +108,17 @@ def check_entry(name: str, path: str, options: Mapping[str, Any]) -> None:
             f"{prefix}: family '{grid}' is a {GRID_FAMILIES[grid]} grid, but {path} holds a "
             f"{family} pipeline ({class_name})"
         )
+    upsampler = options.get("upsampler")
+    if upsampler is not None:
+        if family is not None and family != "ltx2":
+            raise ValueError(
+                f"{prefix}: upsampler is an LTX-2 option, but {path} holds a {family} pipeline "
+                f"({class_name})"
+            )
+        try:
+            ltx2.upsampler_folder(Path(upsampler))
+        except ValueError as exc:
+            raise ValueError(f"{prefix}: {exc}") from None
     dtype = options.get("dtype")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"{prefix}: dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
@@ -127,6 +139,8 @@ def create_backend(
     else:
         family = GRID_FAMILIES.get(grid or "") or "wan"
     overrides = {key: options[key] for key in ("fps", "max_frames") if key in options}
+    # Family-specific options: only LTX-2 has one (checked in `check_entry`).
+    extra = {"upsampler": options["upsampler"]} if options.get("upsampler") else {}
     return BACKENDS[family](
         name,
         path,
@@ -138,4 +152,5 @@ def create_backend(
         default_negative_prompt=options.get("negative_prompt"),
         grid_overrides=overrides,
         runtime=RuntimeOptions.from_options(options),
+        **extra,
     )

@@ -165,3 +165,20 @@ def build_pipeline(*, seed: int = 0) -> Any:
         transformer=transformer,
         vocoder=vocoder,
     )
+
+
+def build_upsampler(*, seed: int = 0) -> Any:
+    """A tiny `LTX2LatentUpsamplerModel` for the pipeline above: 2x spatial, in latent space."""
+    import torch
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LTX2LatentUpsamplerModel(
+            in_channels=8,  # the video VAE's latent channels
+            mid_channels=32,  # its GroupNorm takes 32 groups
+            num_blocks_per_stage=1,
+            dims=3,
+            spatial_upsample=True,
+            use_rational_resampler=False,
+        )

@@ -75,6 +75,7 @@ _OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "cache": ((str,), '"first_block"'),
         "cache_threshold": ((int, float), "a number between 0 and 1"),
         "batch_cfg": ((bool,), "true or false"),
+        "upsampler": ((str,), "the folder of an LTX-2 latent upsampler (LTX-2 only)"),
         "price_per_second": _PRICE,
     },
 }
@@ -342,6 +343,12 @@ def load_models_file(path: Path) -> tuple[list[ModelEntry], dict[str, str]]:
             anchored = folder if folder.is_absolute() else Path(path).parent / folder
             # owner/name with no such folder here is a Hugging Face repo id: kept as written.
             raw_path = raw_path if is_repo_id(raw_path) and not anchored.exists() else str(anchored)
+        upsampler = options.get("upsampler")
+        if isinstance(upsampler, str):  # a folder, relative to the TOML's like `path`
+            folder = Path(upsampler).expanduser()
+            options["upsampler"] = str(
+                folder if folder.is_absolute() else Path(path).parent / folder
+            )
         entries.append(ModelEntry(name, backend, raw_path, options))
     aliases = document.get("aliases", {})
     if not isinstance(aliases, dict) or not all(isinstance(t, str) for t in aliases.values()):

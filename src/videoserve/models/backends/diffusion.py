@@ -414,8 +414,8 @@ class DiffusersBackend:
                 frames, waveform = self._run_segments(
                     call, shape, seed, inputs, on_progress, should_stop
                 )
-        frames = _to_uint8(frames[: shape.out_frames])
-        if (shape.out_width, shape.out_height) != (shape.gen_width, shape.gen_height):
+        frames = to_uint8(frames[: shape.out_frames])
+        if frames.shape[1:3] != (shape.out_height, shape.out_width):
             frames = np.stack(
                 [
                     np.asarray(fit_image(Image.fromarray(f), shape.out_width, shape.out_height))
@@ -459,11 +459,12 @@ class DiffusersBackend:
                 on_progress(k * total + step, count * total)
 
             if k:
-                last = Image.fromarray(_to_uint8(parts[-1][-1]))
+                last = Image.fromarray(to_uint8(parts[-1][-1]))
                 inputs = dataclasses.replace(inputs, image=last)
-            size = {"height": shape.gen_height, "width": shape.gen_width, "num_frames": frames}
+            width, height = self._stage_size(shape)
+            size = {"height": height, "width": width, "num_frames": frames}
             output = self._run({**call, **size}, shape, seed + k, inputs, progress, should_stop)
-            segment = np.asarray(output.frames[0])
+            segment = self._finish(np.asarray(output.frames[0]), width, height)
             parts.append(segment[1:] if k else segment)
             if count == 1:
                 waveform = self._waveform(output)
@@ -551,6 +552,14 @@ class DiffusersBackend:
         """
         return self._i2v is not None and not with_audio
 
+    def _stage_size(self, shape: grids.GenerationPlan) -> tuple[int, int]:
+        """(width, height) the denoising runs at: the plan's, unless a family upsamples after."""
+        return shape.gen_width, shape.gen_height
+
+    def _finish(self, frames: np.ndarray, width: int, height: int) -> np.ndarray:
+        """One pass's float frames after denoising (a family may upsample them here)."""
+        return frames
+
     def _waveform(self, output: Any) -> np.ndarray | None:
         """The (channels, samples) float waveform of one pipeline output, if it has one."""
         return None
@@ -596,6 +605,6 @@ class DiffusersBackend:
         yield call
 
 
-def _to_uint8(frames: np.ndarray) -> np.ndarray:
+def to_uint8(frames: np.ndarray) -> np.ndarray:
     """Pipeline frames in [0, 1] floats -> uint8."""
     return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -5,20 +5,27 @@ latents side by side, the audio VAE decodes a mel spectrogram and the vocoder tu
 waveform (24 kHz stereo for LTX-2.0). Image-to-video is `LTX2ImageToVideoPipeline` built over
 the same modules (its components are the same eight), so one set of weights does both.
 
+With `upsampler` (an `LTX2LatentUpsamplerModel` folder, e.g. the checkpoint's
+`latent_upsampler/`), generation is two-stage as in diffusers' LTX-2 example: the denoising runs
+at half the planned size (rounded up to the 32 grid), and `LTX2LatentUpsamplePipeline` doubles
+the frames in latent space; the result is fitted to the delivered size like any other.
+
 The pipeline always decodes both streams (diffusers 0.42 has no switch to skip the audio VAE
 and vocoder), so `audio: false` drops the waveform after the call rather than saving its decode.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from videoserve.models import grid as grids
 from videoserve.models.backends.base import GenerationInputs
-from videoserve.models.backends.diffusion import DiffusersBackend
+from videoserve.models.backends.diffusion import DiffusersBackend, to_uint8
 from videoserve.models.params import AudioDiffusersParams
 
 if TYPE_CHECKING:
@@ -41,6 +48,30 @@ COMPONENTS = (
 )
 
 
+UPSAMPLER_CLASS = "LTX2LatentUpsamplerModel"
+
+
+def upsampler_folder(path: Path) -> Path:
+    """The folder holding the upsampler's config.json (itself or `latent_upsampler/`);
+    ValueError saying what is missing."""
+    for folder in (path, path / "latent_upsampler"):
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and config.get("_class_name") == UPSAMPLER_CLASS:
+            return folder
+        raise ValueError(
+            f"upsampler: {folder / 'config.json'} names {config.get('_class_name')!r} "
+            f"(expected {UPSAMPLER_CLASS!r})"
+            if isinstance(config, dict)
+            else f"upsampler: {folder / 'config.json'} is not a JSON object"
+        )
+    raise ValueError(
+        f"upsampler: no {UPSAMPLER_CLASS} config.json in {path} or {path / 'latent_upsampler'}"
+    )
+
+
 class LTX2Backend(DiffusersBackend):
     """An LTX-2 pipeline folder: T2V and I2V with sound over one set of weights."""
 
@@ -56,6 +87,11 @@ class LTX2Backend(DiffusersBackend):
     DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
 
     schema = AudioDiffusersParams
+
+    def __init__(self, *args: Any, upsampler: Path | str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.upsampler = None if upsampler is None else Path(upsampler)
+        self._upsample: Any = None  # LTX2LatentUpsamplePipeline over our VAE, once loaded
 
     @property
     def audio_sample_rate(self) -> int | None:
@@ -73,10 +109,54 @@ class LTX2Backend(DiffusersBackend):
     def _pipelines(self, primary: Any, class_name: str) -> tuple[Any, Any]:
         from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
 
+        self._upsample = self._load_upsampler(primary) if self.upsampler else None
         # Same components, so the sibling is built over them: no copy, no dtype cast.
         if class_name == I2V_CLASS:
             return LTX2Pipeline(**primary.components), primary
         return primary, LTX2ImageToVideoPipeline(**primary.components)
+
+    def _load_upsampler(self, primary: Any) -> Any:
+        from diffusers import LTX2LatentUpsamplePipeline
+        from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+        assert self.upsampler is not None
+        model = LTX2LatentUpsamplerModel.from_pretrained(
+            upsampler_folder(self.upsampler), dtype=primary.vae.dtype, local_files_only=True
+        )
+        model.to(primary.vae.device)
+        pipe = LTX2LatentUpsamplePipeline(vae=primary.vae, latent_upsampler=model)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def unload(self) -> None:
+        self._upsample = None
+        super().unload()
+
+    def _stage_size(self, shape: grids.GenerationPlan) -> tuple[int, int]:
+        if self.upsampler is None:
+            return super()._stage_size(shape)
+        multiple = self.grid.multiple
+        half = [
+            max(multiple, -(-side // (2 * multiple)) * multiple)
+            for side in (shape.gen_width, shape.gen_height)
+        ]
+        return half[0], half[1]
+
+    def _finish(self, frames: np.ndarray, width: int, height: int) -> np.ndarray:
+        if self._upsample is None:
+            return frames
+        import torch
+
+        pictures = [Image.fromarray(to_uint8(frame)) for frame in frames]
+        with torch.inference_mode():
+            output = self._upsample(
+                video=pictures,
+                width=width,
+                height=height,
+                num_frames=len(pictures),
+                output_type="np",
+            )
+        return np.asarray(output.frames[0])
 
     def _call_kwargs(
         self, pipe: Any, shape: grids.GenerationPlan, frames: int, inputs: GenerationInputs
