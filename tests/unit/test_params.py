@@ -10,6 +10,7 @@ import pytest
 from videoserve import errors
 from videoserve.models.params import (
     SIZES,
+    AudioDiffusersParams,
     DiffusersParams,
     VideoParams,
     schema_json,
@@ -222,3 +223,20 @@ def test_published_schema() -> None:
         "num_inference_steps",
         "guidance_scale",
     }
+
+
+# --- sound ----------------------------------------------------------------------------------
+def test_audio_is_a_strict_boolean_on_models_with_sound() -> None:
+    base = {"prompt": "a cat"}
+    assert validate_params(AudioDiffusersParams, base).audio is True  # type: ignore[attr-defined]
+    off = validate_params(AudioDiffusersParams, {**base, "audio": False})
+    assert off.audio is False  # type: ignore[attr-defined]
+    for value, shown in (("yes", "'yes'"), (1, "1"), ("false", "'false'"), (None, "None")):
+        with pytest.raises(errors.InvalidRequest) as caught:
+            validate_params(AudioDiffusersParams, {**base, "audio": value})
+        assert caught.value.message == f"audio: must be true or false (got {shown})"
+        assert caught.value.param == "audio"
+    # A silent model's schema has no such knob: a 400 naming it.
+    with pytest.raises(errors.InvalidRequest, match=r"unknown parameter\(s\): audio"):
+        validate_params(DiffusersParams, {**base, "audio": True})
+    assert schema_json(AudioDiffusersParams)["properties"]["audio"]["default"] is True
