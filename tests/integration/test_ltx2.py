@@ -4,8 +4,9 @@ The folder is built in code (`videoserve.models.random_weights_ltx2`: the real c
 compression ratios, patch sizes and positional ranges at toy widths), saved with
 `save_pretrained` once per module and named in a models TOML by its folder alone. Its entry says
 `family = "tiny"` (an eighth of the requested size, 8 fps) with `max_frames = 33`, so one pass
-holds 4 s and an 8 s request shows what a sound model does over one pass. Every MP4 is read back
-with PyAV: its streams, their codecs and durations are the facts the tests check.
+holds 4 s and an 8 s request is chained: two passes whose sound is joined at the seam. Every
+MP4 is read back with PyAV: its streams, their codecs and durations are the facts the tests
+check.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def test_ltx2_text_and_image_to_video_with_sound_over_http(
     model = listed["ltx2"]
     assert model["available"] is True, model["reason"]
     assert (model["text_to_video"], model["image_to_video"], model["audio"]) == (True,) * 3
-    assert model["durations"] == [4]  # with sound, one pass of at most 33 frames
+    assert model["durations"] == [4, 8, 12]  # over one pass of 33 frames: chained
     assert model["parameters"]["properties"]["audio"]["default"] is True
 
     t2v = {"prompt": "a cat walking in the forest", "duration": 4, "size": "1280x720", "seed": 5}
@@ -113,25 +114,24 @@ def test_ltx2_text_and_image_to_video_with_sound_over_http(
     assert [s["type"] for s in streams(download(server, silent))] == ["video"]
 
 
-def test_ltx2_over_one_pass_refuses_sound_and_chains_silently(
+def test_ltx2_over_one_pass_chains_with_the_sound_joined(
     ltx2_folder: Path, make_server: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
     server = make_server(models=models_toml(tmp_path, ltx2_folder))
     headers = {"x-api-key": server.api_key}
     body = {"prompt": "a dog", "duration": 8, "seed": 2}
-    refused = httpx.post(f"{server.url}/v2/ltx2", json=body, headers=headers)
-    assert refused.status_code == 400
-    assert refused.json()["error"] == (
-        "duration: 8s is longer than this model generates with sound in one pass "
-        "(max 4.1s at 8 fps); send audio: false for a longer silent video"
-    )
     bad = httpx.post(f"{server.url}/v2/ltx2", json={**body, "audio": "yes"}, headers=headers)
     assert bad.status_code == 400
     assert bad.json()["error"] == "audio: must be true or false (got 'yes')"
 
-    chained = generate_over_http(server, "ltx2", {**body, "audio": False})
-    assert (chained["segments"], chained["frames"], chained["has_audio"]) == (2, 64, False)
-    [video] = streams(download(server, chained))
+    # 8 s at 8 fps = 64 frames; one pass holds 33: two passes of 33, one frame overlapping.
+    chained = generate_over_http(server, "ltx2", body)
+    assert (chained["segments"], chained["frames"], chained["has_audio"]) == (2, 64, True)
+    assert_in_sync_with_sound(download(server, chained), 8.0, 64)
+
+    silent = generate_over_http(server, "ltx2", {**body, "audio": False})
+    assert (silent["segments"], silent["has_audio"]) == (2, False)
+    [video] = streams(download(server, silent))
     assert video["frames"] == 64 and abs(video["seconds"] - 8.0) < FRAME
 
 

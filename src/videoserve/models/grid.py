@@ -105,9 +105,7 @@ def parse_size(size: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def plan(
-    grid: FamilyGrid, size: str, duration: int, *, chain: bool = False, audio: bool = False
-) -> GenerationPlan:
+def plan(grid: FamilyGrid, size: str, duration: int, *, chain: bool = False) -> GenerationPlan:
     """Map a requested `size` and `duration` onto `grid`, or refuse a duration it cannot make.
 
     The rule:
@@ -122,8 +120,7 @@ def plan(
        the smallest `frame_rule*k + 1` count that covers them and drop the extra frames.
     5. A count over `max_frames` is refused (400) unless `chain` (the model does image-to-video
        with the same weights): then the fewest passes that cover it (`chain_frames`), each
-       later one continuing from the previous pass's last frame. `audio` (the video has sound,
-       which is never chained) only words the refusal.
+       later one continuing from the previous pass's last frame.
     """
     width, height = parse_size(size)
     out_width, out_height = _even(width * grid.scale), _even(height * grid.scale)
@@ -145,11 +142,9 @@ def plan(
         gen_frames, *rest = chain_frames(out_frames, longest, grid.frame_rule)
         later = tuple(rest)
     elif gen_frames > grid.max_frames:
-        with_sound = " with sound" if audio else ""
-        hint = "; send audio: false for a longer silent video" if audio else ""
         raise errors.InvalidRequest(
-            f"duration: {duration}s is longer than this model generates{with_sound} in one pass "
-            f"(max {max_seconds(grid):.1f}s at {grid.fps} fps){hint}",
+            f"duration: {duration}s is longer than this model generates in one pass "
+            f"(max {max_seconds(grid):.1f}s at {grid.fps} fps)",
             param="duration",
         )
     return GenerationPlan(

@@ -36,7 +36,8 @@ FAMILIES = (
     (
         "LTX-2 (with sound)",
         "ltx-2",
-        "Every public duration fits one pass (max {max:.1f} s); with sound nothing is chained.",
+        "Every public duration fits one pass (max {max:.1f} s); over one pass: chained, the "
+        "passes' sound crossfaded at the seams.",
     ),
     ("tiny-t2v (random weights, for tests)", "tiny", "Over one pass: chained."),
 )

@@ -27,6 +27,7 @@ from PIL import Image
 
 from videoserve import errors
 from videoserve.models import grid as grids
+from videoserve.models.backends import seams
 from videoserve.models.backends.base import (
     Availability,
     Cancelled,
@@ -244,9 +245,7 @@ class DiffusersBackend:
         """
         index = read_model_index(self.path)
         # No index yet (the tiny model before its first build): `generate` decides.
-        with_audio = self.makes_audio and getattr(params, "audio", True)
-        chain = self._chains(index or {}) and not with_audio
-        grids.plan(self.grid, params.size, params.duration, chain=chain, audio=with_audio)
+        grids.plan(self.grid, params.size, params.duration, chain=self._chains(index or {}))
         if not index:
             return
         if params.input_reference is not None and not self._accepts_image(index):
@@ -263,7 +262,7 @@ class DiffusersBackend:
     def durations(self) -> tuple[int, ...]:
         """The public durations this model makes with its defaults (sound on where it has it)."""
         index = read_model_index(self.path) or {}
-        chain = self._chains(index) and not self.makes_audio
+        chain = self._chains(index)
         able = []
         for duration in DURATIONS:
             try:
@@ -408,8 +407,7 @@ class DiffusersBackend:
                     self.grid,
                     params.size,
                     params.duration,
-                    chain=self._chains_now(with_audio),
-                    audio=with_audio,
+                    chain=self._chains_now(),
                 )
                 frames, waveform = self._run_segments(
                     call, shape, seed, inputs, on_progress, should_stop
@@ -443,16 +441,16 @@ class DiffusersBackend:
         should_stop: StopCheck,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Every pass of the plan, joined: float frames in [0, 1] at the generated size, and the
-        waveform (channels, samples) of a single pass that made sound, else None.
+        waveform (channels, samples) where the passes made sound, else None.
 
         A later pass is image-to-video from the last frame so far, with seed + k so that one
-        seed still gives one video; its first frame re-renders that image and is dropped.
-        Progress runs once from 0 to the steps of all passes. A chained video is silent:
-        `_chains_now` refuses chaining while sound is asked for.
+        seed still gives one video; its first frame re-renders that image and is dropped, and
+        its sound is crossfaded with the previous pass's over that frame (`seams`).
+        Progress runs once from 0 to the steps of all passes.
         """
         count = shape.segments
         parts: list[np.ndarray] = []
-        waveform = None
+        waves: list[np.ndarray | None] = []
         for k, frames in enumerate(shape.segment_frames):
 
             def progress(step: int, total: int, k: int = k) -> None:
@@ -466,9 +464,16 @@ class DiffusersBackend:
             output = self._run({**call, **size}, shape, seed + k, inputs, progress, should_stop)
             segment = self._finish(np.asarray(output.frames[0]), width, height)
             parts.append(segment[1:] if k else segment)
-            if count == 1:
-                waveform = self._waveform(output)
-        return (np.concatenate(parts) if count > 1 else parts[0]), waveform
+            waves.append(self._waveform(output))
+        video = np.concatenate(parts) if count > 1 else parts[0]
+        sounds = [wave for wave in waves if wave is not None]
+        if len(sounds) != count:
+            return video, None
+        if count == 1:
+            return video, sounds[0]
+        rate = self.audio_sample_rate
+        assert rate is not None  # a pipeline that made sound says its rate
+        return video, seams.join_passes(sounds, shape.segment_frames, shape.fps, rate)
 
     def _run(
         self,
@@ -543,14 +548,10 @@ class DiffusersBackend:
             audio=self.makes_audio,
         )
 
-    def _chains_now(self, with_audio: bool) -> bool:
-        """Whether this generation may chain passes: an image pipeline, and no sound asked for.
-
-        Chained passes would each bring their own waveform, and joining them at the seams
-        is not done (yet): a sound model refuses a duration over one pass unless `audio` is
-        false, rather than deliver a file whose sound stops short.
-        """
-        return self._i2v is not None and not with_audio
+    def _chains_now(self) -> bool:
+        """Whether this generation may chain passes: where there is an image pipeline (the
+        passes' sound, if any, is joined at the seams)."""
+        return self._i2v is not None
 
     def _stage_size(self, shape: grids.GenerationPlan) -> tuple[int, int]:
         """(width, height) the denoising runs at: the plan's, unless a family upsamples after."""
