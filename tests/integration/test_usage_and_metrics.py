@@ -56,6 +56,7 @@ def test_usage_history_pages_and_admin_view(make_server) -> None:
     assert entry["parameters"]["prompt"] == "cat 0" and entry["parameters"]["duration"] == 4
     assert (entry["cost"], entry["refunded"], entry["error"]) == (4, 0, None)
     assert entry["queue_time"] >= 0 and entry["inference_time"] > 0
+    assert (entry["has_audio"], entry["audio_codec"]) == (False, None)  # tiny-t2v is silent
     assert entry["total_time"] >= entry["queue_time"]
     assert all(entry[k].endswith("Z") for k in ("created_at", "started_at", "finished_at"))
 

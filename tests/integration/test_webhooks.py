@@ -165,6 +165,12 @@ def test_per_request_webhook_receives_signed_completed_event(make_server, receiv
     assert data["id"] == request_id and data["status"] == "completed" and data["error"] is None
     video = httpx.get(data["output"])  # a signed link: no API key needed
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    # The tiny model is silent, and the event says so.
+    assert (data["has_audio"], data["audio_sample_rate"], data["audio_codec"]) == (
+        False,
+        None,
+        None,
+    )
 
     # The official openai SDK's verifier accepts it too (Standard Webhooks on both sides).
     sdk = openai.OpenAI(api_key="unused", base_url=f"{server.url}/v1")
