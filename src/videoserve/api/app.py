@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from videoserve import __version__
 from videoserve.api import errors as api_errors
+from videoserve.api.guard import InputGuardMiddleware
 from videoserve.api.limits import BodyLimitMiddleware
 from videoserve.api.ratelimit import RateLimitMiddleware
 from videoserve.api.routes import (
@@ -79,6 +80,7 @@ def create_app(
     # OpenAI's /v1/videos before the Segmind catch-all POST /v1/{model}.
     app.include_router(openai.router)
     app.include_router(segmind.router)
+    app.add_middleware(InputGuardMiddleware)  # inside the body limit: it reads bounded bodies
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 or a 429 carries the id

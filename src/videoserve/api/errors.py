@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from videoserve import errors
+from videoserve.jobs import text
 
 log = logging.getLogger("videoserve.api")
 
@@ -41,7 +42,11 @@ def status_for(exc: errors.VideoserveError) -> int:
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra):  # type: ignore[no-untyped-def]
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+    # A message may echo client text (a parameter's name); a lone surrogate in it would fail
+    # to encode as UTF-8 and turn the 400 into a 500.
+    return JSONResponse(
+        {"error": text.printable(message), **extra}, status_code=status, headers=headers
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from videoserve import errors
 from videoserve.api.errors import status_for
+from videoserve.jobs import text
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
 from videoserve.worker.runner import CANCELLED_ERROR
@@ -116,9 +117,9 @@ def error_response(
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     body = {
         "error": {
-            "message": message,
+            "message": text.printable(message),  # may echo client text: keep it encodable
             "type": kind,
-            "param": param,
+            "param": text.printable(param) if param else None,
             "code": code or _ERROR_CODES.get(status),
         }
     }

@@ -38,6 +38,8 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from videoserve import errors
+from videoserve.api import credentials
 from videoserve.api.errors import error_response
 from videoserve.settings import Settings
 
@@ -156,7 +158,12 @@ class RateLimitMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        verdict = await self.limits.hit(_bucket(scope), _identity(scope))
+        try:
+            identity = _identity(scope)
+        except errors.InvalidRequest as exc:
+            await error_response(400, exc.message)(scope, receive, send)
+            return
+        verdict = await self.limits.hit(_bucket(scope), identity)
         if verdict is None:
             await self.app(scope, receive, send)
             return
@@ -201,14 +208,11 @@ def _bucket(scope: Scope) -> Bucket:
 
 
 def _identity(scope: Scope) -> str:
-    headers = dict(scope.get("headers") or [])
-    presented = headers.get(b"x-api-key", b"").strip()
-    if not presented:
-        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
-        if scheme.lower() == b"bearer":
-            presented = credentials.strip()
+    """Who is counted: the same key that authentication will read (`credentials`)."""
+    presented = credentials.presented_key(scope.get("headers") or [])
     if presented:
         # Salted, so the names in Redis are not the stored key hashes.
-        return "key:" + hashlib.sha256(b"videoserve-rate-limit:" + presented).hexdigest()[:32]
+        salted = b"videoserve-rate-limit:" + presented.encode("latin-1")
+        return "key:" + hashlib.sha256(salted).hexdigest()[:32]
     client = scope.get("client")
     return "ip:" + (client[0] if client else "unknown")

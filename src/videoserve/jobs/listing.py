@@ -12,7 +12,7 @@ from typing import Literal
 import sqlalchemy as sa
 
 from videoserve import errors
-from videoserve.jobs import clock, dialects, schema
+from videoserve.jobs import clock, dialects, schema, text
 from videoserve.jobs.records import Job
 from videoserve.jobs.store import JobStore
 
@@ -46,6 +46,11 @@ async def list_jobs(
     if not 1 <= limit <= MAX_LIMIT:
         raise errors.InvalidRequest(
             f"limit: must be from 1 to {MAX_LIMIT} (got {limit})", param="limit"
+        )
+    if after is not None and not text.could_be_id(after):
+        raise errors.InvalidRequest(
+            "after: not an id this server issues (the id of the last video of a page)",
+            param="after",
         )
     visible = _owned_and_live(api_key_id)
     query = sa.select(jobs).where(visible)

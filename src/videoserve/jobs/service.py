@@ -14,7 +14,7 @@ import secrets
 from typing import Any
 
 from videoserve import errors
-from videoserve.jobs import ledger
+from videoserve.jobs import ledger, text
 from videoserve.jobs.keys import ANONYMOUS
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status, is_terminal
@@ -81,6 +81,8 @@ class JobService:
         """Validate, moderate, charge and durably queue a request; returns the stored job.
 
         `InsufficientCredits` when the key cannot pay the price: nothing is stored."""
+        text.check_field("Idempotency-Key", idempotency_key, text.MAX_IDEMPOTENCY_KEY_CHARS)
+        text.check_tree(raw_params)  # multipart fields and the CLI's too, not only JSON bodies
         resolved = self.registry.resolve(model)
         params = validate_params(resolved.schema, raw_params)
         if len(params.prompt) > self.settings.max_prompt_chars:
@@ -151,6 +153,8 @@ class JobService:
 
     async def get(self, key: ApiKey, job_id: str) -> Job:
         """The caller's job; NotFound for unknown, expired and other keys' ids alike."""
+        if not text.could_be_id(job_id):
+            raise errors.NotFound("request not found: no request can have that id")
         job = await self.store.get(job_id, api_key_id=None if key.is_admin else key.id)
         if job is None or (job.api_key_id != key.id and not key.is_admin):
             raise errors.NotFound(f"request '{job_id}' not found")
