@@ -137,9 +137,17 @@ def start_server(settings: Settings, **app_kwargs: Any) -> LiveServer:
 
     app = create_app(settings, **app_kwargs)
     api_key = create_key(settings, "test") if settings.auth else ""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
+    from videoserve.api.server import uvicorn_options
+
+    # The options `videoserve serve` uses: the slow-client guard and the connection cap.
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        **uvicorn_options(settings),
     )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name=f"server-{settings.port}")
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive(), timeout=60)

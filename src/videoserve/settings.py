@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     port: int = 8000
     auth: bool = Field(default=True, description="off is accepted only on a loopback host")
     max_body_bytes: int = 25 * 1024 * 1024
+    header_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="A connection that has not sent a complete request head in this time gets "
+        "408 and is closed; also the window over which the body rate is measured; 0: off",
+    )
+    min_body_bytes_per_second: float = Field(
+        default=1024.0, ge=0, description="A request body slower than this is dropped; 0: off"
+    )
+    max_connections: int = Field(
+        default=1000, ge=0, description="Concurrent connections per server; past it: 503; 0: no cap"
+    )
     auth_cache_seconds: float = Field(
         default=10.0, ge=0, description="How long a valid key is remembered (revocation delay)"
     )

@@ -46,6 +46,7 @@ def serve(
     import uvicorn
 
     from videoserve.api import create_app
+    from videoserve.api.server import uvicorn_options
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
     _logging(settings)
@@ -59,6 +60,7 @@ def serve(
         port=settings.port,
         log_level="warning",
         proxy_headers=True,
+        **uvicorn_options(settings),
         # JSON: uvicorn's own lines go through our handler too, instead of its text config.
         **({"log_config": None} if settings.log_format == "json" else {}),
     )
