@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Models this worker serves; empty: all available"
     )
     worker_concurrency: int = Field(default=1, ge=1)
+    max_job_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="A job running longer fails with code timeout, refunded; a model's "
+        "max_job_seconds option overrides it; 0: no limit",
+    )
     drain_seconds: float = Field(
         default=600.0, ge=0, description="On SIGTERM, how long a worker may finish its job"
     )

@@ -134,13 +134,19 @@ class TestRegistry(ModelRegistry):
         model_cache: Path,
         backends: dict[str, tuple[Any, float]],
         aliases: dict[str, str] | None = None,
+        options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
+        """`backends`: name -> (backend, or None for the tiny model itself; price per second);
+        `options`: more entry options per name (max_steps, max_job_seconds...)."""
         self._test_backends = {name: backend for name, (backend, _) in backends.items()}
         tiny_dir = model_cache / TINY_NAME
+        more = options or {}
         entries = [
             ModelEntry(TINY_NAME, "tiny", str(tiny_dir)),
             *(
-                ModelEntry(name, "tiny", str(tiny_dir), {"price_per_second": price})
+                ModelEntry(
+                    name, "tiny", str(tiny_dir), {"price_per_second": price, **more.get(name, {})}
+                )
                 for name, (_, price) in backends.items()
             ),
         ]

@@ -59,6 +59,8 @@ def failure_code(error: str | None) -> str:
         return "cancelled"
     if error and error.startswith("content policy"):
         return "moderation_blocked"
+    if error and error.startswith("timeout: "):  # until the failure column lands (i11-core)
+        return "timeout"
     return "video_generation_failed"
 
 

@@ -44,16 +44,30 @@ def number(value: float) -> int | float:
 
 @dataclass(frozen=True)
 class Charge:
-    """The price of one request: the model's price per second times the video's seconds."""
+    """The price of one request: seconds x (price_per_second + steps x price_per_step_second).
+
+    The step term lets the price follow compute: 100 steps cost 25 times the GPU time of 4."""
 
     seconds: float
     price_per_second: float
+    steps: int = 0
+    price_per_step_second: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Credits per second of this video."""
+        return self.price_per_second + self.steps * self.price_per_step_second
 
     @property
     def amount(self) -> float:
-        return self.seconds * self.price_per_second
+        return self.seconds * self.rate
 
     def describe(self) -> str:
+        if self.price_per_step_second:
+            return (
+                f"{number(self.seconds)} s x ({number(self.price_per_second)} + "
+                f"{self.steps} steps x {number(self.price_per_step_second)}) credits/s"
+            )
         unit = "credit" if self.price_per_second == 1 else "credits"
         return f"{number(self.seconds)} s x {number(self.price_per_second)} {unit}/s"
 

@@ -91,6 +91,14 @@ class JobService:
                 f"(got {len(params.prompt)})",
                 param="prompt",
             )
+        limits = self.registry.compute_limits(model)
+        steps = getattr(params, "num_inference_steps", None)
+        if limits.max_steps is not None and steps is not None and steps > limits.max_steps:
+            raise errors.InvalidRequest(
+                f"num_inference_steps: this model allows at most {limits.max_steps} steps "
+                f"(got {steps})",
+                param="num_inference_steps",
+            )
         check = getattr(resolved.backend, "check", None)
         if check is not None:
             check(params)  # the model's own limits (duration, image input): a 400 now, not later
@@ -103,7 +111,7 @@ class JobService:
         if reference is not None and blocked is None:
             input_key = input_blob_key(job_id)
             await self.blobs.put_bytes(input_key, reference.png, "image/png")
-        price = self.price(key, resolved.served_by, params.duration)
+        price = self.price(key, resolved.served_by, params.duration, limits.steps(steps))
         stored_params = params.model_dump(exclude_none=True)
         if params.input_reference is not None and params.input_reference.startswith("data:"):
             # The image itself lives in blob storage; a multi-megabyte URI has no place in a row.
@@ -143,13 +151,17 @@ class JobService:
             log.info("request %s blocked: %s", job.id, blocked)
         return job
 
-    def price(self, key: ApiKey, model: str, seconds: float) -> ledger.Charge | None:
-        """What a request costs: the serving model's price per second times the duration.
+    def price(
+        self, key: ApiKey, model: str, seconds: float, steps: int = 0
+    ) -> ledger.Charge | None:
+        """What a request costs: the serving model's price per second, plus its price per
+        step per second times the steps, times the duration.
 
         None with auth off: there is no key to charge."""
         if key.id == ANONYMOUS.id:
             return None
-        return ledger.Charge(seconds, self.registry.price_per_second(model))
+        per_step = self.registry.compute_limits(model).price_per_step_second
+        return ledger.Charge(seconds, self.registry.price_per_second(model), steps, per_step)
 
     async def get(self, key: ApiKey, job_id: str) -> Job:
         """The caller's job; NotFound for unknown, expired and other keys' ids alike."""

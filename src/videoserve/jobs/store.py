@@ -603,10 +603,32 @@ class JobStore:
             return [Job.from_row(r) for r in (await conn.execute(query)).all()]
 
     async def delete(self, job_ids: Sequence[str]) -> int:
+        """Delete jobs; one that had not finished is refunded in the same transaction.
+
+        The refund lives here, not in a route, so every path that deletes an unfinished job
+        (the Videos API's DELETE, an admin tool) gives the credits back exactly once: a job
+        that failed first was refunded then, and `ledger.refund` never pays a job twice."""
         if not job_ids:
             return 0
+        refunded = 0.0
+        statement = jobs.delete().where(jobs.c.id.in_(list(job_ids))).returning(*jobs.c)
         async with self.engine.begin() as conn:
-            return (await conn.execute(jobs.delete().where(jobs.c.id.in_(list(job_ids))))).rowcount
+            rows = (await conn.execute(statement)).all()
+            for row in rows:
+                job = Job.from_row(row)
+                if self._refunds_deletion(job):
+                    refunded += await ledger.refund(
+                        conn, job.api_key_id, job.id, job.cost, DELETED_UNFINISHED
+                    )
+        if refunded:
+            self.observer.credits("refund", refunded)
+        return len(rows)
+
+    def _refunds_deletion(self, job: Job) -> bool:
+        if job.status == Status.QUEUED:
+            return True
+        # A running job deleted is a running job cancelled: the same policy.
+        return job.status == Status.PROCESSING and self.policy.refund_running_cancellations
 
     async def wait_for_change(self, job_id: str, timeout: float) -> bool:
         return await self.notifier.wait(job_topic(job_id), timeout)
@@ -615,6 +637,7 @@ class JobStore:
         return await self.notifier.wait(QUEUED_TOPIC, timeout)
 
 
+DELETED_UNFINISHED = "refund: deleted before it finished"
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 
 

@@ -10,6 +10,8 @@ Operators describe models in one TOML file (`VIDEOSERVE_MODELS`):
     # optional: device, steps, guidance, negative_prompt, fps, max_frames, dtype,
     # cpu_offload, group_offload, vae_tiling, cache, cache_threshold, batch_cfg (docs/models.md)
     price_per_second = 2.5                      # credits per second of video (default 1)
+    # optional compute limits (docs/models.md): max_steps, price_per_step_second,
+    # max_job_seconds
 
     [aliases]
     sora-2-pro = "wan-2.1-t2v-1.3b"
@@ -19,7 +21,8 @@ built-in `tiny-t2v` always exists. `sora-2-pro`, unless aliased or configured, i
 first available `diffusers` entry in file order (list the family you prefer first), else by
 `tiny-t2v` with a warning. Whatever serves it, `sora-2-pro` accepts exactly the seed's four
 parameters; every other name takes its backend's schema. A request costs the `price_per_second`
-of the model that serves it (an alias has no price of its own) times its duration.
+of the model that serves it (an alias has no price of its own) times its duration, plus
+`price_per_step_second` (default 0) times its denoising steps times its duration.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ SORA = "sora-2-pro"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_PRICE_PER_SECOND = 1.0
 _PRICE = ((int, float), "a number >= 0 (credits per second of video)")
+# Compute limits every backend kind accepts (kept apart so they move easily with the options).
+_LIMITS: dict[str, tuple[tuple[type, ...], str]] = {
+    "max_steps": ((int,), "an integer >= 1 (the most denoising steps a request may ask)"),
+    "price_per_step_second": ((int, float), "a number >= 0 (credits per step per second)"),
+    "max_job_seconds": ((int, float), "a number > 0 (seconds a job may run)"),
+}
 
 # option -> (accepted types, description for the error message)
 _OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
@@ -57,6 +66,7 @@ _OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "device": ((str,), "a device such as cpu or cuda"),
         "seed": ((int,), "an integer"),
         "price_per_second": _PRICE,
+        **_LIMITS,
     },
     "diffusers": {
         "family": ((str,), f"one of {', '.join(FAMILY_GRIDS)}"),
@@ -74,6 +84,7 @@ _OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "cache_threshold": ((int, float), "a number between 0 and 1"),
         "batch_cfg": ((bool,), "true or false"),
         "price_per_second": _PRICE,
+        **_LIMITS,
     },
 }
 
@@ -86,6 +97,19 @@ class ModelEntry:
     backend: str  # "tiny" or "diffusers"
     path: str | None
     options: dict[str, Any] = field(default_factory=dict)  # the rest of the TOML table
+
+
+@dataclass(frozen=True)
+class ComputeLimits:
+    """What a model's compute may cost and how far it may run (see docs/models.md)."""
+
+    max_steps: int | None  # a request asking more denoising steps is a 400
+    default_steps: int | None  # the steps a request that names none runs
+    price_per_step_second: float  # credits per step per second of video, beside the flat price
+    max_job_seconds: float | None  # overrides VIDEOSERVE_MAX_JOB_SECONDS for this model
+
+    def steps(self, requested: int | None) -> int:
+        return requested or self.default_steps or 0
 
 
 @dataclass(frozen=True)
@@ -237,6 +261,17 @@ class ModelRegistry:
         entry = self._entries[self.served_by(name)]
         return float(entry.options.get("price_per_second", DEFAULT_PRICE_PER_SECOND))
 
+    def compute_limits(self, name: str) -> ComputeLimits:
+        """The step bound, step price and time limit of the model that serves `name`."""
+        options = self._entries[self.served_by(name)].options
+        default_steps = options.get("steps") or getattr(self.backend(name), "default_steps", None)
+        return ComputeLimits(
+            max_steps=options.get("max_steps"),
+            default_steps=default_steps,
+            price_per_step_second=float(options.get("price_per_step_second", 0.0)),
+            max_job_seconds=options.get("max_job_seconds"),
+        )
+
     def schema(self, name: str) -> type[VideoParams]:
         """`VideoParams` for `sora-2-pro` whatever serves it, else the backend's own schema."""
         return VideoParams if name == SORA else self.backend(name).schema
@@ -260,11 +295,22 @@ class ModelRegistry:
                     "reason": state.reason,
                     "warning": self.warnings[0] if name == SORA and self._sora_fallback else None,
                     "parameters": schema_json(self.schema(name)),
+                    **self._pricing(name),
                 }
             )
         return listed
 
     # --- internals -----------------------------------------------------------------------
+    def _pricing(self, name: str) -> dict[str, Any]:
+        limits = self.compute_limits(name)
+        return {
+            "price_per_second": self.price_per_second(name),
+            "price_per_step_second": limits.price_per_step_second,
+            "default_steps": limits.default_steps,
+            "max_steps": limits.max_steps,
+            "max_job_seconds": limits.max_job_seconds,
+        }
+
     def _best_for_sora(self) -> str:
         """The first available diffusers model in file order, else tiny-t2v with a warning."""
         missing = []
@@ -350,8 +396,18 @@ def _check_entry(entry: ModelEntry) -> None:
     for key, value in entry.options.items():
         types, expected = allowed[key]
         bad_number = (
-            isinstance(value, int) and key in {"steps", "fps", "max_frames"} and value < 1
-        ) or (key == "price_per_second" and isinstance(value, int | float) and value < 0)
+            (
+                isinstance(value, int)
+                and key in {"steps", "fps", "max_frames", "max_steps"}
+                and value < 1
+            )
+            or (
+                key in {"price_per_second", "price_per_step_second"}
+                and isinstance(value, int | float)
+                and value < 0
+            )
+            or (key == "max_job_seconds" and isinstance(value, int | float) and value <= 0)
+        )
         bad_bool = isinstance(value, bool) and bool not in types  # True is an int in Python
         if bad_bool or not isinstance(value, types) or bad_number:
             raise ValueError(f"model '{entry.name}': {key} must be {expected} (got {value!r})")

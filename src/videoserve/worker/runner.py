@@ -52,7 +52,7 @@ class _Signals:
 
     progress: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
-    stop_reason: str | None = None  # "cancelled" or "lease lost"
+    stop_reason: str | None = None  # "cancelled", "lease lost", "timeout" or "draining"
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -168,6 +168,11 @@ class Worker:
         signals = _Signals()
         reporter = asyncio.create_task(self._report(lease, signals), name=f"lease-{job.id}")
         retention = self.settings.retention_seconds
+        time_limit = self._time_limit(job)
+        timer = None
+        if time_limit:
+            # The model stops at its next step, as for a cancel; the job fails as a timeout.
+            timer = asyncio.get_running_loop().call_later(time_limit, _time_out, signals)
         try:
             result = await self._produce(job, lease, signals)
         except asyncio.CancelledError:
@@ -179,19 +184,26 @@ class Worker:
                 await asyncio.shield(self.store.release(lease))
             log.warning("job %s handed back to the queue (worker shutting down)", job.id)
             raise
-        except Cancelled:
+        except Exception as exc:
+            if signals.stop_reason == "timeout":
+                message = f"timeout: the job ran longer than its limit of {time_limit:g} s"
+                log.warning("job %s: %s (%s)", job.id, message, type(exc).__name__)
+                await self._persist(lambda: self.store.fail(lease, message, retention))
+                return
+            if not isinstance(exc, Cancelled):
+                message = _failure_message(exc)
+                log.exception("job %s failed: %s", job.id, message)
+                await self._persist(lambda: self.store.fail(lease, message, retention))
+                return
             if signals.stop_reason == "cancelled":
                 await self._persist(lambda: self.store.fail(lease, CANCELLED_ERROR, retention))
                 log.info("job %s cancelled while running", job.id)
             else:
                 log.warning("job %s: lease lost, abandoning attempt %d", job.id, lease.attempt)
             return
-        except Exception as exc:
-            message = _failure_message(exc)
-            log.exception("job %s failed: %s", job.id, message)
-            await self._persist(lambda: self.store.fail(lease, message, retention))
-            return
         finally:
+            if timer is not None:
+                timer.cancel()
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
@@ -203,6 +215,14 @@ class Worker:
             # Our lease was taken over: this attempt's files must not outlive it.
             log.warning("job %s: lease lost before completion; discarding attempt", job.id)
             await self.blobs.delete_prefix(_attempt_prefix(lease))
+
+    def _time_limit(self, job: Job) -> float:
+        """Seconds this job may run: the model's `max_job_seconds`, else the setting; 0: none."""
+        try:
+            own = self.registry.compute_limits(job.served_by).max_job_seconds
+        except errors.VideoserveError:
+            own = None  # the model is gone from the registry; _produce says so
+        return float(own or self.settings.max_job_seconds)
 
     async def _persist(self, write: Callable[[], Awaitable[bool]]) -> bool:
         """Run a finishing write, retrying while the database is unreachable.
@@ -306,6 +326,12 @@ class Worker:
                 signals.stop.set()
             # Progress is at most a few writes a second, however fast the steps are.
             await asyncio.sleep(0.2)
+
+
+def _time_out(signals: _Signals) -> None:
+    if signals.stop_reason is None:
+        signals.stop_reason = "timeout"
+        signals.stop.set()
 
 
 def _encode(video: Any, video_path: Path, thumb_path: Path) -> VideoInfo:
