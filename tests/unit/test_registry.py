@@ -74,6 +74,12 @@ def test_builtin_tiny_and_sora_fallback(tmp_path: Path, caplog: pytest.LogCaptur
         "reason": None,
         "warning": None,
         "parameters": schema_json(DiffusersParams),
+        # What a request costs and how far it may run (docs/models.md, compute limits).
+        "price_per_second": 1.0,
+        "price_per_step_second": 0.0,
+        "default_steps": 4,
+        "max_steps": None,
+        "max_job_seconds": None,
     }
     assert listed["sora-2-pro"]["alias_of"] == "tiny-t2v"
     assert listed["sora-2-pro"]["warning"] == warning
@@ -276,3 +282,15 @@ def test_constructed_directly(tmp_path: Path) -> None:
     assert registry.resolve("sora-2-pro").served_by == "tiny-t2v"
     with pytest.raises(ValueError, match="built-in model 'tiny-t2v' is missing"):
         ModelRegistry([])
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_steps", 0), ("price_per_step_second", -1), ("max_job_seconds", 0), ("max_steps", 2.5)],
+)
+def test_compute_limit_options_are_checked(tmp_path: Path, option: str, value: object) -> None:
+    from videoserve.models.registry import ModelEntry, ModelRegistry
+
+    entry = ModelEntry("capped", "tiny", str(tmp_path), {option: value})
+    with pytest.raises(ValueError, match=f"model 'capped': {option} must be"):
+        ModelRegistry([entry], {}).backend("capped")
