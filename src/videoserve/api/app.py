@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from videoserve import __version__
 from videoserve.api import errors as api_errors
@@ -32,6 +33,8 @@ from videoserve.runtime import Runtime
 from videoserve.settings import Settings, is_loopback_host
 
 log = logging.getLogger("videoserve.api")
+
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts and styles
 
 
 def create_app(
@@ -59,7 +62,10 @@ def create_app(
         finally:
             await runtime.stop(grace=5.0)
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets fastapi-offline ships, not a CDN: /docs works on an
+    # offline or air-gapped host.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="videoserve",
         version=__version__,
         description="Self-hosted video generation: the Segmind serverless contract and "
