@@ -39,7 +39,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIDEOSERVE_", extra="ignore")
 
     # --- where things live -------------------------------------------------------------
-    data_dir: Path = Field(default=Path(".videoserve"), description="SQLite file, videos, caches")
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir(),
+        description="SQLite file, videos, caches; default: ./.videoserve if that folder exists, "
+        "else the per-user data folder (~/.local/share/videoserve on Linux)",
+    )
     database_url: str | None = Field(
         default=None, description="sqlite:///path or postgresql://...; default: SQLite in data_dir"
     )
@@ -256,3 +260,19 @@ class Settings(BaseSettings):
 
     def tiny_model_dir(self) -> Path:
         return (self.model_cache_dir or self.data_dir / "models") / "tiny-t2v"
+
+
+LEGACY_DATA_DIR = Path(".videoserve")
+
+
+def default_data_dir() -> Path:
+    """The data folder when none is configured, the same for the server and every CLI command.
+
+    `./.videoserve` when the current folder has one (installs made before this rule keep
+    working), else the per-user data folder: a `keys create` run from another folder then
+    finds the server's database instead of making an empty one there."""
+    if LEGACY_DATA_DIR.is_dir():
+        return LEGACY_DATA_DIR
+    import platformdirs
+
+    return platformdirs.user_data_path("videoserve")

@@ -54,6 +54,7 @@ def serve(
         asyncio.run(_bootstrap_key(settings))
     app_ = create_app(settings)
     err.print(f"videoserve on http://{settings.host}:{settings.port}  (docs at /docs)")
+    err.print(f"data folder {settings.data_dir.resolve()}", soft_wrap=True)
     uvicorn.run(
         app_,
         host=settings.host,
@@ -181,8 +182,11 @@ def keys_create(
 ) -> None:
     """Create a key; the key itself is the LAST line of output, shown only this once."""
 
+    settings = _settings(data_dir=data_dir)
+    _say_which_database(settings)
+
     async def main() -> str:
-        async with _key_store(_settings(data_dir=data_dir)) as keys:
+        async with _key_store(settings) as keys:
             record, plaintext = await keys.create(name, admin=admin, credits=credits)
         budget = "unlimited" if credits is None else f"{_amount(credits)} credits"
         err.print(
@@ -258,6 +262,31 @@ def keys_revoke(
         err.print(f"[red]no active key {key_id!r}[/red]")
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
+
+
+def _say_which_database(settings: Settings) -> None:
+    """On stderr: the database a key command uses, and plainly when it has to create one
+    (a key made in a new database is unknown to a server running on another)."""
+    url = settings.resolved_database_url()
+    if not url.startswith("sqlite"):
+        err.print(f"using the database {_without_password(url)}", soft_wrap=True)
+        return
+    path = Path(url.split(":///", 1)[1])
+    if path.exists():
+        err.print(f"using the database {path}", soft_wrap=True)  # a path is never wrapped
+        return
+    err.print(
+        f"[bold yellow]no database at {path}: creating a new, empty one.[/bold yellow] "
+        "If a server is already running, it uses another data folder: pass the same "
+        "--data-dir or VIDEOSERVE_DATA_DIR (or VIDEOSERVE_DATABASE_URL) as the server.",
+        soft_wrap=True,
+    )
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _key_store(settings: Settings):  # type: ignore[no-untyped-def]

@@ -264,6 +264,7 @@ class Worker:
             loop.call_soon_threadsafe(signals.changed.set)
 
         def generate():  # type: ignore[no-untyped-def]
+            logs.quiet_model_libraries()
             resolved.load()
             begun = time.perf_counter()
             video = resolved.generate(params, image, on_progress, signals.stop.is_set)
