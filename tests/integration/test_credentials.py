@@ -29,6 +29,8 @@ def test_a_valid_key_followed_by_junk_is_refused_not_rate_limited_apart(make_ser
     # every call was accepted. Now each is a 400 naming the problem, and nothing was queued.
     assert [a.status_code for a in answers] == [400] * 4
     assert all(AMBIGUOUS in a.json()["error"] for a in answers)
+    listing = httpx.get(f"{server.url}/v1/videos", headers=sent)
+    assert listing.status_code == 400 and AMBIGUOUS in listing.json()["error"]["message"]
     # The key's own bucket is intact: its two submits still pass, the third is limited.
     assert [submit(server, key, duration=4).status_code for _ in range(3)] == [200, 200, 429]
 
@@ -42,6 +44,7 @@ def test_duplicate_headers_on_reads_and_the_videos_api(make_server) -> None:
     assert poll.status_code == 400 and AMBIGUOUS in poll.json()["error"]
     videos = httpx.get(f"{server.url}/v1/videos/{request_id}", headers=twice)
     assert videos.status_code == 400
+    assert AMBIGUOUS in videos.json()["error"]["message"]  # OpenAI's envelope under /v1/videos
     # Both headers carrying the same key is not ambiguous.
     same = [("x-api-key", key), ("authorization", f"Bearer {key}")]
     poll = httpx.get(f"{server.url}/v2/requests/{request_id}/status", headers=same)

@@ -37,13 +37,13 @@ class InputGuardMiddleware:
             return
         path: str = scope["path"]
         if len(path) > MAX_PATH_CHARS or any(ord(c) < 0x20 or c == "\x7f" for c in path):
-            await _refuse(scope, receive, send, 404, "not found: no such path", None)
+            await refuse(scope, receive, send, 404, "not found: no such path", None)
             return
         query = scope.get("query_string", b"")
         if query:
             problem = _query_problem(query)
             if problem is not None:
-                await _refuse(scope, receive, send, 400, problem[1], problem[0])
+                await refuse(scope, receive, send, 400, problem[1], problem[0])
                 return
         if scope["method"] not in _BODY_METHODS or not _is_json(scope):
             await self.app(scope, receive, send)
@@ -61,7 +61,7 @@ class InputGuardMiddleware:
                     raise errors.InvalidRequest(text.TOO_DEEP)
                 text.check_tree(parsed)
             except errors.InvalidRequest as exc:
-                await _refuse(scope, receive, send, 400, exc.message, exc.param)
+                await refuse(scope, receive, send, 400, exc.message, exc.param)
                 return
             if parsed is not None:
                 scope.setdefault("state", {})[PARSED_BODY] = parsed
@@ -115,9 +115,10 @@ def _replaying(body: bytes, complete: bool, receive: Receive) -> Receive:
     return replay if complete else receive
 
 
-async def _refuse(
+async def refuse(
     scope: Scope, receive: Receive, send: Send, status: int, message: str, param: str | None
 ) -> None:
+    """Answer from a middleware, in the envelope of the dialect the path belongs to."""
     if scope["path"].startswith("/v1/videos"):
         response = openai_views.error_response(status, message, param=param)
     else:

@@ -39,7 +39,7 @@ from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from videoserve import errors
-from videoserve.api import credentials
+from videoserve.api import credentials, guard
 from videoserve.api.errors import error_response
 from videoserve.settings import Settings
 
@@ -161,7 +161,7 @@ class RateLimitMiddleware:
         try:
             identity = _identity(scope)
         except errors.InvalidRequest as exc:
-            await error_response(400, exc.message)(scope, receive, send)
+            await guard.refuse(scope, receive, send, 400, exc.message, None)
             return
         verdict = await self.limits.hit(_bucket(scope), identity)
         if verdict is None:
