@@ -59,3 +59,12 @@ def test_an_existing_local_folder_and_an_explicit_setting_are_kept(tmp_path: Pat
     assert chosen.returncode == 0, chosen.stderr
     assert (explicit / "videoserve.db").is_file()
     assert not (home / ".local" / "share" / "videoserve").exists()
+
+
+def test_an_unstorable_key_name_is_refused_in_words(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    refused = _run("keys", "create", "--name", "n" * 201, cwd=tmp_path, home=home)
+    assert refused.returncode != 0
+    assert "name: must be at most 200 characters" in " ".join(refused.stderr.split())
+    assert "Traceback" not in refused.stderr

@@ -194,7 +194,13 @@ def keys_create(
         )
         return plaintext
 
-    typer.echo(asyncio.run(main()))
+    from videoserve import errors
+
+    try:
+        typer.echo(asyncio.run(main()))
+    except errors.InvalidRequest as exc:
+        err.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @keys_app.command("list")

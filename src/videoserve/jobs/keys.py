@@ -12,11 +12,12 @@ import time
 
 import sqlalchemy as sa
 
-from videoserve.jobs import clock, ledger, schema
+from videoserve.jobs import clock, ledger, schema, text
 from videoserve.jobs.records import ApiKey
 from videoserve.jobs.store import JobStore
 
 KEY_PREFIX = "vs_"
+MAX_NAME_CHARS = 200  # api_keys.name
 ANONYMOUS = ApiKey(
     id="anonymous", name="anonymous (auth off)", prefix="", is_admin=True, created_at=0
 )
@@ -59,6 +60,7 @@ class KeyStore:
         """A new key; returns its record and the plaintext, which is never stored.
 
         Without `credits` the key is unlimited; with them, it starts with that grant."""
+        text.check_field("name", name, MAX_NAME_CHARS)  # the same answer on both databases
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(8)
         values = {
