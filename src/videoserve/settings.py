@@ -172,7 +172,9 @@ class Settings(BaseSettings):
     def _parse_aliases(cls, value: object) -> object:
         if isinstance(value, str):
             pairs = {}
-            for item in _split_csv(value):  # type: ignore[union-attr]
+            for item in value.split(","):
+                if not item.strip():
+                    continue
                 name, sep, target = item.partition("=")
                 if not sep or not name.strip() or not target.strip():
                     raise ValueError(f"alias {item!r} is not of the form name=target")

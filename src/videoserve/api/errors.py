@@ -40,7 +40,7 @@ def status_for(exc: errors.VideoserveError) -> int:
     return 500
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra):  # type: ignore[no-untyped-def]
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra):
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 

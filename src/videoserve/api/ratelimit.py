@@ -99,7 +99,8 @@ class RateLimits:
             storage = storage_from_string(
                 url if url.startswith("async+") else "async+" + url,
                 implementation="redispy",
-                connection_pool=self._pool,
+                # limits types **options as scalars, but redispy storage takes a pool object.
+                connection_pool=self._pool,  # type: ignore[arg-type]
                 key_prefix=settings.rate_limit_prefix,
             )
         else:

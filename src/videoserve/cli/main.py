@@ -1,4 +1,8 @@
-"""The `videoserve` command: serve, worker, generate, keys, models."""
+"""The `videoserve` command: serve, worker, generate, keys, models.
+
+Only typer, rich and the client are imported at the top: `generate --url` and `models --url` run
+on the bare client install, and every server or worker command imports its parts when it runs.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,17 @@ import base64
 import mimetypes
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from videoserve.settings import Settings
+from videoserve.installs import Extra, requirement_message
+
+if TYPE_CHECKING:
+    from videoserve.settings import Settings
 
 app = typer.Typer(help="Self-hosted serverless video generation.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list, credit and revoke API keys.", no_args_is_help=True)
@@ -25,7 +33,18 @@ DataDir = Annotated[
 ]
 
 
+def _require(extra: Extra, what: str) -> None:
+    """Exit with a sentence naming the install when this environment lacks `extra`."""
+    message = requirement_message(extra, what)
+    if message is not None:
+        err.print(f"[red]error:[/red] {escape(message)}")  # "[worker]" is not markup
+        raise typer.Exit(1)
+
+
 def _settings(**overrides: Any) -> Settings:
+    _require(Extra.server, "this command")
+    from videoserve.settings import Settings
+
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -48,19 +67,26 @@ def serve(
     from videoserve.api import create_app
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
+    if settings.embedded_worker:
+        # Refuse rather than serve a queue nobody works: an API host without torch says so.
+        _require(
+            Extra.worker,
+            "the in-process worker (set VIDEOSERVE_EMBEDDED_WORKER=false to serve the API only)",
+        )
     _logging(settings)
     if settings.auth:
         asyncio.run(_bootstrap_key(settings))
     app_ = create_app(settings)
     err.print(f"videoserve on http://{settings.host}:{settings.port}  (docs at /docs)")
+    # JSON: uvicorn's own lines go through our handler too, instead of its text config.
+    log_config: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
     uvicorn.run(
         app_,
         host=settings.host,
         port=settings.port,
         log_level="warning",
         proxy_headers=True,
-        # JSON: uvicorn's own lines go through our handler too, instead of its text config.
-        **({"log_config": None} if settings.log_format == "json" else {}),
+        **log_config,
     )
 
 
@@ -89,6 +115,7 @@ def worker(data_dir: DataDir = None) -> None:
     from videoserve.runtime import Runtime
 
     settings = _settings(data_dir=data_dir)
+    _require(Extra.worker, "videoserve worker")
     _logging(settings)
 
     async def main() -> None:
@@ -139,6 +166,8 @@ def generate(
         params["size"] = size
     if image is not None:
         params["input_reference"] = _image_reference(image)
+    if url is None:
+        _require(Extra.worker, "generate without --url (it starts an embedded server)")
     try:
         result = run_generation(
             params,
@@ -147,7 +176,7 @@ def generate(
             url=url,
             api_key=api_key,
             timeout=timeout,
-            settings=_settings(data_dir=data_dir),
+            settings=None if url else _settings(data_dir=data_dir),
             console=err,
         )
     except Exception as exc:  # the CLI's one place to turn errors into a message and exit 1
@@ -258,14 +287,14 @@ def keys_revoke(
     typer.echo(f"revoked {key_id}")
 
 
-def _key_store(settings: Settings):  # type: ignore[no-untyped-def]
+def _key_store(settings: Settings):
     import contextlib
 
     from videoserve.jobs.keys import KeyStore
     from videoserve.jobs.store import JobStore
 
     @contextlib.asynccontextmanager
-    async def opened():  # type: ignore[no-untyped-def]
+    async def opened():
         store = JobStore.open(settings.resolved_database_url())
         try:
             await store.migrate()
@@ -277,13 +306,22 @@ def _key_store(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 @app.command()
-def models(data_dir: DataDir = None) -> None:
+def models(
+    url: Annotated[
+        str | None, typer.Option(help="Ask a running server (else read this host's config)")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="VIDEOSERVE_API_KEY")] = None,
+    data_dir: DataDir = None,
+) -> None:
     """List the configured models, whether each can run here, and why not."""
-    from videoserve.models.registry import ModelRegistry
+    if url is not None:
+        described = _served_models(url, api_key)
+    else:
+        from videoserve.models.registry import ModelRegistry
 
-    settings = _settings(data_dir=data_dir)
+        described = ModelRegistry.from_settings(_settings(data_dir=data_dir)).describe()
     table = Table("model", "backend", "served by", "available", "note")
-    for m in ModelRegistry.from_settings(settings).describe():
+    for m in described:
         note = m.get("reason") or m.get("warning") or ""
         table.add_row(
             m["id"],
@@ -293,6 +331,17 @@ def models(data_dir: DataDir = None) -> None:
             note,
         )
     Console(width=160).print(table)
+
+
+def _served_models(url: str, api_key: str | None) -> list[dict[str, Any]]:
+    from videoserve.client import Client
+
+    try:
+        with Client(api_key=api_key or "unused", base_url=url) as client:
+            return client.models()
+    except Exception as exc:  # like generate: a message and exit 1, never a traceback
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -273,9 +273,11 @@ def error_for(response: httpx.Response) -> errors.VideoserveError:
         exc = errors.RequestTimeout(message, request_id=fields.get("request_id"))
     else:
         exc = errors.APIError(message, status_code=code, body=body)
-    exc.status_code = code  # type: ignore[attr-defined]
+    # The client adds what it read to the core's classes, which carry no HTTP fields of their
+    # own (the server raises them too): attributes set here, so mypy cannot see them declared.
+    exc.status_code = code  # type: ignore[union-attr]
     if not isinstance(exc, errors.APIError):
-        exc.body = body  # type: ignore[attr-defined]
+        exc.body = body  # type: ignore[union-attr]
     return exc
 
 

@@ -72,7 +72,7 @@ def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngin
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_connection, _record) -> None:
         # Take transaction control from pysqlite so BEGIN IMMEDIATE below is ours to emit.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -82,7 +82,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+    def _on_begin(conn) -> None:
         # Reads run as single autocommit statements: no lock, no BEGIN/ROLLBACK round trips
         # (WAL lets them run beside a writer). Writes take the write lock at BEGIN.
         if not conn.get_execution_options().get(AUTOCOMMIT):
@@ -217,7 +217,7 @@ class PostgresNotifier(Notifier):
     async def _listen_forever(self) -> None:
         import asyncpg
 
-        def on_notify(_conn, _pid, _channel, payload: str) -> None:  # type: ignore[no-untyped-def]
+        def on_notify(_conn, _pid, _channel, payload: str) -> None:
             self._wake(payload)
 
         backoff = 0.2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -28,7 +29,7 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
-def _record(row: object) -> ApiKey:
+def _record(row: Any) -> ApiKey:  # a SQLAlchemy Row: columns as attributes
     return ApiKey(
         id=row.id,
         name=row.name,

@@ -65,6 +65,7 @@ def _write_mp4(path: Path, video: np.ndarray, rate: Fraction, *, preset: str, cr
         stream = container.add_stream(
             _CODEC, rate=rate, options={"preset": preset, "crf": str(crf), "profile": _PROFILE}
         )
+        assert isinstance(stream, av.VideoStream)  # add_stream's return type covers every kind
         stream.width = width
         stream.height = height
         stream.pix_fmt = _PIX_FMT

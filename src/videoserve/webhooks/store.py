@@ -116,7 +116,7 @@ class WebhookStore:
     async def create_endpoint(
         self, api_key_id: str, url: str, event_types: Sequence[str]
     ) -> Endpoint:
-        values = {
+        values: dict[str, Any] = {
             "id": "whep_" + secrets.token_hex(12),
             "api_key_id": api_key_id,
             "url": url,

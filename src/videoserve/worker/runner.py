@@ -243,7 +243,7 @@ class Worker:
             signals.progress = int(100 * step / max(total, 1))
             loop.call_soon_threadsafe(signals.changed.set)
 
-        def generate():  # type: ignore[no-untyped-def]
+        def generate():
             resolved.load()
             begun = time.perf_counter()
             video = resolved.generate(params, image, on_progress, signals.stop.is_set)
