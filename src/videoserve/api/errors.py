@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from videoserve import errors
 
@@ -44,6 +45,17 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path answers to. Starlette's 405 names only the first
+    matching route's, so `Allow` missed DELETE on /v1/videos/{id} (RFC 9110 wants them all)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is Match.PARTIAL:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.VideoserveError)
     async def _domain(request: Request, exc: errors.VideoserveError) -> JSONResponse:
@@ -72,9 +84,11 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and message == "Not Found":
             message = f"not found: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
-        return error_response(exc.status_code, message, getattr(exc, "headers", None))
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return error_response(exc.status_code, message, headers)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
