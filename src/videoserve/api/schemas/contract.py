@@ -44,7 +44,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/healthz"): Operation(segmind.Health),
     ("get", "/readyz"): Operation(segmind.Health),
     ("get", "/files/{key}"): Operation(None, (403,)),
-    ("get", "/v1/account"): Operation(segmind.Account, (403,)),
+    ("get", "/v1/account"): Operation(segmind.Account, (403, 404)),
     ("get", "/v1/requests"): Operation(segmind.UsagePage, (403,)),
     ("get", "/v1/admin/workers"): Operation(segmind.WorkerList, (403,)),
     ("post", "/v1/webhooks"): Operation(segmind.WebhookEndpoint),
