@@ -2,7 +2,7 @@
 `[server]` (the API without torch). The full `[worker]` install is the test env itself.
 
 pip's cache is shared (PIP_CACHE_DIR, else pip's default), so after the first run these
-installs come from the cache; the first run downloads from PyPI.
+installs come from the cache; the first run downloads from PyPI. The wheel is built once.
 """
 
 from __future__ import annotations
@@ -27,24 +27,39 @@ REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "diffusers", "fastapi")
 
 
-def _fresh_venv(tmp: Path, name: str, requirement_extra: str) -> Path:
-    """A venv with `pip install <copy of the repo><extra>`; returns its bin folder."""
-    # A copy, so pip's build writes nothing into the working tree under test.
-    source = tmp / f"{name}-source"
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """videoserve's wheel, built once from a copy of the source (so pip writes nothing into
+    the working tree under test)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"
     shutil.copytree(
         REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )
     for file in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / file, source / file)
-    env_dir = tmp / name
-    venv.create(env_dir, with_pip=True)
-    bin_dir = env_dir / "bin"
+    _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(source))
+    (built,) = (tmp / "dist").glob("videoserve-*.whl")
+    return built
+
+
+def _pip(*args: str) -> None:
+    # The test env's own pip drives every install (`--python`), so the venvs need no pip of
+    # their own (ensurepip costs seconds per venv).
     subprocess.run(
-        [bin_dir / "python", "-m", "pip", "install", "-q", f"{source}{requirement_extra}"],
+        [sys.executable, "-m", "pip", "-q", *args],
         check=True,
         timeout=600,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
+
+
+def _fresh_venv(tmp: Path, wheel: Path, extra: str) -> Path:
+    """A new venv with `pip install videoserve<extra>` from the wheel; returns its bin folder."""
+    env_dir = tmp / (extra.strip("[]") or "client")
+    venv.create(env_dir, with_pip=False)
+    bin_dir = env_dir / "bin"
+    _pip("--python", str(bin_dir / "python"), "install", f"videoserve{extra} @ {wheel.as_uri()}")
     return bin_dir
 
 
@@ -81,9 +96,9 @@ def live(tmp_path: Path, model_cache: Path) -> Iterator[LiveServer]:
 
 
 def test_the_bare_install_is_the_client_and_its_cli_commands(
-    tmp_path: Path, live: LiveServer
+    tmp_path: Path, wheel: Path, live: LiveServer
 ) -> None:
-    bin_dir = _fresh_venv(tmp_path, "client", "")
+    bin_dir = _fresh_venv(tmp_path, wheel, "")
     assert [m for m in HEAVY if _importable(bin_dir, m)] == []
     assert _importable(bin_dir, "httpx") and _importable(bin_dir, "typer")
 
@@ -142,8 +157,10 @@ def test_the_bare_install_is_the_client_and_its_cli_commands(
     assert 'pip install "videoserve[server]"' in " ".join(serve.stderr.split())
 
 
-def test_the_server_install_serves_the_api_without_torch(tmp_path: Path, model_cache: Path) -> None:
-    bin_dir = _fresh_venv(tmp_path, "server", "[server]")
+def test_the_server_install_serves_the_api_without_torch(
+    tmp_path: Path, wheel: Path, model_cache: Path
+) -> None:
+    bin_dir = _fresh_venv(tmp_path, wheel, "[server]")
     assert [m for m in ("torch", "diffusers") if _importable(bin_dir, m)] == []
     assert _importable(bin_dir, "fastapi")
     env = _clean_env(

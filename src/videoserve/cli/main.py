@@ -62,10 +62,6 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Run the HTTP API with an embedded worker (unless VIDEOSERVE_EMBEDDED_WORKER=false)."""
-    import uvicorn
-
-    from videoserve.api import create_app
-
     settings = _settings(host=host, port=port, data_dir=data_dir)
     if settings.embedded_worker:
         # Refuse rather than serve a queue nobody works: an API host without torch says so.
@@ -73,6 +69,10 @@ def serve(
             Extra.worker,
             "the in-process worker (set VIDEOSERVE_EMBEDDED_WORKER=false to serve the API only)",
         )
+    import uvicorn
+
+    from videoserve.api import create_app
+
     _logging(settings)
     if settings.auth:
         asyncio.run(_bootstrap_key(settings))
@@ -112,11 +112,10 @@ async def _bootstrap_key(settings: Settings) -> None:
 @app.command()
 def worker(data_dir: DataDir = None) -> None:
     """Run a worker that claims jobs from the shared database (SIGTERM drains)."""
-    from videoserve.runtime import Runtime
-
     settings = _settings(data_dir=data_dir)
     _require(Extra.worker, "videoserve worker")
     _logging(settings)
+    from videoserve.runtime import Runtime
 
     async def main() -> None:
         runtime = Runtime(settings)
@@ -350,12 +349,13 @@ def pull(
     data_dir: DataDir = None,
 ) -> None:
     """Download a model's Hugging Face repo into the local cache (HF_HOME), with progress."""
+    settings = _settings(data_dir=data_dir)
     from videoserve import errors
     from videoserve.models.registry import ModelRegistry
     from videoserve.models.weights import PullFailed
 
     try:
-        backend = ModelRegistry.from_settings(_settings(data_dir=data_dir)).backend(model)
+        backend = ModelRegistry.from_settings(settings).backend(model)
         download = getattr(backend, "pull", None)
         if download is None:
             raise PullFailed(f"model '{model}' has no weights to download")
