@@ -26,7 +26,14 @@ _MODULES: dict[Extra, tuple[str, ...]] = {
 def missing(extra: Extra) -> list[str]:
     """The modules of `extra` (and of what it implies) that this environment cannot import."""
     needed = _MODULES[Extra.server] + (_MODULES[Extra.worker] if extra is Extra.worker else ())
-    return [name for name in needed if importlib.util.find_spec(name) is None]
+    return [name for name in needed if not _importable(name)]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a broken or refused package counts as absent
+        return False
 
 
 def requirement_message(extra: Extra, what: str) -> str | None:
