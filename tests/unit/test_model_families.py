@@ -18,6 +18,7 @@ from videoserve.models.backends.diffusion import RuntimeOptions
 from videoserve.models.backends.ltx import LTXBackend
 from videoserve.models.backends.wan import WanBackend
 from videoserve.models.grid import FAMILY_GRIDS, plan
+from videoserve.models.options import DiffusersOptions
 from videoserve.models.params import DURATIONS, SIZES
 from videoserve.models.pool import ModelPool
 from videoserve.models.registry import ModelRegistry
@@ -184,13 +185,13 @@ def test_image_rules_per_layout(tmp_path: Path) -> None:
 
     image = "https://x.test/a.png"
     pipeline_folder(tmp_path / "ltx", "LTXPipeline")
-    ltx = families.create_backend("ltx", str(tmp_path / "ltx"), {}, "cpu")
+    ltx = families.create_backend("ltx", str(tmp_path / "ltx"), DiffusersOptions(), "cpu")
     ltx.check(VideoParams(prompt="a", duration=8))  # 8 s fits LTX-Video's 257 frames
     ltx.check(VideoParams(prompt="a", duration=4, input_reference=image))
     ltx.check(VideoParams(prompt="a", duration=12))  # over one pass: chained, 2 passes
     # Wan 2.1 text-to-video has no image pipeline to chain with: over one pass is refused.
     pipeline_folder(tmp_path / "wan", "WanPipeline")
-    wan = families.create_backend("wan", str(tmp_path / "wan"), {}, "cpu")
+    wan = families.create_backend("wan", str(tmp_path / "wan"), DiffusersOptions(), "cpu")
     with pytest.raises(errors.InvalidRequest, match=r"max 5\.1s at 16 fps"):
         wan.check(VideoParams(prompt="a", duration=8))
 
@@ -285,7 +286,7 @@ def test_an_existing_relative_folder_wins_over_a_repo_id(tmp_path: Path, empty_h
 
 
 def test_local_folder_is_not_pulled(tmp_path: Path) -> None:
-    backend = families.create_backend("w", str(tmp_path / "absent"), {}, "cpu")
+    backend = families.create_backend("w", str(tmp_path / "absent"), DiffusersOptions(), "cpu")
     assert backend.availability().reason == f"no model folder at {tmp_path / 'absent'}"
     with pytest.raises(weights.PullFailed, match="loads the local folder"):
         backend.pull()

@@ -70,6 +70,8 @@ def test_builtin_tiny_and_sora_fallback(tmp_path: Path, caplog: pytest.LogCaptur
         "backend": "tiny",
         "alias_of": None,
         "served_by": "tiny-t2v",
+        "base": None,
+        "adapters": [],
         "available": True,
         "reason": None,
         "warning": None,
