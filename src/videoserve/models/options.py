@@ -83,7 +83,10 @@ class DiffusersOptions(_Options):
     )
     # Adapter entries: `base` (another entry) in place of `path`, plus their LoRAs.
     base: str | None = Field(None, description="the name of another configured entry")
-    loras: tuple[LoraAdapter, ...] = Field((), description="a list of { path, scale } tables")
+    # strict=False: TOML gives a list, the record keeps a tuple; each table is still strict.
+    loras: tuple[LoraAdapter, ...] = Field(
+        (), strict=False, description="a list of { path, scale } tables"
+    )
     fuse_loras: bool = Field(False, description="true or false")
 
     @pydantic.model_validator(mode="after")
