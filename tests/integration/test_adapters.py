@@ -153,7 +153,7 @@ def test_bad_lora_fails_at_startup_naming_the_file(
         ('base = "styled"\nloras = [{ path = "x" }]', "base 'styled' is itself an adapter"),
         ('path = "/m"\nbase = "base"\nloras = [{ path = "x" }]', "give path (its own weights)"),
         ('base = "base"', "base needs loras"),
-        ('path = "/m"\nloras = [{ path = "x" }]', 'loras and fuse_loras need base = "<entry>"'),
+        ('path = "/m"\nloras = [{ path = "x" }]', 'loras need base = "<entry>"'),
         ('base = "base"\nloras = [{ path = "x", scale = "1" }]', "loras[0].scale must be"),
         ('base = "base"\nloras = [{ path = "x", weight = 1 }]', "loras[0].weight: unknown key"),
         ('base = "base"\nloras = [{ path = "x" }]\ndtype = "bf16"', "dtype belong(s) to the base"),

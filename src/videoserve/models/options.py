@@ -87,7 +87,6 @@ class DiffusersOptions(_Options):
     loras: tuple[LoraAdapter, ...] = Field(
         (), strict=False, description="a list of { path, scale } tables"
     )
-    fuse_loras: bool = Field(False, description="true or false")
 
     @pydantic.model_validator(mode="after")
     def _coherent(self) -> DiffusersOptions:
@@ -104,8 +103,8 @@ class DiffusersOptions(_Options):
             )
         if self.cache is not None and self.cache not in CACHES:
             raise ValueError(f"cache must be one of {', '.join(CACHES)} (got {self.cache!r})")
-        if self.base is None and (self.loras or self.fuse_loras):
-            raise ValueError('loras and fuse_loras need base = "<entry>", the model they adapt')
+        if self.base is None and self.loras:
+            raise ValueError('loras need base = "<entry>", the model they adapt')
         if self.base is not None and not self.loras:
             raise ValueError("base needs loras = [{ path = ..., scale = 1.0 }]")
         if any(not math.isfinite(lora.scale) for lora in self.loras):
@@ -118,7 +117,7 @@ OPTION_MODELS: dict[str, type[EntryOptions]] = {"tiny": TinyOptions, "diffusers"
 
 # What an adapter entry may set beside base and loras; the base owns everything else.
 ADAPTER_OWN = frozenset(
-    {"base", "loras", "fuse_loras", "steps", "guidance", "negative_prompt", "price_per_second"}
+    {"base", "loras", "steps", "guidance", "negative_prompt", "price_per_second"}
 )
 
 
