@@ -284,7 +284,8 @@ def models(data_dir: DataDir = None) -> None:
     settings = _settings(data_dir=data_dir)
     table = Table("model", "backend", "served by", "available", "note")
     for m in ModelRegistry.from_settings(settings).describe():
-        note = m.get("reason") or m.get("warning") or ""
+        adapters = f"LoRA adapters over {m['base']}" if m.get("base") else ""
+        note = m.get("reason") or m.get("warning") or adapters
         table.add_row(
             m["id"],
             m.get("backend") or "",

@@ -112,7 +112,13 @@ class DiffusersOptions(_Options):
         return self
 
 
-EntryOptions = TinyOptions | DiffusersOptions
+class ForeignOptions(_Options):
+    """A backend kind the registry's caller brings (`factories=`): its factory reads the rest."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+
+EntryOptions = TinyOptions | DiffusersOptions | ForeignOptions
 OPTION_MODELS: dict[str, type[EntryOptions]] = {"tiny": TinyOptions, "diffusers": DiffusersOptions}
 
 # What an adapter entry may set beside base and loras; the base owns everything else.
@@ -123,7 +129,7 @@ ADAPTER_OWN = frozenset(
 
 def parse_options(name: str, backend: str, table: Mapping[str, Any]) -> EntryOptions:
     """The typed options of entry `name`; ValueError naming the entry and every bad option."""
-    model = OPTION_MODELS[backend]
+    model = OPTION_MODELS.get(backend, ForeignOptions)
     try:
         options = model.model_validate(dict(table))
     except pydantic.ValidationError as exc:

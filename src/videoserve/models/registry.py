@@ -389,8 +389,6 @@ def _check_entry(
             f"model '{entry.name}': unknown backend '{entry.backend}' "
             f"(expected one of: {', '.join(sorted(factories))})"
         )
-    if entry.backend not in options_.OPTION_MODELS:
-        return options_.TinyOptions()  # a kind of the caller's own: its factory reads options
     options = options_.parse_options(entry.name, entry.backend, entry.options)
     base = getattr(options, "base", None)
     if base is not None and entry.path:
