@@ -37,7 +37,8 @@ def bench(*args: str, timeout: float = 300) -> dict:
     done = subprocess.run(
         [sys.executable, "-m", "bench.gpu_pipeline", "--tiny", "--device", "cpu", *args],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # This tree's source first: an editable install elsewhere must not answer the import.
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},
         capture_output=True,
         text=True,
         timeout=timeout,

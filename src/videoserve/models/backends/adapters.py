@@ -21,7 +21,8 @@ from videoserve.models.backends.base import (
     ProgressCallback,
     StopCheck,
 )
-from videoserve.models.backends.diffusion import Adapter, DiffusersBackend, Profile
+from videoserve.models.backends.diffusion import DiffusersBackend
+from videoserve.models.backends.lora import Adapter, Profile
 from videoserve.models.options import DiffusersOptions
 
 if TYPE_CHECKING:

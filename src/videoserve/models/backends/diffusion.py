@@ -36,7 +36,7 @@ from videoserve.models.backends.base import (
     ProgressCallback,
     StopCheck,
 )
-from videoserve.models.lora_files import LoraFile
+from videoserve.models.backends.lora import LoadedAdapters, Profile
 from videoserve.models.options import DTYPES, DiffusersOptions
 from videoserve.models.params import DiffusersParams, VideoParams
 from videoserve.models.weights import Weights
@@ -80,26 +80,6 @@ class RuntimeOptions:
         if self.batch_cfg is not None:
             return self.batch_cfg
         return device.startswith("cuda") and not (self.cpu_offload or self.group_offload)
-
-
-@dataclasses.dataclass(frozen=True)
-class Adapter:
-    """One LoRA as the base pipeline holds it: loaded once under `name`, applied at `scale`."""
-
-    name: str  # the peft adapter name, unique to its entry and position
-    lora: LoraFile
-    scale: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Profile:
-    """Whom a generation runs for: the entry's name, its defaults and its adapters (if any)."""
-
-    model: str
-    steps: int
-    guidance: float
-    negative_prompt: str
-    adapters: tuple[Adapter, ...] = ()
 
 
 def read_model_index(path: Path | None) -> dict[str, Any] | None:
@@ -191,8 +171,7 @@ class DiffusersBackend:
         self._t2v: Any = None
         self._i2v: Any = None
         self._offload_hooked: Any = None  # the pipeline whose CPU-offload hooks are installed
-        self._adapters: set[str] = set()  # LoRAs loaded into the transformer, by adapter name
-        self._lora_on = False  # whether the last call ran with adapters enabled
+        self._adapters = LoadedAdapters()  # LoRAs of adapter entries over this pipeline
 
     # --- what the weights are ----------------------------------------------------------
     @property
@@ -281,7 +260,7 @@ class DiffusersBackend:
         with self._lock:
             if self.loaded:
                 self._t2v = self._i2v = self._offload_hooked = None
-                self._adapters, self._lora_on = set(), False
+                self._adapters = LoadedAdapters()
                 gc.collect()
                 if self._device and self._device.startswith("cuda"):
                     import torch
@@ -448,7 +427,8 @@ class DiffusersBackend:
                 shape = grids.plan(
                     self.grid, params.size, params.duration, chain=self._i2v is not None
                 )
-                self._activate(profile.adapters)
+                pipe = self._t2v if self._t2v is not None else self._i2v
+                self._adapters.activate(pipe, profile.adapters, self.name)
                 frames = self._run_segments(call, shape, seed, image, on_progress, should_stop)
         frames = _to_uint8(frames[: shape.out_frames])
         if (shape.out_width, shape.out_height) != (shape.gen_width, shape.gen_height):
@@ -466,48 +446,11 @@ class DiffusersBackend:
             segments=shape.segments,
         )
 
-    def _activate(self, adapters: tuple[Adapter, ...]) -> None:
-        """Exactly `adapters` active in the transformer(s), each loaded once; none: the base.
-
-        The text and image pipelines share the transformer, so one call covers both. Under our
-        lock: a job never runs with another entry's adapters.
-        """
-        pipe = self._t2v if self._t2v is not None else self._i2v
-        for adapter in adapters:
-            if adapter.name not in self._adapters:
-                log.info("%s: loading LoRA %s as %s", self.name, adapter.lora.file, adapter.name)
-                try:
-                    pipe.load_lora_weights(
-                        adapter.lora.folder,
-                        weight_name=adapter.lora.weight_name,
-                        adapter_name=adapter.name,
-                        local_files_only=True,
-                    )
-                except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                    raise errors.ModelUnavailable(
-                        f"LoRA {adapter.lora.file} does not load into '{self.name}': {exc}"
-                    ) from exc
-                self._adapters.add(adapter.name)
-        if adapters:
-            if not self._lora_on:
-                pipe.enable_lora()
-            pipe.set_adapters([a.name for a in adapters], [a.scale for a in adapters])
-            self._lora_on = True
-        elif self._lora_on:
-            pipe.disable_lora()
-            self._lora_on = False
-
     def drop_adapters(self, names: set[str]) -> None:
         """Unload these LoRAs from the pipeline (their entry lets go of its memory)."""
         with self._lock:
-            loaded = sorted(names & self._adapters)
-            if loaded and self.loaded:
-                pipe = self._t2v if self._t2v is not None else self._i2v
-                pipe.delete_adapters(loaded)
-                self._adapters -= set(loaded)
-                self._lora_on = False
-                if self._adapters:
-                    pipe.disable_lora()
+            if self.loaded:
+                self._adapters.drop(self._t2v if self._t2v is not None else self._i2v, names)
 
     def _run_segments(
         self,
