@@ -93,6 +93,8 @@ def test_adapter_defaults_and_catalog(tmp_path: Path, weights: dict[str, Path]) 
     assert listed["styled"]["adapters"] == [{"path": str(weights["style"]), "scale": 1.0}]
     assert (listed["base"]["base"], listed["base"]["adapters"]) == (None, [])
     assert listed["styled"]["available"] is True
+    # An adapter entry over the tiny model is no stand-in for the seed's model.
+    assert registry.served_by("sora-2-pro") == "tiny-t2v"
 
 
 def write_safetensors(path: Path, shapes: dict[str, list[int]]) -> Path:

@@ -23,7 +23,8 @@ Operators describe models in one TOML file (`VIDEOSERVE_MODELS`):
 
 `VIDEOSERVE_ALIASES` is applied after the file's `[aliases]`, so the environment wins. The
 built-in `tiny-t2v` always exists. `sora-2-pro`, unless aliased or configured, is served by the
-first available `diffusers` entry in file order (list the family you prefer first), else by
+first available `diffusers` entry with its own weights in file order (list the family you prefer
+first; adapter entries are skipped), else by
 `tiny-t2v` with a warning. Whatever serves it, `sora-2-pro` accepts exactly the seed's four
 parameters; every other name takes its backend's schema. A request costs the `price_per_second`
 of the model that serves it (an alias has no price of its own) times its duration.
@@ -276,10 +277,12 @@ class ModelRegistry:
 
     # --- internals -----------------------------------------------------------------------
     def _best_for_sora(self) -> str:
-        """The first available diffusers model in file order, else tiny-t2v with a warning."""
+        """The first available diffusers model with its own weights, else tiny-t2v, warned."""
         missing = []
         for entry in self._entries.values():
-            if entry.backend != "diffusers":
+            # An adapter entry is a variant of its base (a few-step draft, a style), never
+            # the default for the seed's model; its base is a candidate itself.
+            if entry.backend != "diffusers" or getattr(self._options[entry.name], "base", None):
                 continue
             state = self.backend(entry.name).availability()
             if state.available:
