@@ -64,7 +64,7 @@ class AdapterBackend:
         return Availability(True)
 
     def check(self, params: VideoParams) -> None:
-        self.base.check(params)
+        self.base.check(params, model=self.name)
 
     def load(self) -> None:
         self.base.load()

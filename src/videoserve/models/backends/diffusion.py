@@ -226,8 +226,12 @@ class DiffusersBackend:
             self.name, self.default_steps, self.default_guidance, self.default_negative_prompt
         )
 
-    def check(self, params: VideoParams) -> None:
-        """Refuse at submit time (400) what `generate` would refuse later; reads no weights."""
+    def check(self, params: VideoParams, *, model: str | None = None) -> None:
+        """Refuse at submit time (400) what `generate` would refuse later; reads no weights.
+
+        `model`: the public model the message names (an adapter entry over this base).
+        """
+        name = model or self.name
         index = read_model_index(self.path)
         # No index yet (the tiny model before its first build): `generate` decides.
         grids.plan(self.grid, params.size, params.duration, chain=self._chains(index or {}))
@@ -235,12 +239,12 @@ class DiffusersBackend:
             return
         if params.input_reference is not None and not self._accepts_image(index):
             raise errors.InvalidRequest(
-                f"input_reference: model '{self.name}' does not accept an input image",
+                f"input_reference: model '{name}' does not accept an input image",
                 param="input_reference",
             )
         if params.input_reference is None and self._requires_image(index):
             raise errors.InvalidRequest(
-                f"input_reference: model '{self.name}' needs an input image",
+                f"input_reference: model '{name}' needs an input image",
                 param="input_reference",
             )
 
