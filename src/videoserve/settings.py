@@ -104,6 +104,10 @@ class Settings(BaseSettings):
         default=None, description="Where built-in models are built; default: data_dir/models"
     )
     max_prompt_chars: int = 4000
+    encoder: Literal["auto", "libx264", "h264_nvenc"] = Field(
+        default="auto",
+        description="H.264 encoder: auto is h264_nvenc on an NVIDIA GPU host, else libx264",
+    )
 
     # --- inputs and moderation -----------------------------------------------------------
     blocklist: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -15,10 +15,10 @@ from tests.conftest import LiveServer, wait_until
 from videoserve.jobs import ledger
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.store import JobStore
-from videoserve.models.backends.base import Availability, Cancelled
+from videoserve.models.backends.base import Availability, Cancelled, VideoBackend
 from videoserve.models.backends.tiny import TINY_NAME
 from videoserve.models.params import VideoParams
-from videoserve.models.registry import ModelEntry, ModelRegistry
+from videoserve.models.registry import BackendSpec, ModelEntry, ModelRegistry, tiny_backend
 
 T = TypeVar("T")
 
@@ -101,6 +101,9 @@ class FailingBackend:
     def availability(self) -> Availability:
         return Availability(True)
 
+    def check(self, params: VideoParams) -> None:
+        pass
+
     def load(self) -> None:
         pass
 
@@ -135,7 +138,12 @@ class TestRegistry(ModelRegistry):
         backends: dict[str, tuple[Any, float]],
         aliases: dict[str, str] | None = None,
     ) -> None:
-        self._test_backends = {name: backend for name, (backend, _) in backends.items()}
+        test_backends = {name: backend for name, (backend, _) in backends.items()}
+
+        def tiny_or_test(spec: BackendSpec) -> VideoBackend:
+            backend = test_backends.get(spec.entry.name)
+            return backend if backend is not None else tiny_backend(spec)
+
         tiny_dir = model_cache / TINY_NAME
         entries = [
             ModelEntry(TINY_NAME, "tiny", str(tiny_dir)),
@@ -144,8 +152,6 @@ class TestRegistry(ModelRegistry):
                 for name, (_, price) in backends.items()
             ),
         ]
-        super().__init__(entries, {"sora-2-pro": TINY_NAME, **(aliases or {})})
-
-    def _create(self, entry: ModelEntry):  # type: ignore[no-untyped-def]
-        backend = self._test_backends.get(entry.name)
-        return backend if backend is not None else super()._create(entry)
+        super().__init__(
+            entries, {"sora-2-pro": TINY_NAME, **(aliases or {})}, factories={"tiny": tiny_or_test}
+        )

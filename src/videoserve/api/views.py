@@ -74,6 +74,8 @@ async def result(runtime: Runtime, job: Job, base: str) -> dict[str, Any]:
         "seconds": r["seconds"],
         "seed": r.get("seed"),
         "segments": r.get("segments", 1),  # passes chained for a duration over one pass
+        "codec": r.get("codec"),
+        "encoder": r.get("encoder"),  # which H.264 encoder ran: libx264 or h264_nvenc
         "metrics": {
             "queue_time": round(started - job.created_at, 4),
             "inference_time": r["inference_time"],

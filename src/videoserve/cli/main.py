@@ -321,7 +321,8 @@ def models(
         described = ModelRegistry.from_settings(_settings(data_dir=data_dir)).describe()
     table = Table("model", "backend", "served by", "available", "note")
     for m in described:
-        note = m.get("reason") or m.get("warning") or ""
+        adapters = f"LoRA adapters over {m['base']}" if m.get("base") else ""
+        note = m.get("reason") or m.get("warning") or adapters
         table.add_row(
             m["id"],
             m.get("backend") or "",

@@ -89,9 +89,8 @@ class JobService:
                 f"(got {len(params.prompt)})",
                 param="prompt",
             )
-        check = getattr(resolved.backend, "check", None)
-        if check is not None:
-            check(params)  # the model's own limits (duration, image input): a 400 now, not later
+        # the model's own limits (duration, image input): a 400 now, not later
+        resolved.backend.check(params)
         job_id = new_request_id()
         reference = None
         input_key = None

@@ -29,7 +29,7 @@ from videoserve.jobs.records import Job, Lease
 from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.store import JobStore
 from videoserve.jobs.workers import WorkerRegistry, WorkerState
-from videoserve.media.encode import encode_mp4, write_thumbnail
+from videoserve.media.encode import choose_encoder, encode_mp4, write_thumbnail
 from videoserve.media.probe import VideoInfo
 from videoserve.models.backends.base import Cancelled
 from videoserve.models.registry import ModelRegistry
@@ -79,6 +79,7 @@ class Worker:
         self.draining = False
         self.presence = WorkerRegistry(store)
         self._scratch = Path(settings.data_dir) / "tmp"
+        self._encoder = choose_encoder(settings.encoder)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set; a job in hand is finished first (drain)."""
@@ -256,7 +257,7 @@ class Worker:
             begun = time.perf_counter()
             # Scratch files, not fsynced: the blob store makes its copies durable, and both
             # are stored before the job is marked COMPLETED.
-            info = await asyncio.to_thread(_encode, video, video_path, thumb_path)
+            info = await asyncio.to_thread(_encode, video, video_path, thumb_path, self._encoder)
             encode_time = time.perf_counter() - begun
             prefix = _attempt_prefix(lease)
             await asyncio.gather(
@@ -273,6 +274,7 @@ class Worker:
             "frames": info.frames,
             "seconds": info.seconds,
             "codec": info.codec,
+            "encoder": info.encoder,  # libx264, or h264_nvenc where it ran
             "seed": getattr(video, "seed", None),
             "segments": getattr(video, "segments", 1),
             "inference_time": round(inference_time, 4),
@@ -308,9 +310,9 @@ class Worker:
             await asyncio.sleep(0.2)
 
 
-def _encode(video: Any, video_path: Path, thumb_path: Path) -> VideoInfo:
+def _encode(video: Any, video_path: Path, thumb_path: Path, encoder: str) -> VideoInfo:
     """The MP4 and its thumbnail, in one trip to a thread."""
-    info = encode_mp4(video.frames, video.fps, video_path, durable=False)
+    info = encode_mp4(video.frames, video.fps, video_path, durable=False, encoder=encoder)
     write_thumbnail(video.frames[0], thumb_path, durable=False)
     return info
 
