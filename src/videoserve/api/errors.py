@@ -33,6 +33,16 @@ STATUS_CODES: list[tuple[type[errors.VideoserveError], int]] = [
 ]
 
 
+# `code` for errors Starlette raises itself (unknown routes, wrong methods, oversized bodies).
+_HTTP_CODES = {
+    401: errors.Unauthorized.code,
+    403: errors.Forbidden.code,
+    404: errors.NotFound.code,
+    405: "method_not_allowed",
+    413: errors.PayloadTooLarge.code,
+}
+
+
 def status_for(exc: errors.VideoserveError) -> int:
     for cls, code in STATUS_CODES:
         if isinstance(exc, cls):
@@ -49,13 +59,11 @@ def install(app: FastAPI) -> None:
     async def _domain(request: Request, exc: errors.VideoserveError) -> JSONResponse:
         status = status_for(exc)
         headers: dict[str, str] = {}
-        extra: dict[str, object] = {}
         if isinstance(exc, errors.RateLimited | errors.ServiceUnavailable):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        if isinstance(exc, errors.RequestTimeout) and exc.request_id:
-            extra["request_id"] = exc.request_id
-        if isinstance(exc, errors.InvalidRequest) and exc.param:
-            extra["param"] = exc.param
+        # The machine-readable code and the error's own facts (param, balance and price,
+        # retry_after...) beside the message, so no client parses the wording.
+        extra: dict[str, object] = {"code": exc.code, **exc.fields()}
         if status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
         return error_response(status, exc.message or type(exc).__name__, headers, **extra)
@@ -65,7 +73,12 @@ def install(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         message = first.get("msg", "invalid request")
-        return error_response(400, f"{where}: {message}" if where else message)
+        return error_response(
+            400,
+            f"{where}: {message}" if where else message,
+            code=errors.InvalidRequest.code,
+            **({"param": where} if where else {}),
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -74,7 +87,12 @@ def install(app: FastAPI) -> None:
             message = f"not found: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
-        return error_response(exc.status_code, message, getattr(exc, "headers", None))
+        return error_response(
+            exc.status_code,
+            message,
+            getattr(exc, "headers", None),
+            code=_HTTP_CODES.get(exc.status_code, "http_error"),
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
@@ -82,10 +100,13 @@ def install(app: FastAPI) -> None:
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
         return error_response(
-            503, "the job database is unavailable; retry shortly", {"Retry-After": "2"}
+            503,
+            "the job database is unavailable; retry shortly",
+            {"Retry-After": "2"},
+            code=errors.ServiceUnavailable.code,
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, "internal server error")
+        return error_response(500, "internal server error", code="server_error")

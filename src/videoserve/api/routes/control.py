@@ -19,10 +19,10 @@ from fastapi.responses import StreamingResponse
 from videoserve import errors
 from videoserve.api import views
 from videoserve.api.deps import KeyDep, RuntimeDep
+from videoserve.jobs.failures import CANCELLED_MESSAGE, FailureCode
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status, is_terminal
 from videoserve.runtime import Runtime
-from videoserve.worker.runner import CANCELLED_ERROR
 
 router = APIRouter(tags=["Segmind"])
 
@@ -100,11 +100,12 @@ def _outcome(before: Job, after: Job) -> tuple[bool, str]:
     if after.status == Status.COMPLETED:
         return False, "already completed; nothing to cancel"
     if after.status == Status.FAILED:
-        if is_terminal(before.status) or after.error != CANCELLED_ERROR:
-            already = "cancelled" if after.error == CANCELLED_ERROR else "failed"
+        cancelled = after.failure == FailureCode.CANCELLED
+        if is_terminal(before.status) or not cancelled:
+            already = "cancelled" if cancelled else "failed"
             return False, f"already {already}; nothing to cancel"
         return True, "cancelled"
     return True, (
         "cancellation requested: the job stops at its next step and then ends FAILED "
-        f"({CANCELLED_ERROR!r})"
+        f"({CANCELLED_MESSAGE!r})"
     )
