@@ -227,6 +227,11 @@ class JobService:
             # A notification wakes us at once; the poll interval covers other processes.
             await self.store.wait_for_change(job_id, min(left, self.settings.poll_interval_seconds))
 
+    async def wait_for_change(self, job_id: str, timeout: float) -> bool:
+        """Until the job changes (in this process, or any on PostgreSQL) or `timeout` passes;
+        True if it changed. Callers re-read the job either way."""
+        return await self.store.wait_for_change(job_id, timeout)
+
     async def queue_position(self, job: Job) -> int | None:
         return await self.store.queue_position(job) if job.status == Status.QUEUED else None
 

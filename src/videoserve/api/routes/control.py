@@ -56,13 +56,12 @@ async def events(
 async def _status_events(
     runtime: Runtime, key: ApiKey, job_id: str, request: Request
 ) -> AsyncIterator[str]:
-    store = runtime.store
     interval = runtime.settings.poll_interval_seconds
     sent: tuple[Any, ...] | None = None
     last_write = time.monotonic()
     while True:
         # Listen before reading, so a change committed during the read still wakes us.
-        waiter = asyncio.create_task(store.wait_for_change(job_id, interval))
+        waiter = asyncio.create_task(runtime.service.wait_for_change(job_id, interval))
         await asyncio.sleep(0)
         try:
             try:
