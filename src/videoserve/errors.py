@@ -128,7 +128,8 @@ class RequestTimeout(VideoserveError):
 
 
 class InferenceFailed(VideoserveError):
-    """The request reached FAILED; `detail` is the server's reason."""
+    """The request reached FAILED; `detail` is the server's reason, `failure` its code
+    (`cancelled`, `moderation`, `model_error`...; None from a server without codes)."""
 
     code: ClassVar[str] = "inference_failed"
 
@@ -137,6 +138,8 @@ class InferenceFailed(VideoserveError):
         self.detail = detail
         self.request_id = request_id
         self.status_body = body or {}
+        failure = self.status_body.get("code")
+        self.failure: str | None = failure if isinstance(failure, str) else None
 
 
 class InferenceTimeout(VideoserveError):

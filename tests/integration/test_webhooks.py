@@ -207,6 +207,7 @@ def test_blocked_prompt_gives_video_failed(make_server, receiver) -> None:
     data = got.event["data"]
     assert data["id"] == request_id and data["status"] == "failed" and data["output"] is None
     assert "forbidden" in data["error"] or "policy" in data["error"]
+    assert data["failure"] == "moderation"
 
 
 def test_failed_attempt_is_retried_with_the_same_id_and_logged(make_server) -> None:

@@ -130,13 +130,10 @@ class JobService:
         check = getattr(resolved.backend, "check", None)
         if check is not None:
             # The model's own limits (duration, image input): a 400 now, not later. A reused
-            # image counts as an input image; the check only asks whether there is one.
-            with_image = params.input_reference is not None or stored_input is not None
-            checked = (
-                params.model_copy(update={"input_reference": "stored"})
-                if (with_image and params.input_reference is None)
-                else params
-            )
+            # image counts as an input image (the check only asks whether there is one).
+            checked = params
+            if stored_input is not None:
+                checked = params.model_copy(update={"input_reference": "stored"})
             check(checked)
         job_id = new_request_id()
         png: bytes | None = None
