@@ -161,7 +161,12 @@ def response_for(request: Request, exc: Exception) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         message = first.get("msg", "invalid request")
-        return error_response(400, f"{where}: {message}" if where else message, param=where or None)
+        return error_response(
+            400,
+            f"{where}: {message}" if where else message,
+            param=where or None,
+            code=errors.InvalidRequest.code,
+        )
     if isinstance(exc, StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "error"
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
