@@ -43,18 +43,19 @@ def make_key(
     """(plaintext, key id) of a new key, as `videoserve keys create --credits N` makes it."""
 
     async def create(store: JobStore) -> tuple[str, str]:
-        record, plaintext = await KeyStore(store).create(name, admin=admin, credits=credits)
+        keys = KeyStore(store.database)
+        record, plaintext = await keys.create(name, admin=admin, credits=credits)
         return plaintext, record.id
 
     return with_store(server, create)
 
 
 def ledger_of(server: LiveServer, key_id: str) -> list[ledger.Entry]:
-    return with_store(server, lambda store: ledger.entries(store.read_engine, key_id))
+    return with_store(server, lambda store: ledger.entries(store.database, key_id))
 
 
 def stored_balance(server: LiveServer, key_id: str) -> float | None:
-    return with_store(server, lambda store: ledger.balance(store.read_engine, key_id))
+    return with_store(server, lambda store: ledger.balance(store.database, key_id))
 
 
 def headers(key: str) -> dict[str, str]:

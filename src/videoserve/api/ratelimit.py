@@ -39,6 +39,7 @@ from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from videoserve.api.errors import error_response
+from videoserve.errors import RateLimited
 from videoserve.settings import Settings
 
 log = logging.getLogger("videoserve.api")
@@ -163,7 +164,13 @@ class RateLimitMiddleware:
             return
         headers = verdict.headers()
         if not verdict.allowed:
-            response = error_response(429, verdict.message(), headers)
+            response = error_response(
+                429,
+                verdict.message(),
+                headers,
+                code=RateLimited.code,
+                retry_after=verdict.retry_after,
+            )
             await response(scope, receive, send)
             return
         extra = [(name.lower().encode(), value.encode()) for name, value in headers.items()]

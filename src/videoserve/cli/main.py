@@ -98,7 +98,7 @@ async def _bootstrap_key(settings: Settings) -> None:
     store = JobStore.open(settings.resolved_database_url())
     try:
         await store.migrate()
-        keys = KeyStore(store)
+        keys = KeyStore(store.database)
         if await keys.count() == 0:
             _record, plaintext = await keys.create("default", admin=True)
             err.print(
@@ -297,7 +297,7 @@ def _key_store(settings: Settings):
         store = JobStore.open(settings.resolved_database_url())
         try:
             await store.migrate()
-            yield KeyStore(store)
+            yield KeyStore(store.database)
         finally:
             await store.close()
 

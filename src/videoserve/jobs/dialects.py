@@ -1,4 +1,6 @@
-"""Everything that differs between SQLite and PostgreSQL, in one place.
+"""The recipes behind `database.Database`: engines and wake-ups for SQLite and PostgreSQL.
+
+Only `database` uses this module; the stores ask the `Database` for what differs.
 
 - Engines: SQLite runs in WAL mode with a busy timeout, and every write transaction starts
   with `BEGIN IMMEDIATE` so two writers queue on the lock instead of failing at commit.
@@ -7,9 +9,7 @@
   (`sqlite_direct`).
 - Wake-ups ride in the writing statement on PostgreSQL (`pg_notify` in RETURNING, see
   `Notifier.returning`), so a one-statement write is one round trip.
-- Claiming: PostgreSQL adds `FOR UPDATE SKIP LOCKED` so concurrent claimers pass each other;
-  SQLite serialises writers anyway.
-- The migration lock: an advisory lock on PostgreSQL, the write lock on SQLite.
+- Claiming, locks and insert-or-skip: see `Database`.
 - Wake-ups: `LISTEN/NOTIFY` on PostgreSQL; on SQLite only in-process events (a worker in
   another process falls back to a slow poll).
 """
@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,7 +30,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 log = logging.getLogger("videoserve.jobs")
 
 NOTIFY_CHANNEL = "videoserve_events"
-_MIGRATION_LOCK_ID = 0x56494445  # "VIDE": any constant shared by every videoserve process
 # Execution option: this connection runs single autocommit statements (no BEGIN IMMEDIATE).
 AUTOCOMMIT = "videoserve_autocommit"
 
@@ -96,22 +94,6 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
     if is_postgres(engine):
         return engine.execution_options(isolation_level="AUTOCOMMIT", **{AUTOCOMMIT: True})
     return engine.execution_options(**{AUTOCOMMIT: True})
-
-
-def claim_subquery(engine: AsyncEngine, select: sa.Select) -> sa.Select:
-    """The oldest-queued-job SELECT, made safe for concurrent claimers on this dialect."""
-    if is_postgres(engine):
-        return select.with_for_update(skip_locked=True)
-    return select
-
-
-@contextlib.asynccontextmanager
-async def migration_lock(conn: AsyncConnection) -> AsyncIterator[None]:
-    """Hold the database-wide lock under which migrations run (inside conn's transaction)."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-    # SQLite: the transaction began with BEGIN IMMEDIATE and so already holds the write lock.
-    yield
 
 
 class Notifier:

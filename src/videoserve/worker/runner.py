@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -22,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
 from PIL import Image
 
 from videoserve import errors
-from videoserve.jobs.records import Job, Lease
+from videoserve.jobs.failures import CANCELLED_MESSAGE, Failure, FailureCode
+from videoserve.jobs.records import Job, JobResult, Lease
 from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.store import JobStore
 from videoserve.jobs.workers import WorkerRegistry, WorkerState
@@ -38,8 +41,6 @@ from videoserve.settings import Settings
 from videoserve.storage.base import BlobStore
 
 log = logging.getLogger("videoserve.worker")
-
-CANCELLED_ERROR = "cancelled by the user"
 
 
 def default_worker_id() -> str:
@@ -77,7 +78,7 @@ class Worker:
         self.current: dict[str, Job] = {}
         self.completed = 0
         self.draining = False
-        self.presence = WorkerRegistry(store)
+        self.presence = WorkerRegistry(store.database)
         self._scratch = Path(settings.data_dir) / "tmp"
         self._encoder = choose_encoder(settings.encoder)
 
@@ -182,21 +183,22 @@ class Worker:
             raise
         except Cancelled:
             if signals.stop_reason == "cancelled":
-                await self._persist(lambda: self.store.fail(lease, CANCELLED_ERROR, retention))
+                cancelled = Failure(FailureCode.CANCELLED, CANCELLED_MESSAGE)
+                await self._persist(lambda: self.store.fail(lease, cancelled, retention))
                 log.info("job %s cancelled while running", job.id)
             else:
                 log.warning("job %s: lease lost, abandoning attempt %d", job.id, lease.attempt)
             return
         except Exception as exc:
-            message = _failure_message(exc)
-            log.exception("job %s failed: %s", job.id, message)
-            await self._persist(lambda: self.store.fail(lease, message, retention))
+            failure = _failure_of(exc)
+            log.exception("job %s failed (%s): %s", job.id, failure.code, failure.message)
+            await self._persist(lambda: self.store.fail(lease, failure, retention))
             return
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-        result["started_at"] = started
+        result = dataclasses.replace(result, started_at=started)
         if await self._persist(lambda: self.store.complete(lease, result, retention)):
             self.completed += 1
             log.info("job %s completed in %.2fs", job.id, time.time() - started)
@@ -225,7 +227,7 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _produce(self, job: Job, lease: Lease, signals: _Signals) -> dict[str, Any]:
+    async def _produce(self, job: Job, lease: Lease, signals: _Signals) -> JobResult:
         resolved = self.registry.backend(job.served_by)
         availability = resolved.availability()
         if not availability.available:
@@ -251,6 +253,13 @@ class Worker:
             return video, time.perf_counter() - begun
 
         video, inference_time = await asyncio.to_thread(generate)
+        try:
+            return await self._store_video(video, inference_time, lease)
+        except Exception as exc:
+            raise _MediaStageError(f"media error: {type(exc).__name__}: {exc}") from exc
+
+    async def _store_video(self, video: Any, inference_time: float, lease: Lease) -> JobResult:
+        """Encode the MP4 and its thumbnail, and store both under the attempt's prefix."""
         self._scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self._scratch) as scratch:
             video_path, thumb_path = Path(scratch) / "video.mp4", Path(scratch) / "thumb.jpg"
@@ -264,22 +273,22 @@ class Worker:
                 self.blobs.put_file(prefix + "thumbnail.jpg", thumb_path, "image/jpeg"),
                 self.blobs.put_file(prefix + "video.mp4", video_path, "video/mp4"),
             )
-        return {
-            "output_key": prefix + "video.mp4",
-            "thumbnail_key": prefix + "thumbnail.jpg",
-            "served_by": video.model,
-            "width": info.width,
-            "height": info.height,
-            "fps": info.fps,
-            "frames": info.frames,
-            "seconds": info.seconds,
-            "codec": info.codec,
-            "encoder": info.encoder,  # libx264, or h264_nvenc where it ran
-            "seed": getattr(video, "seed", None),
-            "segments": getattr(video, "segments", 1),
-            "inference_time": round(inference_time, 4),
-            "encode_time": round(encode_time, 4),
-        }
+        return JobResult(
+            output_key=prefix + "video.mp4",
+            thumbnail_key=prefix + "thumbnail.jpg",
+            served_by=video.model,
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
+            frames=info.frames,
+            seconds=info.seconds,
+            codec=info.codec,
+            encoder=info.encoder,  # libx264, or h264_nvenc where it ran
+            seed=getattr(video, "seed", None),
+            segments=getattr(video, "segments", 1),
+            inference_time=round(inference_time, 4),
+            encode_time=round(encode_time, 4),
+        )
 
     async def _report(self, lease: Lease, signals: _Signals) -> None:
         """Heartbeat every third of a lease, and write progress as it changes (throttled)."""
@@ -322,11 +331,25 @@ def _attempt_prefix(lease: Lease) -> str:
 
 
 def _image_param(job: Job) -> dict[str, Any]:
-    # The stored params hold a note in place of a data URI; the image is in blob storage.
+    # The image is in blob storage under `input_key` (the stored params hold no data URI, and
+    # a URL must not be fetched a second time).
     return {"input_reference": None} if job.input_key else {}
 
 
-def _failure_message(exc: BaseException) -> str:
+class _MediaStageError(Exception):
+    """Encoding or storing the video failed (not the model)."""
+
+
+def _failure_of(exc: BaseException) -> Failure:
+    """The code and message a job fails with when producing its video raised `exc`."""
+    if isinstance(exc, _MediaStageError):
+        return Failure(FailureCode.MEDIA_ERROR, str(exc))
+    if isinstance(exc, errors.ModelUnavailable):
+        code = FailureCode.MODEL_UNAVAILABLE
+    elif isinstance(exc, errors.InvalidRequest | pydantic.ValidationError):
+        code = FailureCode.INPUT_INVALID
+    else:
+        code = FailureCode.MODEL_ERROR
     if isinstance(exc, errors.VideoserveError) and exc.message:
-        return exc.message
-    return f"model error: {type(exc).__name__}: {exc}"
+        return Failure(code, exc.message)
+    return Failure(code, f"model error: {type(exc).__name__}: {exc}")
