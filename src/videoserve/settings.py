@@ -126,6 +126,10 @@ class Settings(BaseSettings):
         default=None, description="Where built-in models are built; default: data_dir/models"
     )
     max_prompt_chars: int = 4000
+    encoder: Literal["auto", "libx264", "h264_nvenc"] = Field(
+        default="auto",
+        description="H.264 encoder: auto is h264_nvenc on an NVIDIA GPU host, else libx264",
+    )
 
     # --- inputs and moderation -----------------------------------------------------------
     blocklist: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -194,7 +198,9 @@ class Settings(BaseSettings):
     def _parse_aliases(cls, value: object) -> object:
         if isinstance(value, str):
             pairs = {}
-            for item in _split_csv(value):  # type: ignore[union-attr]
+            for item in value.split(","):
+                if not item.strip():
+                    continue
                 name, sep, target = item.partition("=")
                 if not sep or not name.strip() or not target.strip():
                     raise ValueError(f"alias {item!r} is not of the form name=target")

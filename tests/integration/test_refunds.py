@@ -11,6 +11,7 @@ import httpx
 
 from tests.conftest import wait_until
 from tests.integration.accounting import (
+    FailingBackend,
     StallingBackend,
     TestRegistry,
     account,
@@ -63,17 +64,19 @@ def test_deleting_a_running_job_refunds_it_once(make_server, model_cache: Path) 
 
 
 def test_deleting_finished_jobs_moves_no_credits(make_server, model_cache: Path) -> None:
-    server = make_server()
+    registry = TestRegistry(model_cache, {"broken": (FailingBackend("broken"), 1.0)})
+    server = make_server(registry=registry)
     key, key_id = make_key(server, "done", credits=8)
     request_id = submit(server, key, duration=4).json()["request_id"]
     wait_for_status(server, key, request_id, "COMPLETED", timeout=900)
     assert delete(server, key, request_id).status_code == 200
     assert kinds(server, key_id) == [("grant", 8), ("charge", -4)]  # it had its video
-    cancelled = submit(server, key, duration=4).json()["request_id"]
-    httpx.post(f"{server.url}/v2/requests/{cancelled}/cancel", headers=headers(key))
-    wait_until(lambda: account(server, key)["credits"] == 4)
-    assert delete(server, key, cancelled).status_code in (200, 404)
-    assert [k for k, _ in kinds(server, key_id)].count("refund") == 1  # the cancel's, only
+    failed = submit(server, key, model="broken", duration=4).json()["request_id"]
+    wait_for_status(server, key, failed, "FAILED")
+    wait_until(lambda: account(server, key)["credits"] == 4)  # refunded when it failed
+    assert delete(server, key, failed).status_code == 200
+    assert account(server, key)["credits"] == 4
+    assert [k for k, _ in kinds(server, key_id)].count("refund") == 1  # the failure's, only
 
 
 def test_a_job_over_its_time_limit_fails_as_timeout_and_is_refunded(

@@ -26,6 +26,7 @@ from videoserve.api.routes import (
     ui,
     webhooks,
 )
+from videoserve.api.schemas import contract
 from videoserve.models.registry import ModelRegistry
 from videoserve.moderation import Moderator
 from videoserve.observability.logs import RequestIdMiddleware
@@ -73,6 +74,7 @@ def create_app(
         lifespan=lifespan,
     )
     api_errors.install(app)
+    contract.document(app)
     # Routes are matched in order: the status poll, by far the most frequent request, first.
     app.include_router(segmind.polls)
     app.include_router(ui.router)

@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from videoserve import errors
 from videoserve.api import credentials, guard
 from videoserve.api.errors import error_response
+from videoserve.errors import RateLimited
 from videoserve.settings import Settings
 
 log = logging.getLogger("videoserve.api")
@@ -101,7 +102,8 @@ class RateLimits:
             storage = storage_from_string(
                 url if url.startswith("async+") else "async+" + url,
                 implementation="redispy",
-                connection_pool=self._pool,
+                # limits types **options as scalars, but redispy storage takes a pool object.
+                connection_pool=self._pool,  # type: ignore[arg-type]
                 key_prefix=settings.rate_limit_prefix,
             )
         else:
@@ -169,7 +171,13 @@ class RateLimitMiddleware:
             return
         headers = verdict.headers()
         if not verdict.allowed:
-            response = error_response(429, verdict.message(), headers)
+            response = error_response(
+                429,
+                verdict.message(),
+                headers,
+                code=RateLimited.code,
+                retry_after=verdict.retry_after,
+            )
             await response(scope, receive, send)
             return
         extra = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
