@@ -547,6 +547,30 @@ def test_stream_events_drive_the_page(
     assert "40%" in page.evaluate("window.__progress")
 
 
+def test_failure_code_names_the_ending_not_the_message(
+    make_server: Callable[..., LiveServer], new_page: Callable[..., Page]
+) -> None:
+    """The title of a failure comes from its code: a message that says "cancelled" on a job
+    whose code is `timeout` is still a time-out (the page reads no message text)."""
+    server = make_server(embedded_worker=False)
+    page = open_playground(new_page, server)
+    failed = {"status": "FAILED", "error": "cancelled by the user", "code": "timeout"}
+    page.route(
+        "**/v2/requests/*/events",
+        lambda route: route.fulfill(
+            status=200,
+            headers={"Content-Type": "text/event-stream"},
+            body=f"event: status\ndata: {json.dumps(failed)}\n\n",
+        ),
+    )
+    fill_form(page, "a clock that never stops")
+    page.click("#generate")
+    error = page.locator("#job-error")
+    expect(error).to_contain_text("Timed out: cancelled by the user")
+    expect(error).to_have_attribute("data-code", "timeout")
+    expect(page.locator("#job-detail")).to_have_text("The request failed.")
+
+
 def test_stream_that_ends_early_falls_back_to_polling(
     server: LiveServer, new_page: Callable[..., Page]
 ) -> None:
