@@ -94,7 +94,7 @@ def _query_problem(query: bytes) -> tuple[str, str] | None:
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:
     """The whole body (its size is capped by the body-limit middleware outside this one)."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         message = await receive()
         if message["type"] != "http.request":
@@ -124,6 +124,6 @@ async def refuse(
     if scope["path"].startswith("/v1/videos"):
         response = openai_views.error_response(status, message, param=param)
     else:
-        extra = {"param": param} if param else {}
+        extra: dict[str, Any] = {"param": param} if param else {}
         response = api_errors.error_response(status, message, **extra)
     await response(scope, receive, send)
