@@ -26,6 +26,7 @@ from tests.conftest import LiveServer
 from tests.integration.test_families import generate_over_http, png_data_uri
 from videoserve.models import families, random_weights_ltx2
 from videoserve.models.backends.base import GenerationInputs
+from videoserve.models.options import DiffusersOptions
 from videoserve.models.params import AudioDiffusersParams
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -164,8 +165,8 @@ def test_sdks_download_a_video_with_sound(
 def test_two_stage_with_the_latent_upsampler(ltx2_folder: Path, tmp_path: Path) -> None:
     upsampler = tmp_path / "upsampler"
     random_weights_ltx2.build_upsampler(seed=1).save_pretrained(upsampler / "latent_upsampler")
-    options = {"family": "tiny", "upsampler": str(upsampler)}
-    families.check_entry("ltx2", str(ltx2_folder), options)
+    options = DiffusersOptions(family="tiny", upsampler=str(upsampler))
+    families.check_entry("ltx2", str(ltx2_folder), options, "cpu")
     backend = families.create_backend("ltx2", str(ltx2_folder), options, "cpu")
     params = AudioDiffusersParams(prompt="a cat", duration=4, num_inference_steps=2, seed=1)
     video = backend.generate(params, GenerationInputs(), lambda s, t: None, lambda: False)

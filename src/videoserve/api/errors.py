@@ -7,14 +7,17 @@ answered 500 without internals.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from videoserve import errors
+from videoserve.jobs import text
 
 log = logging.getLogger("videoserve.api")
 
@@ -33,6 +36,16 @@ STATUS_CODES: list[tuple[type[errors.VideoserveError], int]] = [
 ]
 
 
+# `code` for errors Starlette raises itself (unknown routes, wrong methods, oversized bodies).
+_HTTP_CODES = {
+    401: errors.Unauthorized.code,
+    403: errors.Forbidden.code,
+    404: errors.NotFound.code,
+    405: "method_not_allowed",
+    413: errors.PayloadTooLarge.code,
+}
+
+
 def status_for(exc: errors.VideoserveError) -> int:
     for cls, code in STATUS_CODES:
         if isinstance(exc, cls):
@@ -40,8 +53,25 @@ def status_for(exc: errors.VideoserveError) -> int:
     return 500
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra):  # type: ignore[no-untyped-def]
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    # A message may echo client text (a parameter's name); a lone surrogate in it would fail
+    # to encode as UTF-8 and turn the 400 into a 500.
+    return JSONResponse(
+        {"error": text.printable(message), **extra}, status_code=status, headers=headers
+    )
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path answers to. Starlette's 405 names only the first
+    matching route's, so `Allow` missed DELETE on /v1/videos/{id} (RFC 9110 wants them all)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is Match.PARTIAL:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def install(app: FastAPI) -> None:
@@ -49,13 +79,11 @@ def install(app: FastAPI) -> None:
     async def _domain(request: Request, exc: errors.VideoserveError) -> JSONResponse:
         status = status_for(exc)
         headers: dict[str, str] = {}
-        extra: dict[str, object] = {}
         if isinstance(exc, errors.RateLimited | errors.ServiceUnavailable):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        if isinstance(exc, errors.RequestTimeout) and exc.request_id:
-            extra["request_id"] = exc.request_id
-        if isinstance(exc, errors.InvalidRequest) and exc.param:
-            extra["param"] = exc.param
+        # The machine-readable code and the error's own facts (param, balance and price,
+        # retry_after...) beside the message, so no client parses the wording.
+        extra: dict[str, object] = {"code": exc.code, **exc.fields()}
         if status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
         return error_response(status, exc.message or type(exc).__name__, headers, **extra)
@@ -65,16 +93,26 @@ def install(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         message = first.get("msg", "invalid request")
-        return error_response(400, f"{where}: {message}" if where else message)
+        fields: dict[str, Any] = {"param": where} if where else {}
+        return error_response(
+            400,
+            f"{where}: {message}" if where else message,
+            code=errors.InvalidRequest.code,
+            **fields,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and message == "Not Found":
             message = f"not found: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
-        return error_response(exc.status_code, message, getattr(exc, "headers", None))
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return error_response(
+            exc.status_code, message, headers, code=_HTTP_CODES.get(exc.status_code, "http_error")
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
@@ -82,10 +120,13 @@ def install(app: FastAPI) -> None:
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
         return error_response(
-            503, "the job database is unavailable; retry shortly", {"Retry-After": "2"}
+            503,
+            "the job database is unavailable; retry shortly",
+            {"Retry-After": "2"},
+            code=errors.ServiceUnavailable.code,
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, "internal server error")
+        return error_response(500, "internal server error", code="server_error")

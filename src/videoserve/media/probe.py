@@ -22,6 +22,7 @@ class VideoInfo:
     codec: str  # FFmpeg codec name, e.g. "h264"
     profile: str | None  # codec profile, e.g. "High"; None when the codec has none
     pix_fmt: str | None  # pixel format, e.g. "yuv420p"
+    encoder: str | None = None  # the encoder that wrote it ("libx264", "h264_nvenc"), if ours
     audio_codec: str | None = None  # the first audio stream's codec, e.g. "aac"; None: silent
     audio_sample_rate: int | None = None
     audio_channels: int | None = None

@@ -10,14 +10,12 @@ otherwise) and listed as unavailable until they are.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from videoserve.models import grid as grids
+from videoserve.models import speed
 from videoserve.models.backends import ltx2
 from videoserve.models.backends.diffusion import (
-    DTYPES,
     DiffusersBackend,
     RuntimeOptions,
     read_model_index,
@@ -25,6 +23,7 @@ from videoserve.models.backends.diffusion import (
 from videoserve.models.backends.ltx import LTXBackend
 from videoserve.models.backends.ltx2 import LTX2Backend
 from videoserve.models.backends.wan import WanBackend
+from videoserve.models.options import DiffusersOptions
 from videoserve.models.weights import Weights
 
 BACKENDS: dict[str, type[DiffusersBackend]] = {
@@ -81,8 +80,12 @@ def missing_components(folder: Path, required: tuple[str, ...]) -> list[str]:
     return missing
 
 
-def check_entry(name: str, path: str, options: Mapping[str, Any]) -> None:
-    """Refuse at startup a diffusers entry that cannot work: ValueError saying why."""
+def check_entry(name: str, path: str, options: DiffusersOptions, device: str) -> None:
+    """Refuse at startup a diffusers entry that cannot work here: ValueError saying why.
+
+    The options themselves were parsed before (`options.py`); this checks them against the
+    weights (family) and this host (the speed options, `speed.py`).
+    """
     prefix = f"model '{name}'"
     class_name = pipeline_class(Weights(path))
     family = None
@@ -102,13 +105,13 @@ def check_entry(name: str, path: str, options: Mapping[str, Any]) -> None:
                 f"{', '.join(missing)} component{'s' if len(missing) > 1 else ''} "
                 f"(model_index.json must name each, with its subfolder)"
             )
-    grid = options.get("family")
+    grid = options.family
     if grid is not None and family is not None and GRID_FAMILIES.get(grid) not in (None, family):
         raise ValueError(
             f"{prefix}: family '{grid}' is a {GRID_FAMILIES[grid]} grid, but {path} holds a "
             f"{family} pipeline ({class_name})"
         )
-    upsampler = options.get("upsampler")
+    upsampler = options.upsampler
     if upsampler is not None:
         if family is not None and family != "ltx2":
             raise ValueError(
@@ -119,38 +122,39 @@ def check_entry(name: str, path: str, options: Mapping[str, Any]) -> None:
             ltx2.upsampler_folder(Path(upsampler))
         except ValueError as exc:
             raise ValueError(f"{prefix}: {exc}") from None
-    dtype = options.get("dtype")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"{prefix}: dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
     try:
-        RuntimeOptions.from_options(options)
+        speed.check_host(RuntimeOptions.from_entry(options), options.device or device)
     except ValueError as exc:
         raise ValueError(f"{prefix}: {exc}") from None
 
 
 def create_backend(
-    name: str, path: str, options: Mapping[str, Any], device: str
+    name: str, path: str, options: DiffusersOptions, device: str
 ) -> DiffusersBackend:
     """The backend of the entry's family, configured from its options (checked before)."""
     class_name = pipeline_class(Weights(path))
-    grid = options.get("family")
+    grid = options.family
     if class_name is not None:
         family = family_of(class_name)
     else:
         family = GRID_FAMILIES.get(grid or "") or "wan"
-    overrides = {key: options[key] for key in ("fps", "max_frames") if key in options}
+    overrides = {
+        key: value
+        for key, value in (("fps", options.fps), ("max_frames", options.max_frames))
+        if value is not None
+    }
     # Family-specific options: only LTX-2 has one (checked in `check_entry`).
-    extra = {"upsampler": options["upsampler"]} if options.get("upsampler") else {}
+    extra = {"upsampler": options.upsampler} if options.upsampler else {}
     return BACKENDS[family](
         name,
         path,
         grids.FAMILY_GRIDS[grid] if grid else None,
-        device=options.get("device", device),
-        dtype=options.get("dtype"),
-        default_steps=options.get("steps"),
-        default_guidance=options.get("guidance"),
-        default_negative_prompt=options.get("negative_prompt"),
+        device=options.device or device,
+        dtype=options.dtype,
+        default_steps=options.steps,
+        default_guidance=options.guidance,
+        default_negative_prompt=options.negative_prompt,
         grid_overrides=overrides,
-        runtime=RuntimeOptions.from_options(options),
+        runtime=RuntimeOptions.from_entry(options),
         **extra,
     )

@@ -77,10 +77,21 @@ class VideoBackend(Protocol):
 
     name: str
     schema: type[VideoParams]
-    capabilities: Capabilities
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this model can make (configs only, never weights): the catalog lists it."""
+        ...
 
     def availability(self) -> Availability:
         """Cheap check (no loading, no imports of torch) whether this backend can run here."""
+        ...
+
+    def check(self, params: VideoParams) -> None:
+        """Refuse at submit time (`errors.InvalidRequest`, a 400) what `generate` would refuse.
+
+        Reads configs only, never weights; a backend with nothing to refuse returns.
+        """
         ...
 
     def load(self) -> None:
