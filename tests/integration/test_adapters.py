@@ -207,3 +207,12 @@ def test_adapter_entry_over_http(
     assert result["status"] == "COMPLETED" and result["served_by"] == "styled"
     video = httpx.get(result["output"])
     assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+
+
+def test_an_adapter_entry_can_what_its_base_can(tmp_path: Path, weights: dict[str, Path]) -> None:
+    registry = registry_for(tmp_path, weights)
+    base, styled = registry.backend("base"), registry.backend("styled")
+    assert styled.capabilities == base.capabilities
+    listed = {entry["id"]: entry for entry in registry.describe()}
+    for ability in ("text_to_video", "image_to_video", "audio", "durations"):
+        assert listed["styled"][ability] == listed["base"][ability]

@@ -31,6 +31,10 @@ class Video(_Open):
     expires_at: int | None
     error: VideoError | None
     remixed_from_video_id: str | None
+    # videoserve's extras once completed (the SDK keeps them in `model_extra`)
+    has_audio: bool | None = Field(default=None, description="Whether the MP4 has a sound track")
+    audio_sample_rate: int | None = Field(default=None, description="Hz, when it has sound")
+    audio_codec: str | None = Field(default=None, description='"aac", when it has sound')
 
 
 class VideoList(_Open):

@@ -62,6 +62,9 @@ class RequestResult(RequestStatusBody):
     fps: float | None = None
     frames: int | None = None
     seconds: float | None = None
+    has_audio: bool | None = Field(default=None, description="Whether the MP4 has a sound track")
+    audio_sample_rate: int | None = Field(default=None, description="Hz, when it has sound")
+    audio_codec: str | None = Field(default=None, description='"aac", when it has sound')
     seed: int | None = None
     segments: int | None = None
     metrics: Metrics | None = None
@@ -123,6 +126,9 @@ class UsageRecord(_Open):
     expires_at: str | None
     queue_time: float | None
     inference_time: float | None
+    has_audio: bool | None = Field(default=None, description="Whether the MP4 has a sound track")
+    audio_sample_rate: int | None = Field(default=None, description="Hz, when it has sound")
+    audio_codec: str | None = Field(default=None, description='"aac", when it has sound')
     total_time: float | None
     error: str | None
 
