@@ -95,6 +95,22 @@ async def test_queue_position(store: JobStore) -> None:
     assert await store.queue_position(jobs[2]) == 2
 
 
+async def test_queue_position_is_per_model_and_a_requeued_job_goes_first(
+    store: JobStore,
+) -> None:
+    a1, b1, a2, b2, a3 = [(await store.create(new_job(m)))[0] for m in "ababa"]
+    assert [await store.queue_position(j) for j in (a1, a2, a3)] == [1, 2, 3]
+    assert [await store.queue_position(j) for j in (b1, b2)] == [1, 2]
+    claimed = await store.claim("w", ["a"], lease_seconds=0.01)
+    assert claimed is not None and claimed[0].id == a1.id
+    assert [await store.queue_position(j) for j in (a2, a3)] == [1, 2]
+    assert await eventually(lambda: reaped(store)) == (1, 0)  # lost lease: back in front
+    again = await store.get(a1.id)
+    assert again is not None and again.status == Status.QUEUED
+    assert [await store.queue_position(j) for j in (again, a2, a3)] == [1, 2, 3]
+    assert [await store.queue_position(j) for j in (b1, b2)] == [1, 2]
+
+
 async def test_expired_lease_requeues_then_fails_after_retry_limit(store: JobStore) -> None:
     job, _ = await store.create(new_job(max_attempts=2))
     _, lease1 = await store.claim("w1", None, lease_seconds=0.01)
@@ -260,3 +276,45 @@ async def test_each_package_migrates_its_own_tables(database_url: str) -> None:
 async def _has_table(store: JobStore, name: str) -> bool:
     async with store.database.connect() as conn:
         return await conn.run_sync(lambda sync: sa.inspect(sync).has_table(name))
+
+
+async def test_migration_6_gives_queued_jobs_tickets_in_claim_order(database_url: str) -> None:
+    import sqlalchemy as sa
+
+    from videoserve.jobs import clock
+    from videoserve.jobs.database import migrations_table
+
+    url = Settings(database_url=database_url).resolved_database_url()
+    store = JobStore.open(url)
+    try:
+        async with store.database.transaction() as conn:
+            await conn.run_sync(lambda c: migrations_table.create(c, checkfirst=True))
+            for version, step in schema.MIGRATIONS.steps[:5]:  # the schema before tickets
+                await conn.run_sync(step)
+                await conn.execute(
+                    migrations_table.insert().values(
+                        package="jobs", version=version, applied_at=clock.now()
+                    )
+                )
+            for i, (model, status) in enumerate(
+                [("a", "QUEUED"), ("a", "COMPLETED"), ("b", "QUEUED"), ("a", "QUEUED")]
+            ):
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO jobs (id, api_key_id, model, served_by, params, status,"
+                        " progress, attempt, max_attempts, cancel_requested, created_at)"
+                        " VALUES (:id, 'k', :m, :m, '{}', :s, 0, 0, 1, false, :t)"
+                    ),
+                    {"id": f"old{i}", "m": model, "s": status, "t": float(i)},
+                )
+        await store.migrate()
+        await store.start()
+        olds = [await store.get(f"old{i}") for i in range(4)]
+        assert all(j is not None for j in olds)
+        assert [j.ticket for j in olds if j is not None] == [1, None, 1, 2]
+        positions = [await store.queue_position(olds[i]) for i in (0, 2, 3)]  # type: ignore[arg-type]
+        assert positions == [1, 1, 2]
+        new, _ = await store.create(new_job("a"))  # the counter continues after them
+        assert await store.queue_position(new) == 3
+    finally:
+        await store.close()

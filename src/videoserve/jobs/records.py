@@ -81,6 +81,7 @@ class Job:
     webhook_url: str | None = None  # where video.completed / video.failed are delivered
     cost: float | None = None  # credits charged at submit; None when nothing was charged
     failure: FailureCode | None = None  # why it FAILED, as a code; `error` is the message
+    ticket: int | None = None  # place in its model's queue (see `tickets`); None if never queued
 
     @classmethod
     def from_row(cls, row: Any) -> Job:

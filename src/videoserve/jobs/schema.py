@@ -65,6 +65,8 @@ jobs = sa.Table(
     sa.Column("cost", sa.Float, nullable=True),  # credits charged at submit (migration 4)
     # A FailureCode value beside `error` once FAILED (migration 5); NULL for older rows.
     sa.Column("failure", sa.String(32), nullable=True),
+    # Place in its model's queue (migration 5; see `tickets`); NULL for a job never queued.
+    sa.Column("ticket", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=True),
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
 )
 
@@ -95,9 +97,17 @@ credit_ledger = sa.Table(
     # At most one charge and one refund per job, whatever races; NULLs (grants) never collide.
     sa.UniqueConstraint("job_id", "kind", name="uq_credit_ledger_job_kind"),
 )
+# Migration 5: each model's last queue ticket, for PostgreSQL's inserts (see `tickets`).
+job_queues = sa.Table(
+    "job_queues",
+    metadata,
+    sa.Column("served_by", sa.String(200), primary_key=True),
+    sa.Column("last_ticket", sa.BigInteger, nullable=False),
+)
+
 sa.Index("ix_credit_ledger_key", credit_ledger.c.api_key_id, credit_ledger.c.created_at)
 
-_ADDED_AFTER_V1 = {"webhook_url", "cost", "failure"}
+_ADDED_AFTER_V1 = {"webhook_url", "cost", "failure", "ticket"}
 _KEY_COLUMNS_AFTER_V1 = {"balance", "unlimited"}
 _V1_INDEXES = {"ix_jobs_queue", "ix_jobs_expires", "ix_jobs_lease", "ix_jobs_key_created"}
 
@@ -106,6 +116,7 @@ sa.Index("ix_jobs_expires", jobs.c.expires_at)
 sa.Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_at)
 sa.Index("ix_jobs_key_created", jobs.c.api_key_id, jobs.c.created_at)
 sa.Index("ix_jobs_key_status", jobs.c.api_key_id, jobs.c.status)  # migration 4: the claim cap
+sa.Index("ix_jobs_ticket", jobs.c.served_by, jobs.c.status, jobs.c.ticket)  # migration 5
 
 
 def _v2_webhook_url(conn: Connection) -> None:
@@ -137,6 +148,12 @@ def _v5_failure_codes(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN failure VARCHAR(32)"))
 
 
+def _v6_queue_tickets(conn: Connection) -> None:
+    from videoserve.jobs import tickets
+
+    tickets.migrate(conn)
+
+
 def _v1_initial(conn: Connection) -> None:
     # The tables as version 1 had them: later columns arrive through their own migrations.
     sa.Table(
@@ -165,6 +182,7 @@ MIGRATIONS = Migrations(
         (3, _v3_workers),
         (4, _v4_credits),
         (5, _v5_failure_codes),
+        (6, _v6_queue_tickets),
     ),
     # Versions 1-4 are the shared counter's (the webhook tables of its version 2 moved out).
     from_legacy=lambda version: version,

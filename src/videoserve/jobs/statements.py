@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from videoserve.jobs import schema
+from videoserve.jobs import schema, tickets
 from videoserve.jobs.database import Database
 from videoserve.jobs.records import Lease
 from videoserve.jobs.states import Status, sources
@@ -55,7 +55,11 @@ class HotStatements:
         notifier = database.notifier
         self._capped = capped
         self._claims: dict[bool, sa.Update] = {}  # by: restricted to some models
-        self.insert = jobs.insert().returning(*jobs.c, *notifier.returning(QUEUED_TOPIC))
+        # A queued job takes its model's next ticket in its INSERT (see `tickets`).
+        queued = tickets.insert(postgres=database.postgres)
+        self.insert = queued.returning(*jobs.c, *notifier.returning(QUEUED_TOPIC))
+        self.insert_in_transaction = queued.returning(*jobs.c)  # the caller announces it
+        self.queue_head = tickets.HEAD
         alive = sa.or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > sa.bindparam("now"))
         self.get = sa.select(jobs).where(jobs.c.id == sa.bindparam("job_id"), alive)
         self.get_owned = self.get.where(jobs.c.api_key_id == sa.bindparam("owner"))

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from videoserve.jobs import clock, dialects, ledger, schema
+from videoserve.jobs import clock, dialects, ledger, schema, tickets
 from videoserve.jobs.database import Database, Migrations
 from videoserve.jobs.failures import CANCELLED_MESSAGE, Failure, FailureCode
 from videoserve.jobs.records import Job, JobResult, Lease
@@ -169,7 +169,9 @@ class JobStore:
             "webhook_url": new.webhook_url,
             "cost": new.charge.amount if new.charge is not None else None,
         }
-        if new.failed_with is not None:
+        if new.failed_with is None:
+            values[tickets.QUEUE_PARAM] = new.served_by
+        else:
             values |= {
                 "status": Status.FAILED.value,
                 "error": new.failed_with.message,
@@ -224,7 +226,11 @@ class JobStore:
                 conn, new.api_key_id, new.id, new.charge
             ):
                 raise _Declined
-            row = (await conn.execute(jobs.insert().values(**values).returning(*jobs.c))).one()
+            if new.failed_with is None:
+                insert = self._hot.insert_in_transaction
+            else:  # never queued: no ticket, no gap in the queue
+                insert = jobs.insert().returning(*jobs.c)
+            row = (await conn.execute(insert, values)).one()
             if new.failed_with is not None and self.policy.refund_content_blocks:
                 refunded = await ledger.refund(
                     self.database,
@@ -260,7 +266,13 @@ class JobStore:
         return Job.from_row(row) if row else None
 
     async def queue_position(self, job: Job) -> int:
-        """1 for the next job a worker of its model will claim, 2 behind it, and so on."""
+        """1 for the next job a worker of its model will claim, 2 behind it, and so on.
+
+        From the job's ticket and its queue's head: one index seek (see `tickets` for how far
+        it can be off). A job queued before tickets existed is counted the old way."""
+        if job.ticket is not None:
+            head = await self._first(self._hot.queue_head, {"served_by": job.served_by})
+            return tickets.position(job.ticket, head[0] if head is not None else None)
         params = {"served_by": job.served_by, "created_at": job.created_at, "job_id": job.id}
         row = await self._first(self._hot.queue_ahead, params)
         assert row is not None
@@ -382,6 +394,7 @@ class JobStore:
         return await self._finish(
             lease,
             status=Status.QUEUED.value,
+            ticket=tickets.requeued(),
             attempt=jobs.c.attempt - 1,
             lease_token=None,
             lease_expires_at=None,
@@ -506,6 +519,7 @@ class JobStore:
                     .where(lost, jobs.c.attempt < jobs.c.max_attempts)
                     .values(
                         status=Status.QUEUED.value,
+                        ticket=tickets.requeued(),
                         lease_token=None,
                         lease_expires_at=None,
                         worker_id=None,

@@ -1,0 +1,121 @@
+"""`queue_position` in the v2 status stays exact while jobs are queued and drained in order.
+
+The server has no worker; a second process-side `JobStore` on the same database claims, as a
+worker does, so the queue moves exactly when the test says. Runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+from videoserve.jobs.records import Lease
+from videoserve.jobs.store import JobStore
+
+
+class Claimer:
+    """A worker's side of the store, driven step by step from a synchronous test."""
+
+    def __init__(self, url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self.store = self._run(self._open(url))
+
+    async def _open(self, url: str) -> JobStore:
+        store = JobStore.open(url)
+        await store.start()
+        return store
+
+    def _run(self, coro):  # type: ignore[no-untyped-def]
+        return self._loop.run_until_complete(coro)
+
+    def claim(self) -> Lease:
+        claimed = self._run(self.store.claim("test-worker", None, 60))
+        assert claimed is not None
+        return claimed[1]
+
+    def release(self, lease: Lease) -> None:
+        assert self._run(self.store.release(lease))
+
+    def close(self) -> None:
+        self._run(self.store.close())
+        self._loop.close()
+
+
+@pytest.fixture
+def queue(make_server) -> Iterator[tuple[LiveServer, Claimer]]:
+    server = make_server(embedded_worker=False)
+    claimer = Claimer(server.settings.resolved_database_url())
+    yield server, claimer
+    claimer.close()
+
+
+def submit(server: LiveServer, n: int) -> list[str]:
+    headers = {"x-api-key": server.api_key}
+    return [
+        httpx.post(
+            f"{server.url}/v2/tiny-t2v", json={"prompt": f"job {i}"}, headers=headers
+        ).json()["request_id"]
+        for i in range(n)
+    ]
+
+
+def positions(server: LiveServer, ids: list[str]) -> list[int | None]:
+    headers = {"x-api-key": server.api_key}
+    bodies = [
+        httpx.get(f"{server.url}/v2/requests/{i}/status", headers=headers).json() for i in ids
+    ]
+    return [b.get("queue_position") if b["status"] == "QUEUED" else None for b in bodies]
+
+
+def test_exact_while_appended_and_drained_in_order(queue) -> None:
+    server, claimer = queue
+    waiting = submit(server, 5)
+    assert positions(server, waiting) == [1, 2, 3, 4, 5]
+    for _ in range(2):
+        claimer.claim()
+        waiting.pop(0)
+        assert positions(server, waiting) == list(range(1, len(waiting) + 1))
+    waiting += submit(server, 3)  # appended while draining
+    assert positions(server, waiting) == [1, 2, 3, 4, 5, 6]
+    while waiting:
+        claimer.claim()
+        waiting.pop(0)
+        assert positions(server, waiting) == list(range(1, len(waiting) + 1))
+    # An empty queue starts again at 1.
+    assert positions(server, submit(server, 2)) == [1, 2]
+
+
+def test_a_job_handed_back_goes_first(queue) -> None:
+    server, claimer = queue
+    first, *rest = submit(server, 4)
+    lease = claimer.claim()
+    assert positions(server, rest) == [1, 2, 3]
+    claimer.release(lease)  # a draining worker hands it back: the claim takes it next
+    assert positions(server, [first, *rest]) == [1, 2, 3, 4]
+    claimer.claim()
+    assert positions(server, rest) == [1, 2, 3]
+
+
+def test_cancelling_the_head_moves_everyone_up(queue) -> None:
+    server, _ = queue
+    head, *rest = submit(server, 4)
+    headers = {"x-api-key": server.api_key}
+    cancelled = httpx.post(f"{server.url}/v2/requests/{head}/cancel", headers=headers)
+    assert cancelled.status_code == 200
+    assert positions(server, rest) == [1, 2, 3]
+
+
+def test_cancelling_in_the_middle_overstates_by_at_most_the_gap(queue) -> None:
+    # Documented in docs/api.md: the jobs behind a gap read one too many until the head
+    # passes it; never fewer than the jobs really ahead.
+    server, claimer = queue
+    ids = submit(server, 4)
+    headers = {"x-api-key": server.api_key}
+    assert httpx.post(f"{server.url}/v2/requests/{ids[1]}/cancel", headers=headers).is_success
+    assert positions(server, [ids[0], ids[2], ids[3]]) == [1, 3, 4]
+    claimer.claim()  # the head passes the gap: exact again
+    assert positions(server, [ids[2], ids[3]]) == [1, 2]
