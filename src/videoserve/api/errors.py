@@ -7,6 +7,7 @@ answered 500 without internals.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,7 +45,21 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-def install(app: FastAPI) -> None:
+EnvelopeFor = Callable[[Request, Exception], JSONResponse]
+
+
+def install(app: FastAPI, *, dialects: Mapping[str, EnvelopeFor] | None = None) -> None:
+    """Map exceptions to answers; `dialects` maps a path prefix to its own error envelope
+    (OpenAI's under `/v1/videos`), used for unknown routes and wrong methods there too."""
+    dialects = dict(dialects or {})
+
+    def dialect_of(request: Request) -> EnvelopeFor | None:
+        path = request.url.path
+        for prefix, envelope in dialects.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return envelope
+        return None
+
     @app.exception_handler(errors.VideoserveError)
     async def _domain(request: Request, exc: errors.VideoserveError) -> JSONResponse:
         status = status_for(exc)
@@ -70,11 +85,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "error"
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404 and message == "Not Found":
             message = f"not found: {request.method} {request.url.path}"
         elif exc.status_code == 405:
+            allowed = (headers or {}).get("Allow", "")
             message = f"method {request.method} not allowed on {request.url.path}"
-        return error_response(exc.status_code, message, getattr(exc, "headers", None))
+            if allowed:
+                message += f"; allowed: {allowed}"
+        envelope = dialect_of(request)
+        if envelope is not None:
+            return envelope(request, StarletteHTTPException(exc.status_code, message, headers))
+        return error_response(exc.status_code, message, headers)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)

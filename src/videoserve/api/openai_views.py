@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from videoserve import errors
 from videoserve.api.errors import status_for
+from videoserve.jobs.inputs import JobInputs
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
 from videoserve.worker.runner import CANCELLED_ERROR
@@ -61,10 +62,20 @@ def failure_code(error: str | None) -> str:
     return "video_generation_failed"
 
 
-def video(job: Job, *, remixed_from: str | None = None) -> dict[str, Any]:
-    """The `video` object for a job, whichever dialect submitted it."""
+def video(
+    job: Job, *, remixed_from: str | None = None, inputs: JobInputs | None = None
+) -> dict[str, Any]:
+    """The `video` object for a job, whichever dialect submitted it.
+
+    An extension's `seconds` is the stitched total (source plus what it adds), an edit's the
+    source's, as OpenAI documents; a completed one reports what the file really holds.
+    """
     params = job.params
     duration = params.get("duration")
+    if inputs is not None and duration is not None:
+        duration = _seconds(inputs.total_seconds(float(duration)))
+    if inputs is not None and job.result and job.result.get("seconds") is not None:
+        duration = _seconds(float(job.result["seconds"]))
     progress = {Status.QUEUED: 0, Status.COMPLETED: 100}.get(job.status, job.progress)
     body: dict[str, Any] = {
         "id": job.id,
@@ -84,6 +95,12 @@ def video(job: Job, *, remixed_from: str | None = None) -> dict[str, Any]:
     if job.status == Status.FAILED:
         body["error"] = {"code": failure_code(job.error), "message": job.error or "failed"}
     return body
+
+
+def _seconds(value: float) -> str:
+    """`12`, not `12.0`; a fraction only where there is one (`8.5`)."""
+    rounded = round(value, 2)
+    return str(int(rounded)) if rounded.is_integer() else f"{rounded:g}"
 
 
 def page(videos: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:

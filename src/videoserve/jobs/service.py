@@ -11,10 +11,20 @@ import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from videoserve import errors
 from videoserve.jobs import ledger
+from videoserve.jobs.inputs import (
+    InputKind,
+    JobInput,
+    JobInputs,
+    PendingInput,
+    is_manifest,
+    manifest_key,
+)
 from videoserve.jobs.keys import ANONYMOUS
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status, is_terminal
@@ -24,7 +34,7 @@ from videoserve.models.params import validate_params
 from videoserve.models.registry import ModelRegistry
 from videoserve.moderation import Moderator
 from videoserve.settings import Settings
-from videoserve.storage.base import BlobStore
+from videoserve.storage.base import BlobNotFound, BlobStore
 
 log = logging.getLogger("videoserve.jobs")
 
@@ -77,9 +87,13 @@ class JobService:
         *,
         idempotency_key: str | None = None,
         webhook_url: str | None = None,
+        inputs: JobInputs | None = None,
+        files: Sequence[PendingInput] = (),
     ) -> Job:
         """Validate, moderate, charge and durably queue a request; returns the stored job.
 
+        `inputs` (an edit, an extension, characters) with its `files` are stored under the
+        job's prefix before the job is, and the job's `input_key` names their manifest.
         `InsufficientCredits` when the key cannot pay the price: nothing is stored."""
         resolved = self.registry.resolve(model)
         params = validate_params(resolved.schema, raw_params)
@@ -101,6 +115,8 @@ class JobService:
         if reference is not None and blocked is None:
             input_key = input_blob_key(job_id)
             await self.blobs.put_bytes(input_key, reference.png, "image/png")
+        if inputs is not None and blocked is None:
+            input_key = await self._store_inputs(job_id, inputs, files, input_key)
         price = self.price(key, resolved.served_by, params.duration)
         stored_params = params.model_dump(exclude_none=True)
         if params.input_reference is not None and params.input_reference.startswith("data:"):
@@ -140,6 +156,37 @@ class JobService:
         if blocked:
             log.info("request %s blocked: %s", job.id, blocked)
         return job
+
+    async def _store_inputs(
+        self,
+        job_id: str,
+        inputs: JobInputs,
+        files: Sequence[PendingInput],
+        image_key: str | None,
+    ) -> str:
+        """Store the input files and their manifest under the job's prefix; the manifest key."""
+        prefix = job_blob_prefix(job_id)
+        stored = list(inputs.inputs)
+        if image_key is not None:
+            stored.append(JobInput(InputKind.IMAGE, image_key, "image/png"))
+        for pending in files:
+            key = f"{prefix}inputs/{pending.name}"
+            await self.blobs.put_bytes(key, pending.data, pending.content_type)
+            stored.append(JobInput(pending.kind, key, pending.content_type, pending.character_id))
+        manifest = replace(inputs, inputs=tuple(stored))
+        key = manifest_key(prefix)
+        await self.blobs.put_bytes(key, manifest.to_json(), "application/json")
+        return key
+
+    async def inputs_of(self, job: Job) -> JobInputs | None:
+        """A job's input manifest; None for a plain job (no inputs or only an image)."""
+        if not is_manifest(job.input_key):
+            return None
+        assert job.input_key is not None
+        try:
+            return JobInputs.from_json(await self.blobs.get_bytes(job.input_key))
+        except BlobNotFound:
+            return None
 
     def price(self, key: ApiKey, model: str, seconds: float) -> ledger.Charge | None:
         """What a request costs: the serving model's price per second times the duration.

@@ -25,17 +25,20 @@ from typing import Any
 from PIL import Image
 
 from videoserve import errors
+from videoserve.jobs.inputs import JobInputs, is_manifest
 from videoserve.jobs.records import Job, Lease
 from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.store import JobStore
 from videoserve.jobs.workers import WorkerRegistry, WorkerState
 from videoserve.media.encode import encode_mp4, write_thumbnail
 from videoserve.media.probe import VideoInfo
+from videoserve.media.video_input import video_limits
 from videoserve.models.backends.base import Cancelled
 from videoserve.models.registry import ModelRegistry
 from videoserve.observability import logs
 from videoserve.settings import Settings
 from videoserve.storage.base import BlobStore
+from videoserve.worker import operations
 
 log = logging.getLogger("videoserve.worker")
 
@@ -232,7 +235,8 @@ class Worker:
                 f"model '{job.served_by}' is unavailable: {availability.reason}"
             )
         image = None
-        if job.input_key:
+        operation = await self._operation(job)
+        if job.input_key and operation is None:
             image = Image.open(io.BytesIO(await self.blobs.get_bytes(job.input_key))).convert("RGB")
         params = self.registry.resolve(job.model).schema.model_validate(
             job.params | _image_param(job)
@@ -246,7 +250,10 @@ class Worker:
         def generate():  # type: ignore[no-untyped-def]
             resolved.load()
             begun = time.perf_counter()
-            video = resolved.generate(params, image, on_progress, signals.stop.is_set)
+            if operation is not None:
+                video = operation.run(resolved, params, on_progress, signals.stop.is_set)
+            else:
+                video = resolved.generate(params, image, on_progress, signals.stop.is_set)
             return video, time.perf_counter() - begun
 
         video, inference_time = await asyncio.to_thread(generate)
@@ -278,6 +285,14 @@ class Worker:
             "inference_time": round(inference_time, 4),
             "encode_time": round(encode_time, 4),
         }
+
+    async def _operation(self, job: Job) -> operations.SourceOperation | None:
+        """An edit or an extension, with its source video decoded; None for a plain job."""
+        if not is_manifest(job.input_key):
+            return None
+        assert job.input_key is not None
+        inputs = JobInputs.from_json(await self.blobs.get_bytes(job.input_key))
+        return await operations.load(inputs, self.blobs, video_limits(self.settings))
 
     async def _report(self, lease: Lease, signals: _Signals) -> None:
         """Heartbeat every third of a lease, and write progress as it changes (throttled)."""

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
@@ -33,6 +34,7 @@ from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.states import Status, is_terminal
 from videoserve.media.spritesheet import build_spritesheet
 from videoserve.runtime import Runtime
+from videoserve.settings import Settings
 from videoserve.storage.base import BlobNotFound
 
 log = logging.getLogger("videoserve.api")
@@ -118,7 +120,7 @@ async def _create_params(request: Request, runtime: Runtime) -> tuple[str, dict[
     raw.setdefault("size", DEFAULT_SIZE)
     if raw.get(REFERENCE) is None:
         raw.pop(REFERENCE, None)
-    return _served_name(runtime, model), raw
+    return served_name(runtime, model), raw
 
 
 async def _form_fields(request: Request, runtime: Runtime) -> dict[str, Any]:
@@ -171,7 +173,7 @@ def _reference_object(reference: dict[str, Any]) -> str:
     )
 
 
-def _served_name(runtime: Runtime, model: str) -> str:
+def served_name(runtime: Runtime, model: str) -> str:
     """`sora-2` is OpenAI's default model; it runs as `sora-2-pro` unless configured itself."""
     if model == DEFAULT_MODEL and model not in runtime.registry.names():
         return SORA_2_PRO
@@ -192,11 +194,12 @@ def _in_openai_terms(exc: errors.InvalidRequest) -> errors.InvalidRequest:
 @router.get("/{video_id}", summary="Retrieve a video's status and metadata")
 async def retrieve(video_id: str, runtime: RuntimeDep, key: KeyDep) -> JSONResponse:
     job = await runtime.service.get(key, video_id)
-    body = openai_views.video(job, remixed_from=await _remixed_from(runtime, job.id))
+    inputs = await runtime.service.inputs_of(job)
+    body = openai_views.video(job, remixed_from=await _remixed_from(runtime, job.id), inputs=inputs)
     headers = {}
     if not is_terminal(job.status):
         # The SDK's poll() waits this long between retrieves.
-        headers["openai-poll-after-ms"] = str(_poll_after_ms(runtime))
+        headers["openai-poll-after-ms"] = str(poll_after_ms(job, runtime.settings))
     return JSONResponse(body, headers=headers)
 
 
@@ -216,8 +219,10 @@ async def list_videos(
         order=order,
     )
     sources = await asyncio.gather(*(_remixed_from(runtime, job.id) for job in jobs))
+    manifests = await asyncio.gather(*(runtime.service.inputs_of(job) for job in jobs))
     videos = [
-        openai_views.video(job, remixed_from=src) for job, src in zip(jobs, sources, strict=True)
+        openai_views.video(job, remixed_from=src, inputs=inputs)
+        for job, src, inputs in zip(jobs, sources, manifests, strict=True)
     ]
     return openai_views.page(videos, has_more)
 
@@ -239,9 +244,28 @@ async def delete(video_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, A
     return openai_views.deleted(job.id)
 
 
-def _poll_after_ms(runtime: Runtime) -> int:
-    # As often as the server itself re-checks a job: sooner would only read the same row.
-    return max(100, min(2000, round(runtime.settings.poll_interval_seconds * 1000)))
+POLL_FLOOR_MS = 250  # below this a poll costs more than it could tell
+POLL_CEILING_MS = 5000
+
+
+def poll_after_ms(job: Job, settings: Settings, now: float | None = None) -> int:
+    """When to poll again, from the job's state; never below the floor.
+
+    Queued: nothing changes until a worker claims it, so twice the server's own re-check
+    interval. In progress: a quarter of the time the job's progress so far says is left
+    (elapsed / progress x what remains), so a long job is polled rarely and one about to
+    finish soon. Never sooner than the server itself re-checks a job, nor the floor.
+    """
+    interval_ms = settings.poll_interval_seconds * 1000
+    floor = max(POLL_FLOOR_MS, interval_ms)
+    if job.status == Status.QUEUED:
+        wanted = 2 * floor
+    else:
+        started = job.started_at or job.created_at
+        elapsed_ms = max(0.0, ((now or time.time()) - started) * 1000)
+        progress = max(1, min(job.progress, 99))
+        wanted = elapsed_ms / progress * (100 - progress) / 4
+    return round(max(floor, min(POLL_CEILING_MS, wanted)))
 
 
 # --- content -----------------------------------------------------------------------------------
