@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 
+from videoserve.jobs.characters import Characters
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.service import JobService
 from videoserve.jobs.store import JobStore, Policy
@@ -61,6 +62,7 @@ class Runtime:
             self.blobs,
             moderator or BlocklistModerator(settings.blocklist),
         )
+        self.characters = Characters(settings, self.store, self.blobs)
         self.maintenance = Maintenance(settings, self.store, self.blobs)
         self.webhooks = WebhookDispatcher(
             settings, self.store, blobs=self.blobs, signer=self.signer

@@ -220,3 +220,87 @@ def test_unknown_routes_and_wrong_methods_answer_in_the_envelope(server: LiveSer
     with pytest.raises(openai.NotFoundError) as caught:
         sdk(server).get("/videos/abc/frames", cast_to=httpx.Response)
     assert "not found: GET /v1/videos/abc/frames" in caught.value.message
+
+
+# --- characters ------------------------------------------------------------------------------
+
+
+def test_create_get_list_and_delete_a_character(
+    make_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    server = make_server(embedded_worker=False)
+    client = sdk(server)
+    created = client.videos.create_character(
+        name="Mara", video=("mara.mp4", clip_bytes(tmp_path), "video/mp4")
+    )
+    assert created.id.startswith("char_") and created.name == "Mara"
+    got = client.videos.get_character(created.id)
+    assert (got.id, got.name, got.created_at) == (created.id, "Mara", created.created_at)
+    raw = httpx.get(
+        f"{server.url}/v1/videos/characters/{created.id}",
+        headers={"Authorization": f"Bearer {server.api_key}"},
+        timeout=10,
+    ).json()
+    assert {"id", "object", "created_at", "name"} <= set(raw) and raw["object"] == "character"
+    frames = sorted((server.data_dir / "blobs" / "characters" / created.id).glob("*.png"))
+    assert len(frames) == 4  # reference frames taken from the clip
+
+    listed = client.get("/videos/characters", cast_to=httpx.Response).json()
+    assert [c["id"] for c in listed["data"]] == [created.id]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.videos.create_character(
+            name="Mara", video=("again.mp4", clip_bytes(tmp_path), "video/mp4")
+        )
+    assert "already have a character named 'Mara'" in caught.value.message
+
+    deleted = client.delete(f"/videos/characters/{created.id}", cast_to=httpx.Response)
+    assert deleted.json()["deleted"] is True
+    with pytest.raises(openai.NotFoundError):
+        client.videos.get_character(created.id)
+    assert not any((server.data_dir / "blobs" / "characters" / created.id).glob("*"))
+
+
+def test_another_keys_character_is_a_404(
+    make_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    server = make_server(embedded_worker=False)
+    created = sdk(server).videos.create_character(
+        name="Mara", video=("mara.mp4", clip_bytes(tmp_path), "video/mp4")
+    )
+    stranger = sdk(server, server.create_key("stranger"))
+    with pytest.raises(openai.NotFoundError) as caught:
+        stranger.videos.get_character(created.id)
+    assert created.id in caught.value.message
+    # Nor can a stranger use it: its id is a 404 there too.
+    with pytest.raises(openai.NotFoundError):
+        stranger.videos.create(prompt=PROMPT, extra_body={"characters": [created.id]})
+
+
+def test_characters_on_a_model_without_reference_images_are_a_400(
+    make_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    server = make_server(embedded_worker=False)
+    client = sdk(server)
+    client.videos.create_character(
+        name="Mara", video=("mara.mp4", clip_bytes(tmp_path), "video/mp4")
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.videos.create(prompt="@Mara walks along the shore")
+    message = caught.value.message
+    assert "model 'sora-2-pro' does not take reference images" in message and "Mara" in message
+    # A mention of no character of yours, or an e-mail address, is ordinary text.
+    assert client.videos.create(prompt="mail me@example.com about @Nobody").status == "queued"
+
+
+def test_bad_character_names_and_sources(
+    make_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    client = sdk(make_server(embedded_worker=False))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.videos.create_character(
+            name="two words", video=("m.mp4", clip_bytes(tmp_path), "video/mp4")
+        )
+    assert caught.value.body["param"] == "name"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.videos.create_character(name="Mara", video=("m.png", b"\x89PNG....", "image/png"))
+    assert "not a video file" in caught.value.message

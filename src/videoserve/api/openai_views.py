@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from videoserve import errors
 from videoserve.api.errors import status_for
+from videoserve.jobs.characters import Character
 from videoserve.jobs.inputs import JobInputs
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
@@ -101,6 +102,17 @@ def _seconds(value: float) -> str:
     """`12`, not `12.0`; a fraction only where there is one (`8.5`)."""
     rounded = round(value, 2)
     return str(int(rounded)) if rounded.is_integer() else f"{rounded:g}"
+
+
+def character(record: Character) -> dict[str, Any]:
+    """A character as `client.videos.get_character` reads it."""
+    return {
+        "id": record.id,
+        "object": "character",
+        "created_at": int(record.created_at),
+        "name": record.name,
+        "expires_at": int(record.expires_at),
+    }
 
 
 def page(videos: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:

@@ -101,6 +101,21 @@ credit_ledger = sa.Table(
 )
 sa.Index("ix_credit_ledger_key", credit_ledger.c.api_key_id, credit_ledger.c.created_at)
 
+# Added by migration 5: a caller's characters (reference frames taken from a video), per key,
+# kept for their own retention. The frames are blobs under `characters/<id>/`.
+characters = sa.Table(
+    "characters",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # char_...
+    sa.Column("api_key_id", sa.String(40), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),  # what `@Name` in a prompt refers to
+    sa.Column("frame_keys", sa.JSON, nullable=False),  # blob keys of the reference frames
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("api_key_id", "name", name="uq_characters_key_name"),
+)
+sa.Index("ix_characters_expires", characters.c.expires_at)
+
 _ADDED_AFTER_V1 = {"webhook_url", "cost"}
 _KEY_COLUMNS_AFTER_V1 = {"balance", "unlimited"}
 _V1_INDEXES = {"ix_jobs_queue", "ix_jobs_expires", "ix_jobs_lease", "ix_jobs_key_created"}
@@ -139,6 +154,10 @@ def _v4_credits(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v5_characters(conn: Connection) -> None:
+    characters.create(conn, checkfirst=True)  # with its index
+
+
 def _v1_initial(conn: Connection) -> None:
     # The tables as version 1 had them: later columns arrive through their own migrations.
     sa.Table(
@@ -164,6 +183,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (2, _v2_webhooks),
     (3, _v3_workers),
     (4, _v4_credits),
+    (5, _v5_characters),
 ]
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from videoserve import errors
+from videoserve.jobs.characters import Characters, frames_of
 from videoserve.jobs.inputs import InputKind, JobInputs, Operation, PendingInput
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.service import JobService
@@ -144,6 +145,38 @@ class VideoOperations:
             strength=strength,
         )
         return await self._submit(key, model, raw, inputs, source, idempotency_key)
+
+    async def characters(
+        self,
+        key: ApiKey,
+        characters: Characters,
+        model: str,
+        ids: list[str],
+        prompt: Any,
+    ) -> tuple[JobInputs, list[PendingInput]] | None:
+        """The inputs for the characters a create uses (ids and `@Name`s); None if none.
+
+        A model without reference images refuses them, naming itself.
+        """
+        used = await characters.resolve(key, ids, prompt if isinstance(prompt, str) else "")
+        if not used:
+            return None
+        backend = self.service.registry.resolve(model).backend
+        capabilities = getattr(backend, "capabilities", None)
+        if capabilities is None or not capabilities.reference_images:
+            names = ", ".join(c.name for c in used)
+            raise errors.InvalidRequest(
+                f"characters: model '{model}' does not take reference images, so it cannot "
+                f"use characters ({names}); use a model with reference images (Wan VACE)",
+                param="characters",
+            )
+        files = [
+            PendingInput(InputKind.REFERENCE, f"{c.id}-{n}.png", png, "image/png", c.id)
+            for c in used
+            for n, png in enumerate(await frames_of(self.service.blobs, c))
+        ]
+        inputs = JobInputs(Operation.GENERATE, characters=tuple(c.id for c in used))
+        return inputs, files
 
     async def _submit(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from videoserve.jobs.characters import Characters
 from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.store import JobStore
 from videoserve.settings import Settings
@@ -36,6 +37,9 @@ class Maintenance:
             deleted += await self.store.delete([job.id for job in batch])
         if deleted:
             log.info("retention: deleted %d expired requests", deleted)
+        characters = await Characters(self.settings, self.store, self.blobs).sweep()
+        if characters:
+            log.info("retention: deleted %d expired characters", characters)
         return deleted
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from PIL import Image
 
 from videoserve import errors
-from videoserve.jobs.inputs import JobInputs, is_manifest
+from videoserve.jobs.inputs import InputKind, JobInputs, is_manifest
 from videoserve.jobs.records import Job, Lease
 from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.store import JobStore
@@ -235,9 +235,13 @@ class Worker:
                 f"model '{job.served_by}' is unavailable: {availability.reason}"
             )
         image = None
-        operation = await self._operation(job)
-        if job.input_key and operation is None:
-            image = Image.open(io.BytesIO(await self.blobs.get_bytes(job.input_key))).convert("RGB")
+        inputs = await self._inputs(job)
+        image_key = job.input_key if inputs is None else _image_key(job, inputs)
+        operation = None
+        if inputs is not None:
+            operation = await operations.load(inputs, self.blobs, video_limits(self.settings))
+        if image_key and operation is None:
+            image = Image.open(io.BytesIO(await self.blobs.get_bytes(image_key))).convert("RGB")
         params = self.registry.resolve(job.model).schema.model_validate(
             job.params | _image_param(job)
         )
@@ -286,13 +290,12 @@ class Worker:
             "encode_time": round(encode_time, 4),
         }
 
-    async def _operation(self, job: Job) -> operations.SourceOperation | None:
-        """An edit or an extension, with its source video decoded; None for a plain job."""
+    async def _inputs(self, job: Job) -> JobInputs | None:
+        """The job's input manifest (edits, extensions, characters); None for a plain job."""
         if not is_manifest(job.input_key):
             return None
         assert job.input_key is not None
-        inputs = JobInputs.from_json(await self.blobs.get_bytes(job.input_key))
-        return await operations.load(inputs, self.blobs, video_limits(self.settings))
+        return JobInputs.from_json(await self.blobs.get_bytes(job.input_key))
 
     async def _report(self, lease: Lease, signals: _Signals) -> None:
         """Heartbeat every third of a lease, and write progress as it changes (throttled)."""
@@ -337,6 +340,18 @@ def _attempt_prefix(lease: Lease) -> str:
 def _image_param(job: Job) -> dict[str, Any]:
     # The stored params hold a note in place of a data URI; the image is in blob storage.
     return {"input_reference": None} if job.input_key else {}
+
+
+def _image_key(job: Job, inputs: JobInputs) -> str | None:
+    """A manifest's image input; reference frames reach only a model that takes them."""
+    if inputs.of_kind(InputKind.REFERENCE):
+        # Refused at submit for every model without reference images; this backend
+        # protocol's generate() has no place for them yet (GenerationInputs will).
+        raise errors.InvalidRequest(
+            f"model '{job.served_by}' does not take reference images (characters)"
+        )
+    image = inputs.first(InputKind.IMAGE)
+    return image.key if image else None
 
 
 def _failure_message(exc: BaseException) -> str:

@@ -32,6 +32,7 @@ from videoserve.jobs import listing
 from videoserve.jobs.records import Job
 from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.states import Status, is_terminal
+from videoserve.jobs.video_ops import VideoOperations
 from videoserve.media.spritesheet import build_spritesheet
 from videoserve.runtime import Runtime
 from videoserve.settings import Settings
@@ -47,6 +48,7 @@ DEFAULT_SECONDS = "4"
 DEFAULT_SIZE = "720x1280"
 SORA_2_PRO = "sora-2-pro"
 REFERENCE = "input_reference"
+CHARACTERS = "characters"
 
 Variant = Literal["video", "thumbnail", "spritesheet"]
 
@@ -90,11 +92,34 @@ async def create(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     model, raw = await _create_params(request, runtime)
+    character_ids = _character_ids(raw.pop(CHARACTERS, None))
     try:
-        job = await runtime.service.submit(key, model, raw, idempotency_key=idempotency_key)
+        used = await VideoOperations(runtime.service).characters(
+            key, runtime.characters, model, character_ids, raw.get("prompt")
+        )
+        if used is not None:
+            inputs, files = used
+            job = await runtime.service.submit(
+                key, model, raw, idempotency_key=idempotency_key, inputs=inputs, files=files
+            )
+        else:
+            job = await runtime.service.submit(key, model, raw, idempotency_key=idempotency_key)
     except errors.InvalidRequest as exc:
         raise _in_openai_terms(exc) from None
     return openai_views.video(job)
+
+
+def _character_ids(value: Any) -> list[str]:
+    """The `characters` extra: a list of ids (JSON), or repeated form fields."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise errors.InvalidRequest(
+            f"{CHARACTERS}: must be a list of character ids", param=CHARACTERS
+        )
+    return list(dict.fromkeys(value))
 
 
 async def _create_params(request: Request, runtime: Runtime) -> tuple[str, dict[str, Any]]:
@@ -137,6 +162,8 @@ async def _form_fields(request: Request, runtime: Runtime) -> dict[str, Any]:
                 reference[name[len(REFERENCE) + 1 : -1]] = value
             elif isinstance(value, UploadFile):
                 raise errors.InvalidRequest(f"{name}: a file is accepted only as {REFERENCE}")
+            elif name in (CHARACTERS, CHARACTERS + "[]"):
+                fields.setdefault(CHARACTERS, []).append(value)
             else:
                 fields[name] = value
     if reference:

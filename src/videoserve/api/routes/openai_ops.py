@@ -162,3 +162,38 @@ async def _form_request(request: Request, runtime: Runtime) -> tuple[dict[str, A
             else:
                 fields[name] = value
     return fields, ref
+
+
+# --- characters ------------------------------------------------------------------------------
+
+
+@router.post(
+    "/characters",
+    openapi_extra=_body_doc(["name", PARAM], {"name": {"type": "string"}}),
+    summary="Create a character: reference frames taken from a video, under a name",
+)
+async def create_character(request: Request, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
+    fields, ref = await source_request(request, runtime)
+    if ref.video_id is not None:
+        raise errors.InvalidRequest(
+            f"{PARAM}: a character is made from an uploaded video file", param=PARAM
+        )
+    character = await runtime.characters.create(key, fields.get("name"), ref.upload)
+    return openai_views.character(character)
+
+
+@router.get("/characters", summary="List your characters, newest first")
+async def list_characters(runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
+    characters = [openai_views.character(c) for c in await runtime.characters.list(key)]
+    return openai_views.page(characters, has_more=False)
+
+
+@router.get("/characters/{character_id}", summary="Retrieve a character")
+async def get_character(character_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
+    return openai_views.character(await runtime.characters.get(key, character_id))
+
+
+@router.delete("/characters/{character_id}", summary="Delete a character and its frames")
+async def delete_character(character_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
+    character = await runtime.characters.delete(key, character_id)
+    return {"id": character.id, "object": "character.deleted", "deleted": True}
