@@ -49,6 +49,14 @@ def request_hash(model: str, raw: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _hashed(raw: Any, inputs: JobInputs | None, files: Sequence[PendingInput]) -> Any:
+    """What an Idempotency-Key must match: the params, plus the operation and input files."""
+    if inputs is None:
+        return raw
+    digests = [hashlib.sha256(f.data).hexdigest() for f in files]
+    return {"params": raw, "operation": inputs.operation.value, "files": digests}
+
+
 def input_blob_key(job_id: str) -> str:
     return job_blob_prefix(job_id) + "input.png"
 
@@ -133,7 +141,11 @@ class JobService:
                     max_attempts=self.settings.max_attempts,
                     input_key=input_key,
                     idempotency_key=idempotency_key,
-                    request_hash=request_hash(model, raw_params) if idempotency_key else None,
+                    request_hash=(
+                        request_hash(model, _hashed(raw_params, inputs, files))
+                        if idempotency_key
+                        else None
+                    ),
                     failed_with=blocked,
                     retention_seconds=self.settings.retention_seconds,
                     webhook_url=webhook_url,
