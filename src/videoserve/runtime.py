@@ -14,6 +14,7 @@ from videoserve.jobs.characters import Characters
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.service import JobService
 from videoserve.jobs.store import JobStore, Policy
+from videoserve.jobs.video_ops import VideoOperations
 from videoserve.models.registry import ModelRegistry
 from videoserve.moderation import BlocklistModerator, Moderator
 from videoserve.observability.metrics import Metrics, models_of
@@ -63,6 +64,7 @@ class Runtime:
             moderator or BlocklistModerator(settings.blocklist),
         )
         self.characters = Characters(settings, self.store, self.blobs)
+        self.video_ops = VideoOperations(self.service)
         self.maintenance = Maintenance(settings, self.store, self.blobs)
         self.webhooks = WebhookDispatcher(
             settings, self.store, blobs=self.blobs, signer=self.signer

@@ -93,6 +93,12 @@ def test_extend_by_id_as_litellm_sends_it(server: LiveServer) -> None:
     assert seconds == pytest.approx(8.0)
     assert size == decode(client.videos.download_content(source.id).content)[2]
 
+    # A remix of an extension extends the same source again, with the new prompt.
+    remix = client.videos.remix(video.id, prompt="the same, in fog")
+    assert (remix.seconds, remix.remixed_from_video_id) == ("8", video.id)
+    remixed = wait_completed(client, remix.id)
+    assert decode(client.videos.download_content(remixed.id).content)[1] == pytest.approx(8.0)
+
 
 def test_another_keys_source_video_is_a_404(server: LiveServer) -> None:
     owner = sdk(server)
@@ -164,6 +170,15 @@ def test_edit_strength_is_checked(server: LiveServer, tmp_path: Path) -> None:
             extra_body={"strength": "1.5"},
         )
     assert "strength: must be above 0 and at most 1" in caught.value.message
+    # The source decides the size and timing: setting them is refused, not ignored.
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(server).videos.extend(
+            prompt=PROMPT,
+            seconds="4",
+            video=("clip.mp4", clip_bytes(tmp_path), "video/mp4"),
+            extra_body={"size": "1280x720"},
+        )
+    assert caught.value.body["param"] == "size"
 
 
 # --- models that cannot ----------------------------------------------------------------------

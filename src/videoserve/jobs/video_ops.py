@@ -10,7 +10,7 @@ input manifest says what to do (`jobs.inputs`).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from videoserve import errors
@@ -24,7 +24,9 @@ from videoserve.models.backends import continuation
 from videoserve.storage.base import BlobNotFound
 
 PARAM = "video"
-EXTENSION_SECONDS = ("4", "8", "12")
+# What the source decides for an edit or an extension; a request that sets them is refused
+# rather than silently overridden.
+_FROM_SOURCE = ("size", "duration", "input_reference")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class VideoOperations:
         idempotency_key: str | None = None,
     ) -> tuple[Job, JobInputs]:
         """Queue an extension: `seconds` more of the source, from its last frame."""
+        _refuse_source_fields(extra, "an extension")
         source = await self.source(key, ref)
         model = model or (source.job.model if source.job else None) or default_model
         backend = self.service.registry.resolve(model).backend
@@ -121,6 +124,7 @@ class VideoOperations:
         idempotency_key: str | None = None,
     ) -> tuple[Job, JobInputs]:
         """Queue an edit: video-to-video on the source, same duration and aspect."""
+        _refuse_source_fields(extra, "an edit")
         strength = _strength(strength)
         source = await self.source(key, ref)
         model = model or (source.job.model if source.job else None) or default_model
@@ -178,6 +182,33 @@ class VideoOperations:
         inputs = JobInputs(Operation.GENERATE, characters=tuple(c.id for c in used))
         return inputs, files
 
+    async def remix(
+        self,
+        key: ApiKey,
+        source: Job,
+        inputs: JobInputs,
+        prompt: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """The same edit or extension of the same source, with a new prompt."""
+        files = []
+        for stored in inputs.inputs:
+            data = await self.service.blobs.get_bytes(stored.key)
+            name = stored.key.rsplit("/", 1)[-1]
+            files.append(
+                PendingInput(stored.kind, name, data, stored.content_type, stored.character_id)
+            )
+        raw = {**source.params, "prompt": prompt}
+        return await self.service.submit(
+            key,
+            source.model,
+            raw,
+            idempotency_key=idempotency_key,
+            inputs=replace(inputs, inputs=()),
+            files=files,
+        )
+
     async def _submit(
         self,
         key: ApiKey,
@@ -198,6 +229,14 @@ class VideoOperations:
             files=[PendingInput(InputKind.VIDEO, name, source.data, content_type)],
         )
         return job, inputs
+
+
+def _refuse_source_fields(extra: dict[str, Any], what: str) -> None:
+    for name in _FROM_SOURCE:
+        if name in extra:
+            raise errors.InvalidRequest(
+                f"{name}: {what} takes its size and timing from the source video", param=name
+            )
 
 
 def _strength(value: Any) -> float:

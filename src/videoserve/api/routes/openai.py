@@ -32,7 +32,6 @@ from videoserve.jobs import listing
 from videoserve.jobs.records import Job
 from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.states import Status, is_terminal
-from videoserve.jobs.video_ops import VideoOperations
 from videoserve.media.spritesheet import build_spritesheet
 from videoserve.runtime import Runtime
 from videoserve.settings import Settings
@@ -94,7 +93,7 @@ async def create(
     model, raw = await _create_params(request, runtime)
     character_ids = _character_ids(raw.pop(CHARACTERS, None))
     try:
-        used = await VideoOperations(runtime.service).characters(
+        used = await runtime.video_ops.characters(
             key, runtime.characters, model, character_ids, raw.get("prompt")
         )
         if used is not None:
@@ -393,6 +392,14 @@ async def remix(
         raise errors.InvalidRequest(
             f"video '{source.id}' is {state}: only a completed video can be remixed"
         )
+    inputs = await runtime.service.inputs_of(source)
+    if inputs is not None:
+        # An edit or an extension: the same operation on the same source, a new prompt.
+        job = await runtime.video_ops.remix(
+            key, source, inputs, body.get("prompt"), idempotency_key=idempotency_key
+        )
+        await _mark_remix(runtime, job.id, source.id)
+        return openai_views.video(job, remixed_from=source.id, inputs=inputs)
     # The source's parameters (duration, size, seed...) with the new prompt. A data URI was
     # stored as a note, so the reference image comes from blob storage, as the source used it.
     raw = {k: v for k, v in source.params.items() if k != REFERENCE}
@@ -401,9 +408,13 @@ async def remix(
         png = await runtime.blobs.get_bytes(source.input_key)
         raw[REFERENCE] = "data:image/png;base64," + base64.b64encode(png).decode()
     job = await runtime.service.submit(key, source.model, raw, idempotency_key=idempotency_key)
-    marker = json.dumps({"remixed_from_video_id": source.id}).encode()
-    await runtime.blobs.put_bytes(remix_marker_key(job.id), marker, "application/json")
+    await _mark_remix(runtime, job.id, source.id)
     return openai_views.video(job, remixed_from=source.id)
+
+
+async def _mark_remix(runtime: Runtime, job_id: str, source_id: str) -> None:
+    marker = json.dumps({"remixed_from_video_id": source_id}).encode()
+    await runtime.blobs.put_bytes(remix_marker_key(job_id), marker, "application/json")
 
 
 async def _remixed_from(runtime: Runtime, job_id: str) -> str | None:

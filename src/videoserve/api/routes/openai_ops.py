@@ -18,7 +18,7 @@ from videoserve.api import openai_views
 from videoserve.api.deps import KeyDep, RuntimeDep, json_body
 from videoserve.api.openai_views import OpenAIRoute
 from videoserve.api.routes.openai import DEFAULT_MODEL, served_name
-from videoserve.jobs.video_ops import PARAM, SourceRef, VideoOperations
+from videoserve.jobs.video_ops import PARAM, SourceRef
 from videoserve.runtime import Runtime
 
 router = APIRouter(prefix="/v1/videos", tags=["OpenAI Videos"], route_class=OpenAIRoute)
@@ -77,7 +77,7 @@ async def extend(
 ) -> dict[str, Any]:
     fields, ref = await source_request(request, runtime)
     model = fields.pop("model", None)
-    job, inputs = await _operations(runtime).extend(
+    job, inputs = await runtime.video_ops.extend(
         key,
         served_name(runtime, model) if model else None,
         fields.pop("prompt", None),
@@ -103,7 +103,7 @@ async def edit(
 ) -> dict[str, Any]:
     fields, ref = await source_request(request, runtime)
     model = fields.pop("model", None)
-    job, inputs = await _operations(runtime).edit(
+    job, inputs = await runtime.video_ops.edit(
         key,
         served_name(runtime, model) if model else None,
         fields.pop("prompt", None),
@@ -114,10 +114,6 @@ async def edit(
         idempotency_key=idempotency_key,
     )
     return openai_views.video(job, inputs=inputs)
-
-
-def _operations(runtime: Runtime) -> VideoOperations:
-    return VideoOperations(runtime.service)
 
 
 async def source_request(request: Request, runtime: Runtime) -> tuple[dict[str, Any], SourceRef]:
