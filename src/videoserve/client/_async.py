@@ -282,8 +282,8 @@ class AsyncClient:
         fields: dict[str, Any],
         idempotency_key: str | None,
     ) -> AsyncJob:
-        # One attempt: an upload is not worth re-sending blind, and the key makes a manual
-        # retry of the same call safe.
+        # One attempt: an upload is not worth re-sending blind. Pass `idempotency_key` to
+        # make a retry of the same call safe (the server matches it with the file's digest).
         request = _common.operation_request(video, fields)
         response = await self._http.request(
             "POST",
