@@ -13,6 +13,7 @@ TFLOP/s against its matmul FLOPs counted from the config and the token count.
     python -m bench.gpu_pipeline --cache first_block   # with First Block Cache
     python -m bench.gpu_pipeline --tiny --device cpu   # toy configs: the harness's own test
     python -m bench.gpu_pipeline --batch-cfg off       # ours without Wan's batched CFG
+    python -m bench.gpu_pipeline --plan [--weights DIR] # the prepared matrix (bench/plan.py)
 
 "Plain" is the model cards' recipe: bf16 (the Wan VAE in fp32), `pipe.to(device)`, the default
 attention (PyTorch SDPA), the pipeline's own CFG, MP4 encoding after each video. "Ours" adds the
@@ -466,10 +467,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--plan", action="store_true", help="the prepared matrix (bench/plan.py)")
+    parser.add_argument("--weights", type=Path, default=None, help="--plan: a diffusers folder")
+    parser.add_argument("--plan-skip", default="", help="--plan: skip cases naming these")
     args = parser.parse_args(argv)
 
     import diffusers
     import torch
+
+    if args.plan:
+        from bench import plan
+
+        with _threads(args.threads):
+            report = {
+                "bench": "gpu_pipeline --plan",
+                "device": args.device,
+                "gpu": torch.cuda.get_device_name(args.device) if args.device != "cpu" else None,
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                **plan.run_plan(args, ATTENTION_BACKENDS),
+            }
+        log(report["table"])
+        text = json.dumps(report, indent=2)
+        if args.out:
+            args.out.write_text(text + "\n")
+        print(text)
+        return report
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = sorted(set(names) - set(FULL))

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from videoserve.jobs.records import JobResult
 from videoserve.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("VIDEOSERVE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -30,6 +31,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stored_result(output_key: str = "k") -> JobResult:
+    """A minimal result for store-level tests that finish jobs without a model."""
+    return JobResult(
+        output_key=output_key,
+        thumbnail_key=output_key + ".jpg",
+        served_by="tiny-t2v",
+        width=64,
+        height=64,
+        fps=8.0,
+        frames=17,
+        seconds=2.125,
+    )
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
@@ -123,7 +138,7 @@ def create_key(settings: Settings, name: str, *, admin: bool = False) -> str:
         store = JobStore.open(settings.resolved_database_url())
         try:
             await store.migrate()
-            return (await KeyStore(store).create(name, admin=admin))[1]
+            return (await KeyStore(store.database).create(name, admin=admin))[1]
         finally:
             await store.close()
 
@@ -137,9 +152,17 @@ def start_server(settings: Settings, **app_kwargs: Any) -> LiveServer:
 
     app = create_app(settings, **app_kwargs)
     api_key = create_key(settings, "test") if settings.auth else ""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
+    from videoserve.api.server import uvicorn_options
+
+    # The options `videoserve serve` uses: the slow-client guard and the connection cap.
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        **uvicorn_options(settings),
     )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name=f"server-{settings.port}")
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive(), timeout=60)

@@ -3,9 +3,7 @@
 The public surface is what this module exports; everything else is internal.
 """
 
-# Set before the imports below: the client reads it for its User-Agent.
-__version__ = "0.1.0"
-
+from videoserve._version import __version__
 from videoserve.client import AsyncClient, AsyncJob, Client, Job
 from videoserve.errors import (
     APIError,

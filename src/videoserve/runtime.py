@@ -10,17 +10,22 @@ import asyncio
 import contextlib
 import logging
 
+from videoserve.jobs import characters, schema
+from videoserve.jobs.accounts import AccountService
 from videoserve.jobs.characters import Characters
+from videoserve.jobs.database import Database
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.service import JobService
 from videoserve.jobs.store import JobStore, Policy
 from videoserve.jobs.video_ops import VideoOperations
+from videoserve.jobs.workers import WorkerRegistry
 from videoserve.models.registry import ModelRegistry
 from videoserve.moderation import BlocklistModerator, Moderator
 from videoserve.observability.metrics import Metrics, models_of
 from videoserve.settings import Settings
 from videoserve.storage import open_blob_store
 from videoserve.storage.signing import UrlSigner
+from videoserve.webhooks import tables as webhook_tables
 from videoserve.webhooks.dispatcher import WebhookDispatcher
 from videoserve.worker.maintenance import Maintenance
 from videoserve.worker.runner import Worker
@@ -43,9 +48,14 @@ class Runtime:
             models_of(self.registry.names(), self.registry.served_by),
             multiprocess_dir=settings.prometheus_multiproc_dir,
         )
-        self.store = JobStore.open(
+        # The one database seam, with every package's tables (jobs/ cannot know webhooks/).
+        self.database = Database(
             settings.resolved_database_url(),
             pool_size=settings.database_pool_size,
+            migrations=(schema.MIGRATIONS, characters.MIGRATIONS, webhook_tables.MIGRATIONS),
+        )
+        self.store = JobStore(
+            self.database,
             policy=Policy(
                 max_running_per_key=settings.max_running_per_key,
                 refund_content_blocks=settings.refund_content_blocks,
@@ -53,7 +63,8 @@ class Runtime:
             ),
             observer=self.metrics,
         )
-        self.keys = KeyStore(self.store, cache_seconds=settings.auth_cache_seconds)
+        self.keys = KeyStore(self.database, cache_seconds=settings.auth_cache_seconds)
+        self.workers = WorkerRegistry(self.database)
         self.blobs = open_blob_store(settings.resolved_storage_url(), settings)
         self.signer = UrlSigner(settings.resolved_secret_key())
         self.service = JobService(
@@ -63,9 +74,10 @@ class Runtime:
             self.blobs,
             moderator or BlocklistModerator(settings.blocklist),
         )
-        self.characters = Characters(settings, self.store, self.blobs)
+        self.accounts = AccountService(self.store)
+        self.characters = Characters(settings, self.database, self.blobs)
         self.video_ops = VideoOperations(self.service)
-        self.maintenance = Maintenance(settings, self.store, self.blobs)
+        self.maintenance = Maintenance(settings, self.store, self.service, self.characters)
         self.webhooks = WebhookDispatcher(
             settings, self.store, blobs=self.blobs, signer=self.signer
         )

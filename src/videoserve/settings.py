@@ -39,7 +39,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIDEOSERVE_", extra="ignore")
 
     # --- where things live -------------------------------------------------------------
-    data_dir: Path = Field(default=Path(".videoserve"), description="SQLite file, videos, caches")
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir(),
+        description="SQLite file, videos, caches; default: ./.videoserve if that folder exists, "
+        "else the per-user data folder (~/.local/share/videoserve on Linux)",
+    )
     database_url: str | None = Field(
         default=None, description="sqlite:///path or postgresql://...; default: SQLite in data_dir"
     )
@@ -67,6 +71,18 @@ class Settings(BaseSettings):
     port: int = 8000
     auth: bool = Field(default=True, description="off is accepted only on a loopback host")
     max_body_bytes: int = 25 * 1024 * 1024
+    header_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="A connection that has not sent a complete request head in this time gets "
+        "408 and is closed; also the window over which the body rate is measured; 0: off",
+    )
+    min_body_bytes_per_second: float = Field(
+        default=1024.0, ge=0, description="A request body slower than this is dropped; 0: off"
+    )
+    max_connections: int = Field(
+        default=1000, ge=0, description="Concurrent connections per server; past it: 503; 0: no cap"
+    )
     auth_cache_seconds: float = Field(
         default=10.0, ge=0, description="How long a valid key is remembered (revocation delay)"
     )
@@ -93,6 +109,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Models this worker serves; empty: all available"
     )
     worker_concurrency: int = Field(default=1, ge=1)
+    max_job_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="A job running longer fails with code timeout, refunded; a model's "
+        "max_job_seconds option overrides it; 0: no limit",
+    )
     drain_seconds: float = Field(
         default=600.0, ge=0, description="On SIGTERM, how long a worker may finish its job"
     )
@@ -104,6 +126,10 @@ class Settings(BaseSettings):
         default=None, description="Where built-in models are built; default: data_dir/models"
     )
     max_prompt_chars: int = 4000
+    encoder: Literal["auto", "libx264", "h264_nvenc"] = Field(
+        default="auto",
+        description="H.264 encoder: auto is h264_nvenc on an NVIDIA GPU host, else libx264",
+    )
 
     # --- inputs and moderation -----------------------------------------------------------
     blocklist: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -188,7 +214,9 @@ class Settings(BaseSettings):
     def _parse_aliases(cls, value: object) -> object:
         if isinstance(value, str):
             pairs = {}
-            for item in _split_csv(value):  # type: ignore[union-attr]
+            for item in value.split(","):
+                if not item.strip():
+                    continue
                 name, sep, target = item.partition("=")
                 if not sep or not name.strip() or not target.strip():
                     raise ValueError(f"alias {item!r} is not of the form name=target")
@@ -254,3 +282,19 @@ class Settings(BaseSettings):
 
     def tiny_model_dir(self) -> Path:
         return (self.model_cache_dir or self.data_dir / "models") / "tiny-t2v"
+
+
+LEGACY_DATA_DIR = Path(".videoserve")
+
+
+def default_data_dir() -> Path:
+    """The data folder when none is configured, the same for the server and every CLI command.
+
+    `./.videoserve` when the current folder has one (installs made before this rule keep
+    working), else the per-user data folder: a `keys create` run from another folder then
+    finds the server's database instead of making an empty one there."""
+    if LEGACY_DATA_DIR.is_dir():
+        return LEGACY_DATA_DIR
+    import platformdirs
+
+    return platformdirs.user_data_path("videoserve")

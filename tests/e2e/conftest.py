@@ -87,7 +87,8 @@ def browser() -> Iterator[Any]:
 def new_page(browser: Any) -> Iterator[Callable[..., Any]]:
     """Factory: a page in a fresh context (empty localStorage), closed after the test.
 
-    Console errors and uncaught exceptions are collected on `page.errors`.
+    Uncaught exceptions are collected on `page.errors`, console errors (a module that failed
+    to load, a refused script) on `page.console_errors`.
     """
     contexts: list[Any] = []
 
@@ -99,6 +100,13 @@ def new_page(browser: Any) -> Iterator[Callable[..., Any]]:
         page = context.new_page()
         page.errors = []  # type: ignore[attr-defined]
         page.on("pageerror", lambda exc: page.errors.append(f"pageerror: {exc}"))
+        page.console_errors = []  # type: ignore[attr-defined]
+        page.on(
+            "console",
+            lambda message: (
+                page.console_errors.append(message.text) if message.type == "error" else None
+            ),
+        )
         return page
 
     yield make

@@ -15,10 +15,10 @@ from tests.conftest import LiveServer, wait_until
 from videoserve.jobs import ledger
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.store import JobStore
-from videoserve.models.backends.base import Availability, Cancelled
+from videoserve.models.backends.base import Availability, Cancelled, VideoBackend
 from videoserve.models.backends.tiny import TINY_NAME
 from videoserve.models.params import VideoParams
-from videoserve.models.registry import ModelEntry, ModelRegistry
+from videoserve.models.registry import BackendSpec, ModelEntry, ModelRegistry, tiny_backend
 
 T = TypeVar("T")
 
@@ -43,18 +43,19 @@ def make_key(
     """(plaintext, key id) of a new key, as `videoserve keys create --credits N` makes it."""
 
     async def create(store: JobStore) -> tuple[str, str]:
-        record, plaintext = await KeyStore(store).create(name, admin=admin, credits=credits)
+        keys = KeyStore(store.database)
+        record, plaintext = await keys.create(name, admin=admin, credits=credits)
         return plaintext, record.id
 
     return with_store(server, create)
 
 
 def ledger_of(server: LiveServer, key_id: str) -> list[ledger.Entry]:
-    return with_store(server, lambda store: ledger.entries(store.read_engine, key_id))
+    return with_store(server, lambda store: ledger.entries(store.database, key_id))
 
 
 def stored_balance(server: LiveServer, key_id: str) -> float | None:
-    return with_store(server, lambda store: ledger.balance(store.read_engine, key_id))
+    return with_store(server, lambda store: ledger.balance(store.database, key_id))
 
 
 def headers(key: str) -> dict[str, str]:
@@ -101,6 +102,9 @@ class FailingBackend:
     def availability(self) -> Availability:
         return Availability(True)
 
+    def check(self, params: VideoParams) -> None:
+        pass
+
     def load(self) -> None:
         pass
 
@@ -134,18 +138,27 @@ class TestRegistry(ModelRegistry):
         model_cache: Path,
         backends: dict[str, tuple[Any, float]],
         aliases: dict[str, str] | None = None,
+        options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        self._test_backends = {name: backend for name, (backend, _) in backends.items()}
+        """`backends`: name -> (backend, or None for the tiny model itself; price per second);
+        `options`: more entry options per name (max_steps, max_job_seconds...)."""
+        test_backends = {name: backend for name, (backend, _) in backends.items()}
+
+        def tiny_or_test(spec: BackendSpec) -> VideoBackend:
+            backend = test_backends.get(spec.entry.name)
+            return backend if backend is not None else tiny_backend(spec)
+
         tiny_dir = model_cache / TINY_NAME
+        more = options or {}
         entries = [
             ModelEntry(TINY_NAME, "tiny", str(tiny_dir)),
             *(
-                ModelEntry(name, "tiny", str(tiny_dir), {"price_per_second": price})
+                ModelEntry(
+                    name, "tiny", str(tiny_dir), {"price_per_second": price, **more.get(name, {})}
+                )
                 for name, (_, price) in backends.items()
             ),
         ]
-        super().__init__(entries, {"sora-2-pro": TINY_NAME, **(aliases or {})})
-
-    def _create(self, entry: ModelEntry):  # type: ignore[no-untyped-def]
-        backend = self._test_backends.get(entry.name)
-        return backend if backend is not None else super()._create(entry)
+        super().__init__(
+            entries, {"sora-2-pro": TINY_NAME, **(aliases or {})}, factories={"tiny": tiny_or_test}
+        )

@@ -25,10 +25,11 @@ from tests.integration.accounting import (
     wait_for_status,
     with_store,
 )
-from videoserve.jobs import dialects, schema
+from videoserve.jobs import database, dialects, schema
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.store import JobStore
 from videoserve.settings import Settings
+from videoserve.webhooks import tables as webhook_tables
 
 
 def kinds(server, key_id: str) -> list[tuple[str, float]]:
@@ -75,7 +76,10 @@ def test_insufficient_credits_is_406_and_stores_nothing(make_server, model_cache
     refused = submit(server, key, duration=8)
     assert refused.status_code == 406
     assert refused.json() == {
-        "error": "insufficient credits: balance 3, price 16 (8 s x 2 credits/s)"
+        "error": "insufficient credits: balance 3, price 16 (8 s x 2 credits/s)",
+        "code": "insufficient_credits",
+        "balance": 3,
+        "price": 16,
     }
     tiny = submit(server, key, model="tiny-t2v", duration=4)
     assert tiny.status_code == 406
@@ -84,7 +88,7 @@ def test_insufficient_credits_is_406_and_stores_nothing(make_server, model_cache
     assert history["data"] == []
     assert kinds(server, key_id) == [("grant", 3)] and stored_balance(server, key_id) == 3
     # After a grant the same request goes through.
-    with_store(server, lambda store: KeyStore(store).credit(key_id, 13))
+    with_store(server, lambda store: KeyStore(store.database).credit(key_id, 13))
     assert submit(server, key, duration=8).status_code == 200
     assert account(server, key)["credits"] == 0
 
@@ -191,17 +195,19 @@ def test_parallel_submits_never_overspend(make_server) -> None:
 
 
 async def test_migration_4_makes_existing_keys_unlimited(database_url: str) -> None:
-    """A database at version 3 with a key upgrades in place: the key keeps working, unlimited."""
+    """A database at version 3 of the shared counter (before migrations were per package)
+    with a key upgrades in place: the key keeps working, unlimited."""
     url = Settings(database_url=database_url).resolved_database_url()
     engine = dialects.create_engine(url)
+    legacy = database.legacy_schema_table
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(lambda sync: schema.schema_version.create(sync))
-            for version, step in schema.MIGRATIONS[:3]:
+            await conn.run_sync(lambda sync: legacy.create(sync))
+            for version, step in schema.MIGRATIONS.steps[:3]:
                 await conn.run_sync(step)
-                await conn.execute(
-                    schema.schema_version.insert().values(version=version, applied_at=0.0)
-                )
+                if version == 2:  # the shared counter's version 2 made the webhook tables too
+                    await conn.run_sync(webhook_tables.create_tables)
+                await conn.execute(legacy.insert().values(version=version, applied_at=0.0))
             await conn.execute(
                 sa.text(
                     "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at) "
@@ -212,10 +218,16 @@ async def test_migration_4_makes_existing_keys_unlimited(database_url: str) -> N
         await engine.dispose()
     store = JobStore.open(url)
     try:
-        assert await store.migrate() == schema.LATEST_VERSION  # 4, and any later ones
-        old = await KeyStore(store).get("key_old")
+        assert await store.migrate() == {"jobs": schema.MIGRATIONS.latest}
+        old = await KeyStore(store.database).get("key_old")
         assert old is not None and old.unlimited
-        assert await KeyStore(store).balance("key_old") == 0
+        assert await KeyStore(store.database).balance("key_old") == 0
         await asyncio.gather(*(store.migrate() for _ in range(3)))  # idempotent
     finally:
         await store.close()
+    # The webhook tables count as already there: nothing is created twice.
+    both = JobStore.open(url, migrations=(schema.MIGRATIONS, webhook_tables.MIGRATIONS))
+    try:
+        assert await both.migrate() == {"jobs": schema.MIGRATIONS.latest, "webhooks": 1}
+    finally:
+        await both.close()

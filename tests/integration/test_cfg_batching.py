@@ -26,6 +26,7 @@ from videoserve.models.backends import cfg
 from videoserve.models.backends.base import Cancelled
 from videoserve.models.backends.diffusion import DiffusersBackend, RuntimeOptions
 from videoserve.models.backends.tiny import build_tiny_pipeline
+from videoserve.models.options import DiffusersOptions
 from videoserve.models.params import DiffusersParams
 
 PROMPT, NEGATIVE = "a cat walking in the forest", "blurry"
@@ -205,8 +206,8 @@ def test_batch_cfg_default_is_a_gpu_without_offloading() -> None:
     assert not RuntimeOptions().batches_cfg("cpu")
     assert not RuntimeOptions(cpu_offload=True).batches_cfg("cuda")
     assert not RuntimeOptions(group_offload=True).batches_cfg("cuda")
-    assert RuntimeOptions.from_options({"batch_cfg": True}).batches_cfg("cpu")
-    assert not RuntimeOptions.from_options({"batch_cfg": False}).batches_cfg("cuda")
+    assert RuntimeOptions(batch_cfg=True).batches_cfg("cpu")
+    assert not RuntimeOptions(batch_cfg=False).batches_cfg("cuda")
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +219,7 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def backend(folder: Path, batch_cfg: bool) -> tuple[DiffusersBackend, Counter]:
     options = {"family": "tiny", "steps": 2, "batch_cfg": batch_cfg}
-    model = families.create_backend("wan", str(folder), options, "cpu")
+    model = families.create_backend("wan", str(folder), DiffusersOptions(**options), "cpu")
     model.load()
     return model, Counter(model._t2v.transformer)
 

@@ -23,6 +23,7 @@ from tests.conftest import LiveServer, wait_until
 from videoserve.media.probe import probe_mp4
 from videoserve.models import families, random_weights
 from videoserve.models.backends.base import Cancelled
+from videoserve.models.options import DiffusersOptions
 from videoserve.models.params import DiffusersParams
 
 # name: (layout, pipeline class saved)
@@ -137,7 +138,7 @@ def run(
     max_frames: int = 13,
 ) -> tuple[np.ndarray, int, list[tuple[int, int]]]:
     options = {**OPTIONS, "max_frames": max_frames}
-    backend = families.create_backend(name, str(weights[name]), options, "cpu")
+    backend = families.create_backend(name, str(weights[name]), DiffusersOptions(**options), "cpu")
     progress: list[tuple[int, int]] = []
     # Two steps: LTX's scheduler cannot stretch a one-step schedule.
     params = DiffusersParams(

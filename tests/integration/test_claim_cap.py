@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import stored_result
 from tests.integration.accounting import (
     StallingBackend,
     TestRegistry,
@@ -57,7 +58,7 @@ async def test_concurrent_claimers_respect_the_cap(database_url: str) -> None:
         job, _ = await store.create(new_job("key_solo"))
         claimed = await store.claim("w-solo", None, lease_seconds=30)
         assert claimed is not None and claimed[0].id == job.id
-        assert await store.complete(claimed[1], {"output_key": "k"}, retention_seconds=60)
+        assert await store.complete(claimed[1], stored_result("k"), retention_seconds=60)
         counts = await store.count_active()
         assert counts[("tiny-t2v", Status.PROCESSING.value)] == 15
         assert counts[("tiny-t2v", Status.QUEUED.value)] == 40

@@ -163,6 +163,7 @@ def test_blocked_prompt_raises_inference_failed(blocking_server: Any) -> None:
         with pytest.raises(InferenceFailed) as caught:
             job.wait(**WAIT, on_status=seen.append)
         assert "policy" in (caught.value.detail or "")
+        assert caught.value.failure == "moderation"
         assert caught.value.request_id == job.request_id
         assert caught.value.status_body["status"] == "FAILED"
         assert seen[-1]["status"] == "FAILED"
@@ -178,6 +179,7 @@ def test_blocked_prompt_raises_inference_failed(blocking_server: Any) -> None:
         with pytest.raises(InferenceFailed) as from_run_sync:
             c.run_sync(MODEL, prompt="a forbidden ritual", duration="4")
         assert "policy" in (from_run_sync.value.detail or "")
+        assert from_run_sync.value.failure == "moderation"
         assert from_run_sync.value.request_id
 
 

@@ -30,6 +30,7 @@ from videoserve.models.backends.diffusion import DiffusersBackend
 from videoserve.models.backends.ltx import LTXBackend
 from videoserve.models.backends.tiny import TinyBackend, build_tiny_pipeline
 from videoserve.models.backends.wan import WanBackend
+from videoserve.models.options import DiffusersOptions
 from videoserve.models.params import DiffusersParams
 from videoserve.models.pool import ModelPool
 
@@ -141,7 +142,9 @@ def test_family_end_to_end_over_http(
 
 # --- the backends directly: parameters, seeds, progress, cancellation ------------------------
 def backend_for(weights: dict[str, Path], name: str) -> DiffusersBackend:
-    backend = families.create_backend(name, str(weights[name]), {"family": "tiny"}, "cpu")
+    backend = families.create_backend(
+        name, str(weights[name]), DiffusersOptions(family="tiny"), "cpu"
+    )
     assert type(backend) is MODELS[name][2]
     return backend
 
@@ -204,7 +207,9 @@ def test_ltx_stops_between_steps_and_runs_again(weights: dict[str, Path]) -> Non
 
 def test_first_block_cache_runs(weights: dict[str, Path]) -> None:
     options = {"family": "tiny", "cache": "first_block", "cache_threshold": 0.5}
-    backend = families.create_backend("ltx", str(weights["ltx"]), options, "cpu")
+    backend = families.create_backend(
+        "ltx", str(weights["ltx"]), DiffusersOptions(**options), "cpu"
+    )
     video, progress = run(backend, seed=1, num_inference_steps=3)
     assert video.frames.shape == (32, 90, 160, 3) and len(progress) == 3
     assert np.array_equal(video.frames, run(backend, seed=1, num_inference_steps=3)[0].frames)

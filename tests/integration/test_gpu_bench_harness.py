@@ -33,14 +33,15 @@ DENOISER = {
 }
 
 
-def bench(*args: str) -> dict:
+def bench(*args: str, timeout: float = 300) -> dict:
     done = subprocess.run(
         [sys.executable, "-m", "bench.gpu_pipeline", "--tiny", "--device", "cpu", *args],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # This tree's source first: an editable install elsewhere must not answer the import.
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
@@ -84,3 +85,34 @@ def test_flop_count_of_wan21_at_its_native_shape() -> None:
     # 832x480x81: 21 latent frames x 30 x 52 patches; 512 text tokens.
     tflop = denoiser_flops(FULL["wan2.1-t2v-1.3b"], 21 * 30 * 52, 512) / 1e12
     assert tflop == pytest.approx(283, rel=0.01)
+
+
+def test_plan_runs_every_case_or_says_why_not(tmp_path: Path) -> None:
+    from bench.gpu_pipeline import ATTENTION_BACKENDS
+    from bench.plan import cases
+
+    report = bench("--plan", "--threads", "1", timeout=900)
+    rows = {row["case"]: row for row in report["rows"]}
+    assert list(rows) == [case.label for case in cases(ATTENTION_BACKENDS)]
+    measured = [row for row in report["rows"] if "refused" not in row]
+    for row in measured:
+        assert set(row["seconds"]) == {"load", "text_encoding", "denoising", "vae_decode", "call"}
+        assert row["seconds"]["denoising"] > 0 and row["achieved_tflops"] > 0
+        assert row["peak_gpu_memory_gb"] is None  # no GPU here
+    # CFG: two forwards a step, or one batch of two; the few-step LoRA entry runs without CFG.
+    assert (rows["diffusers plain"]["forwards"], rows["diffusers plain"]["samples"]) == (16, 16)
+    assert (rows["videoserve"]["forwards"], rows["videoserve"]["samples"]) == (16, 16)
+    assert rows["videoserve, batched CFG"]["forwards"] == 8
+    assert (rows["4-step LoRA entry"]["forwards"], rows["4-step LoRA entry"]["steps"]) == (4, 4)
+    # What this CPU host cannot run is refused with the reason, as startup refuses it.
+    assert "needs an NVIDIA GPU" in rows["+ quantize fp8"]["refused"]
+    assert "is a CUDA kernel" in rows["+ attention _native_cudnn"]["refused"]
+    assert "flash-attn" in rows["+ attention flash"]["refused"]
+    assert "refused" not in rows["+ compile regional"]  # inductor on the CPU
+    assert "refused" not in rows["+ quantize int8_weight_only"]
+    # NVENC asked, libx264 ran (no NVIDIA driver here).
+    assert [(e["asked"], e["ran"]) for e in report["encoders"]] == [
+        ("libx264", "libx264"),
+        ("h264_nvenc", "libx264"),
+    ]
+    assert report["table"].startswith("| case | load s |")

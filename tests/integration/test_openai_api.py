@@ -287,8 +287,10 @@ def test_remix_reuses_the_parameters_with_a_new_prompt(server: LiveServer) -> No
     done = client.videos.poll(remix.id, poll_interval_ms=50)
     assert done.status == "completed" and done.remixed_from_video_id == source.id
     assert is_mp4(client.videos.download_content(remix.id).content)
-    # The reference image went with it.
-    assert list(server.data_dir.glob(f"blobs/jobs/{remix.id}/input.png"))
+    # The reference image went with it: the stored PNG itself, copied byte for byte.
+    copied = server.data_dir / "blobs" / "jobs" / remix.id / "input.png"
+    original = server.data_dir / "blobs" / "jobs" / source.id / "input.png"
+    assert copied.read_bytes() == original.read_bytes()
     listed = {v.id: v for v in client.videos.list()}
     assert listed[remix.id].remixed_from_video_id == source.id
     assert listed[source.id].remixed_from_video_id is None

@@ -62,6 +62,8 @@ def test_seed_snippet_with_official_sdk(server: LiveServer) -> None:
     assert output.status_code == 200 and output.headers["content-type"] == "video/mp4"
     facts = probe(output.content)
     assert facts["codec"] == "h264"
+    # No NVIDIA driver here: VIDEOSERVE_ENCODER=auto encoded with libx264.
+    assert (result["codec"], result["encoder"]) == ("h264", "libx264")
     assert facts["seconds"] == pytest.approx(8.0, abs=0.01)
     assert facts["width"] / facts["height"] == pytest.approx(1280 / 720, rel=0.02)
     for key in ("width", "height", "fps", "frames"):

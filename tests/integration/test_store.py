@@ -6,12 +6,16 @@ import asyncio
 import secrets
 
 import pytest
+import sqlalchemy as sa
 
-from videoserve.jobs import states
+from tests.conftest import stored_result
+from videoserve.jobs import schema, states
+from videoserve.jobs.failures import Failure, FailureCode
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.states import Status
 from videoserve.jobs.store import JobStore, NewJob
 from videoserve.settings import Settings
+from videoserve.webhooks import tables as webhook_tables
 
 
 @pytest.fixture
@@ -53,7 +57,7 @@ def new_job(model: str = "tiny-t2v", **kw) -> NewJob:
 
 async def test_migrations_are_idempotent_and_concurrent(store: JobStore) -> None:
     results = await asyncio.gather(*(store.migrate() for _ in range(4)))
-    assert len(set(results)) == 1
+    assert results == [{"jobs": schema.MIGRATIONS.latest}] * 4
 
 
 async def test_submit_claim_complete(store: JobStore) -> None:
@@ -64,12 +68,13 @@ async def test_submit_claim_complete(store: JobStore) -> None:
     running, lease = claimed
     assert running.id == job.id and running.status == Status.PROCESSING and lease.attempt == 1
     assert await store.claim("w2", ["tiny-t2v"], lease_seconds=30) is None
-    assert await store.complete(lease, {"output_key": "k"}, retention_seconds=60)
+    assert await store.complete(lease, stored_result("k"), retention_seconds=60)
     done = await store.get(job.id)
     assert done is not None and done.status == Status.COMPLETED and done.progress == 100
-    assert done.expires_at is not None and done.result == {"output_key": "k"}
+    assert done.expires_at is not None and done.result == stored_result("k")
     # Terminal is terminal: a second finish changes nothing.
-    assert not await store.fail(lease, "late", retention_seconds=60)
+    late = Failure(FailureCode.MODEL_ERROR, "late")
+    assert not await store.fail(lease, late, retention_seconds=60)
 
 
 async def test_claim_only_served_models_and_in_order(store: JobStore) -> None:
@@ -98,12 +103,13 @@ async def test_expired_lease_requeues_then_fails_after_retry_limit(store: JobSto
     _, lease2 = await store.claim("w2", None, lease_seconds=0.01)
     assert lease2.attempt == 2
     # The first worker is a zombie now: fenced out.
-    assert not await store.complete(lease1, {"output_key": "zombie"}, 60)
+    assert not await store.complete(lease1, stored_result("zombie"), 60)
     assert not (await store.heartbeat(lease1, 30)).alive
     assert await eventually(lambda: reaped(store)) == (0, 1)
     failed = await store.get(job.id)
     assert failed.status == Status.FAILED
     assert "lease expired" in failed.error and "2 attempts" in failed.error and "w2" in failed.error
+    assert failed.failure == FailureCode.WORKER_LOST
 
 
 async def test_heartbeat_extends_lease_and_records_progress(store: JobStore) -> None:
@@ -127,6 +133,7 @@ async def test_cancel_queued_and_running(store: JobStore) -> None:
     queued, _ = await store.create(new_job())
     cancelled = await store.request_cancel(queued.id, "key_a", 60)
     assert cancelled.status == Status.FAILED and cancelled.error == "cancelled by the user"
+    assert cancelled.failure == FailureCode.CANCELLED
     running, _ = await store.create(new_job())
     _, lease = await store.claim("w", None, 30)
     assert (await store.request_cancel(running.id, "key_a", 60)).status == Status.PROCESSING
@@ -171,7 +178,7 @@ async def test_concurrent_claimers_never_share_a_job(store: JobStore) -> None:
 async def test_expired_results_are_hidden_then_deleted(store: JobStore) -> None:
     job, _ = await store.create(new_job())
     _, lease = await store.claim("w", None, 30)
-    await store.complete(lease, {"output_key": "k"}, retention_seconds=0.01)
+    await store.complete(lease, stored_result("k"), retention_seconds=0.01)
 
     async def hidden() -> bool:
         return await store.get(job.id) is None
@@ -184,8 +191,10 @@ async def test_expired_results_are_hidden_then_deleted(store: JobStore) -> None:
 
 
 async def test_blocked_job_is_stored_failed(store: JobStore) -> None:
-    job, _ = await store.create(new_job(failed_with="content policy: blocked"))
+    blocked = Failure(FailureCode.MODERATION, "content policy: blocked")
+    job, _ = await store.create(new_job(failed_with=blocked))
     assert job.status == Status.FAILED and job.error == "content policy: blocked"
+    assert job.failure == FailureCode.MODERATION
     assert await store.claim("w", None, 30) is None
 
 
@@ -196,13 +205,13 @@ async def test_other_keys_cannot_read(store: JobStore) -> None:
 
 
 async def test_api_keys_are_hashed_and_revocable(store: JobStore) -> None:
-    keys = KeyStore(store)
+    keys = KeyStore(store.database)
     record, plaintext = await keys.create("alice")
     assert (await keys.authenticate(plaintext)).id == record.id
     assert await keys.authenticate(plaintext + "x") is None
     from sqlalchemy import text
 
-    async with store.engine.connect() as conn:
+    async with store.database.engine.connect() as conn:
         stored = (await conn.execute(text("SELECT key_hash FROM api_keys"))).scalar_one()
     assert plaintext not in stored and len(stored) == 64
     assert (await keys.revoke(record.id)).revoked_at is not None
@@ -218,8 +227,8 @@ def test_state_machine_edges() -> None:
 
 
 async def test_key_cache_forgets_on_revoke_in_this_process(store: JobStore) -> None:
-    keys = KeyStore(store, cache_seconds=60)
-    other_process = KeyStore(store, cache_seconds=60)
+    keys = KeyStore(store.database, cache_seconds=60)
+    other_process = KeyStore(store.database, cache_seconds=60)
     record, plaintext = await keys.create("cached")
     assert (await keys.authenticate(plaintext)).id == record.id
     assert (await other_process.authenticate(plaintext)).id == record.id
@@ -227,4 +236,27 @@ async def test_key_cache_forgets_on_revoke_in_this_process(store: JobStore) -> N
     assert await keys.authenticate(plaintext) is None
     # Documented: another process keeps a cached key until its cache entry runs out.
     assert (await other_process.authenticate(plaintext)) is not None
-    assert await KeyStore(store).authenticate(plaintext) is None
+    assert await KeyStore(store.database).authenticate(plaintext) is None
+
+
+async def test_each_package_migrates_its_own_tables(database_url: str) -> None:
+    """A store that knows only the jobs tables leaves the webhook tables to whoever registers
+    them; a later process that does creates them then."""
+    url = Settings(database_url=database_url).resolved_database_url()
+    jobs_only = JobStore.open(url)
+    try:
+        assert await jobs_only.migrate() == {"jobs": schema.MIGRATIONS.latest}
+        assert not await _has_table(jobs_only, "webhook_events")
+    finally:
+        await jobs_only.close()
+    both = JobStore.open(url, migrations=(schema.MIGRATIONS, webhook_tables.MIGRATIONS))
+    try:
+        assert await both.migrate() == {"jobs": schema.MIGRATIONS.latest, "webhooks": 1}
+        assert await _has_table(both, "webhook_events")
+    finally:
+        await both.close()
+
+
+async def _has_table(store: JobStore, name: str) -> bool:
+    async with store.database.connect() as conn:
+        return await conn.run_sync(lambda sync: sa.inspect(sync).has_table(name))

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import stored_result
 from videoserve.jobs.sqlite_direct import SyncReader
 from videoserve.jobs.statements import FINISHED_TOPIC, QUEUED_TOPIC, job_topic
 from videoserve.jobs.store import JobStore, NewJob
@@ -75,7 +76,7 @@ async def test_each_transition_wakes_its_waiters(open_store) -> None:  # type: i
     _, lease = claimed[0]
     assert await woken(reader, job_topic(job.id), lambda: writer.heartbeat(lease, 30, 40))
     assert await woken(
-        reader, FINISHED_TOPIC, lambda: writer.complete(lease, {"output_key": "x"}, 60)
+        reader, FINISHED_TOPIC, lambda: writer.complete(lease, stored_result("x"), 60)
     )
     finished = await reader.get(job.id)
     assert finished is not None and finished.status.value == "COMPLETED"
@@ -89,12 +90,12 @@ async def test_a_write_that_changes_nothing_wakes_nobody(open_store) -> None:  #
     # Wait until the completion's own wake-ups have arrived (on PostgreSQL they come in the
     # order sent, `job:<id>` before `jobs:finished`), so none is still in flight below.
     assert await woken(
-        reader, FINISHED_TOPIC, lambda: writer.complete(lease, {"output_key": "x"}, 60)
+        reader, FINISHED_TOPIC, lambda: writer.complete(lease, stored_result("x"), 60)
     )
     # The lease is spent: a zombie's second completion updates no row, so it announces nothing.
     waiter = asyncio.create_task(reader.notifier.wait(job_topic(job.id), timeout=0.5))
     await asyncio.sleep(0)
-    assert not await writer.complete(lease, {"output_key": "y"}, 60)
+    assert not await writer.complete(lease, stored_result("y"), 60)
     assert not await waiter
     assert await writer.claim("w2", None, lease_seconds=30) is None
 
@@ -108,7 +109,7 @@ async def test_more_requests_than_connections_wait_their_turn(open_store) -> Non
     results = await asyncio.wait_for(asyncio.gather(*reads, *writes), timeout=60)
     assert all(r is not None and r.id == job.id for r in results[:30])
     assert (await store.count_by_status())["QUEUED"] == 11
-    assert store.engine.pool.size() == 2
+    assert store.database.engine.pool.size() == 2
 
 
 async def test_the_sqlite_read_path_refuses_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -73,7 +73,7 @@ def test_usage_history_pages_and_admin_view(make_server) -> None:
     assert deleted.status_code == 200
 
     async def expire(store: JobStore) -> None:
-        async with store.engine.begin() as conn:
+        async with store.database.engine.begin() as conn:
             await conn.execute(
                 sa.update(schema.jobs)
                 .where(schema.jobs.c.id == ids[1])

@@ -22,11 +22,13 @@ import openai
 import pytest
 import standardwebhooks
 
-from tests.conftest import LiveServer, wait_until
+from tests.conftest import LiveServer, stored_result, wait_until
+from videoserve.jobs import schema
 from videoserve.jobs.states import Status
 from videoserve.jobs.store import JobStore, NewJob
 from videoserve.settings import Settings
 from videoserve.webhooks import events
+from videoserve.webhooks import tables as webhook_tables
 from videoserve.webhooks.records import AttemptResult, DeliveryStatus
 from videoserve.webhooks.store import WebhookStore
 
@@ -205,6 +207,7 @@ def test_blocked_prompt_gives_video_failed(make_server, receiver) -> None:
     data = got.event["data"]
     assert data["id"] == request_id and data["status"] == "failed" and data["output"] is None
     assert "forbidden" in data["error"] or "policy" in data["error"]
+    assert data["failure"] == "moderation"
 
 
 def test_failed_attempt_is_retried_with_the_same_id_and_logged(make_server) -> None:
@@ -409,9 +412,10 @@ def test_pending_delivery_survives_a_restart(make_server, tmp_path) -> None:
 # --- the store, on both databases --------------------------------------------------------------
 @pytest.fixture
 async def stores(database_url: str):
-    jobs = JobStore.open(Settings(database_url=database_url).resolved_database_url())
+    url = Settings(database_url=database_url).resolved_database_url()
+    jobs = JobStore.open(url, migrations=(schema.MIGRATIONS, webhook_tables.MIGRATIONS))
     await jobs.start()
-    yield jobs, WebhookStore(jobs)
+    yield jobs, WebhookStore(jobs.database)
     await jobs.close()
 
 
@@ -429,7 +433,7 @@ async def finished_job(jobs: JobStore, **kw: Any):
     )
     claimed = await jobs.claim("w", None, 30)
     assert claimed is not None
-    assert await jobs.complete(claimed[1], {"output_key": "k"}, retention_seconds=60)
+    assert await jobs.complete(claimed[1], stored_result("k"), retention_seconds=60)
     return await jobs.get(job.id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_encode_then_probe(tmp_path: Path, frames: int, height: int, width: int,
     path = tmp_path / "out.mp4"
     info = encode.encode_mp4(gradient(frames, height, width), fps, path)
 
-    assert info == probe.probe_mp4(path)
+    assert info == dataclasses.replace(probe.probe_mp4(path), encoder="libx264")
     assert info.codec == "h264"
     assert info.profile == "High"
     assert info.pix_fmt == "yuv420p"
@@ -179,3 +180,30 @@ def test_probe_refuses_what_is_not_a_video(tmp_path: Path) -> None:
         probe.probe_mp4(path)
     with pytest.raises(FileNotFoundError):
         probe.probe_mp4(tmp_path / "missing.mp4")
+
+
+# --- the encoder choice: NVENC where a GPU is, libx264 otherwise and on any NVENC error --------
+def test_auto_picks_libx264_without_an_nvidia_driver(tmp_path: Path) -> None:
+    assert encode.NVENC in av.codecs_available  # PyAV's bundled FFmpeg has it
+    assert not encode.nvenc_usable()  # ...but this host has no NVIDIA driver
+    assert encode.choose_encoder("auto") == "libx264"
+    assert encode.choose_encoder("h264_nvenc") == "h264_nvenc"  # forced: tried, then falls back
+    with pytest.raises(ValueError, match="encoder must be one of auto, libx264, h264_nvenc"):
+        encode.choose_encoder("x265")
+    info = encode.encode_mp4(gradient(5, 16, 16), 8, tmp_path / "a.mp4")
+    assert (info.codec, info.encoder) == ("h264", "libx264")
+
+
+def test_forced_nvenc_falls_back_to_libx264_logging_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(encode, "_fallback_logged", False)
+    with caplog.at_level("WARNING", logger="videoserve.media"):
+        first = encode.encode_mp4(gradient(5, 16, 16), 8, tmp_path / "a.mp4", encoder="h264_nvenc")
+        second = encode.encode_mp4(gradient(5, 16, 16), 8, tmp_path / "b.mp4", encoder="h264_nvenc")
+    for info in (first, second):
+        assert (info.codec, info.encoder, info.frames) == ("h264", "libx264", 5)
+    fallbacks = [r.getMessage() for r in caplog.records if "h264_nvenc failed" in r.getMessage()]
+    assert len(fallbacks) == 1 and "encoding with libx264 instead" in fallbacks[0]
+    # no temporary file left by the failed attempts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]

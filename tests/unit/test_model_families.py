@@ -18,7 +18,8 @@ from videoserve.models.backends.diffusion import RuntimeOptions
 from videoserve.models.backends.ltx import LTXBackend
 from videoserve.models.backends.wan import WanBackend
 from videoserve.models.grid import FAMILY_GRIDS, plan
-from videoserve.models.params import DURATIONS, SIZES
+from videoserve.models.options import DiffusersOptions
+from videoserve.models.params import DURATIONS, SIZES, VideoParams
 from videoserve.models.pool import ModelPool
 from videoserve.models.registry import ModelRegistry
 from videoserve.settings import Settings
@@ -180,17 +181,16 @@ def test_family_defaults_when_the_entry_says_nothing(tmp_path: Path) -> None:
 
 
 def test_image_rules_per_layout(tmp_path: Path) -> None:
-    from videoserve.models.params import VideoParams
 
     image = "https://x.test/a.png"
     pipeline_folder(tmp_path / "ltx", "LTXPipeline")
-    ltx = families.create_backend("ltx", str(tmp_path / "ltx"), {}, "cpu")
+    ltx = families.create_backend("ltx", str(tmp_path / "ltx"), DiffusersOptions(), "cpu")
     ltx.check(VideoParams(prompt="a", duration=8))  # 8 s fits LTX-Video's 257 frames
     ltx.check(VideoParams(prompt="a", duration=4, input_reference=image))
     ltx.check(VideoParams(prompt="a", duration=12))  # over one pass: chained, 2 passes
     # Wan 2.1 text-to-video has no image pipeline to chain with: over one pass is refused.
     pipeline_folder(tmp_path / "wan", "WanPipeline")
-    wan = families.create_backend("wan", str(tmp_path / "wan"), {}, "cpu")
+    wan = families.create_backend("wan", str(tmp_path / "wan"), DiffusersOptions(), "cpu")
     with pytest.raises(errors.InvalidRequest, match=r"max 5\.1s at 16 fps"):
         wan.check(VideoParams(prompt="a", duration=8))
 
@@ -285,7 +285,7 @@ def test_an_existing_relative_folder_wins_over_a_repo_id(tmp_path: Path, empty_h
 
 
 def test_local_folder_is_not_pulled(tmp_path: Path) -> None:
-    backend = families.create_backend("w", str(tmp_path / "absent"), {}, "cpu")
+    backend = families.create_backend("w", str(tmp_path / "absent"), DiffusersOptions(), "cpu")
     assert backend.availability().reason == f"no model folder at {tmp_path / 'absent'}"
     with pytest.raises(weights.PullFailed, match="loads the local folder"):
         backend.pull()
@@ -365,3 +365,29 @@ def test_pool_never_unloads_a_model_that_is_generating() -> None:
     assert a.unloads == 1 and pool.resident() == ["b"]
     with pytest.raises(ValueError):
         ModelPool(max_loaded=0)
+
+
+def test_an_adapter_entry_refuses_in_its_own_name(tmp_path: Path) -> None:
+    pipeline_folder(tmp_path / "wan", "WanPipeline")  # Wan 2.1 T2V: no input image
+    header = json.dumps(
+        {
+            "transformer.blocks.0.attn1.to_q.lora_A.weight": {
+                "dtype": "F32",
+                "shape": [1, 1],
+                "data_offsets": [0, 4],
+            }
+        }
+    ).encode()
+    (tmp_path / "fast.safetensors").write_bytes(
+        len(header).to_bytes(8, "little") + header + bytes(4)
+    )
+    registry = registry_for(
+        tmp_path,
+        '[models.w]\nbackend = "diffusers"\npath = "wan"\n'
+        '[models.fast]\nbackend = "diffusers"\nbase = "w"\n'
+        'loras = [{ path = "fast.safetensors" }]\n',
+    )
+    fast = registry.backend("fast")
+    assert fast.availability().available
+    with pytest.raises(errors.InvalidRequest, match="model 'fast' does not accept an input image"):
+        fast.check(VideoParams(prompt="a", duration=4, input_reference="https://x.test/a.png"))

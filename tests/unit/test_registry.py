@@ -13,7 +13,7 @@ from videoserve.models.backends.tiny import TinyBackend
 from videoserve.models.backends.wan import WanBackend
 from videoserve.models.grid import WAN21_GRID, WAN22_TI2V_GRID
 from videoserve.models.params import DiffusersParams, VideoParams, schema_json
-from videoserve.models.registry import ModelEntry, ModelRegistry, load_models_file
+from videoserve.models.registry import BackendSpec, ModelEntry, ModelRegistry, load_models_file
 from videoserve.settings import Settings
 
 
@@ -70,10 +70,18 @@ def test_builtin_tiny_and_sora_fallback(tmp_path: Path, caplog: pytest.LogCaptur
         "backend": "tiny",
         "alias_of": None,
         "served_by": "tiny-t2v",
+        "base": None,
+        "adapters": [],
         "available": True,
         "reason": None,
         "warning": None,
         "parameters": schema_json(DiffusersParams),
+        # What a request costs and how far it may run (docs/models.md, compute limits).
+        "price_per_second": 1.0,
+        "price_per_step_second": 0.0,
+        "default_steps": 4,
+        "max_steps": None,
+        "max_job_seconds": None,
     }
     assert listed["sora-2-pro"]["alias_of"] == "tiny-t2v"
     assert listed["sora-2-pro"]["warning"] == warning
@@ -276,3 +284,47 @@ def test_constructed_directly(tmp_path: Path) -> None:
     assert registry.resolve("sora-2-pro").served_by == "tiny-t2v"
     with pytest.raises(ValueError, match="built-in model 'tiny-t2v' is missing"):
         ModelRegistry([])
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_steps", 0), ("price_per_step_second", -1), ("max_job_seconds", 0), ("max_steps", 2.5)],
+)
+def test_compute_limit_options_are_checked(tmp_path: Path, option: str, value: object) -> None:
+    from videoserve.models.registry import ModelEntry, ModelRegistry
+
+    entry = ModelEntry("capped", "tiny", str(tmp_path), {option: value})
+    with pytest.raises(ValueError, match=f"model 'capped': {option} must be"):
+        ModelRegistry([ModelEntry("tiny-t2v", "tiny", "t"), entry], {}).backend("capped")
+
+
+def test_backend_factories_are_a_public_parameter(tmp_path: Path) -> None:
+    built: list[str] = []
+
+    def noise(spec: BackendSpec) -> TinyBackend:
+        built.append(spec.entry.name)
+        return TinyBackend(Path(str(spec.entry.path)), name=spec.entry.name)
+
+    registry = ModelRegistry(
+        [
+            ModelEntry("tiny-t2v", "tiny", str(tmp_path / "tiny"), {}),
+            ModelEntry("static", "noise", str(tmp_path / "static"), {"price_per_second": 3}),
+        ],
+        {"sora-2-pro": "tiny-t2v"},
+        factories={"noise": noise},
+    )
+    assert isinstance(registry.backend("static"), TinyBackend) and built == ["static"]
+    assert registry.price_per_second("static") == 3.0  # parsed like every kind's price
+    with pytest.raises(ValueError, match=r"unknown backend 'comfy' \(expected one of: diffusers"):
+        ModelRegistry(
+            [ModelEntry("tiny-t2v", "tiny", "t"), ModelEntry("x", "comfy", "m")],
+            factories={"noise": noise},
+        )
+    with pytest.raises(ValueError, match="model 'static': price_per_second must be a number >= 0"):
+        ModelRegistry(
+            [
+                ModelEntry("tiny-t2v", "tiny", "t"),
+                ModelEntry("static", "noise", "m", {"price_per_second": -1}),
+            ],
+            factories={"noise": noise},
+        )

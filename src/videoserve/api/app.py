@@ -7,10 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from videoserve import __version__
 from videoserve.api import errors as api_errors
 from videoserve.api import openai_views
+from videoserve.api.guard import InputGuardMiddleware
 from videoserve.api.limits import BodyLimitMiddleware
 from videoserve.api.ratelimit import RateLimitMiddleware
 from videoserve.api.routes import (
@@ -26,6 +28,7 @@ from videoserve.api.routes import (
     ui,
     webhooks,
 )
+from videoserve.api.schemas import contract
 from videoserve.models.registry import ModelRegistry
 from videoserve.moderation import Moderator
 from videoserve.observability.logs import RequestIdMiddleware
@@ -33,6 +36,8 @@ from videoserve.runtime import Runtime
 from videoserve.settings import Settings, is_loopback_host
 
 log = logging.getLogger("videoserve.api")
+
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts and styles
 
 
 def create_app(
@@ -60,7 +65,10 @@ def create_app(
         finally:
             await runtime.stop(grace=5.0)
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets fastapi-offline ships, not a CDN: /docs works on an
+    # offline or air-gapped host.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="videoserve",
         version=__version__,
         description="Self-hosted video generation: the Segmind serverless contract and "
@@ -69,6 +77,7 @@ def create_app(
     )
     # Every answer under /v1/videos, unknown routes and wrong methods too, in OpenAI's envelope.
     api_errors.install(app, dialects={"/v1/videos": openai_views.response_for})
+    contract.document(app)
     # Routes are matched in order: the status poll, by far the most frequent request, first.
     app.include_router(segmind.polls)
     app.include_router(ui.router)
@@ -83,6 +92,7 @@ def create_app(
     app.include_router(openai_ops.router)  # before /v1/videos/{video_id}
     app.include_router(openai.router)
     app.include_router(segmind.router)
+    app.add_middleware(InputGuardMiddleware)  # inside the body limit: it reads bounded bodies
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 or a 429 carries the id

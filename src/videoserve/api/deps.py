@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from videoserve import errors
+from videoserve.api import credentials, guard
+from videoserve.jobs import text
 from videoserve.jobs.keys import ANONYMOUS
 from videoserve.jobs.records import ApiKey
 from videoserve.runtime import Runtime
@@ -19,28 +21,20 @@ async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
+MISSING_KEY = (
+    "missing API key: send it in the x-api-key header or as Authorization: Bearer "
+    "(the CLI takes --api-key or VIDEOSERVE_API_KEY)"
+)
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-def presented_key(request: Request) -> str | None:
-    """The key from `x-api-key`, or from `Authorization: Bearer`."""
-    key = request.headers.get("x-api-key")
-    if key:
-        return key.strip()
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return None
 
 
 async def current_key(request: Request, runtime: RuntimeDep) -> ApiKey:
     if not runtime.settings.auth:
         return ANONYMOUS
-    presented = presented_key(request)
+    presented = credentials.presented_key(request.scope["headers"])
     if presented is None:
-        raise errors.Unauthorized(
-            "missing API key: send it in the x-api-key header or as Authorization: Bearer"
-        )
+        raise errors.Unauthorized(MISSING_KEY)
     key = await runtime.keys.authenticate(presented)
     if key is None:
         raise errors.Unauthorized("invalid API key")
@@ -52,14 +46,23 @@ KeyDep = Annotated[ApiKey, Depends(current_key)]
 
 
 async def json_body(request: Request) -> Any:
-    """The parsed JSON body; 400 for malformed JSON (size is capped by the body middleware)."""
+    """The parsed JSON body; 400 for malformed JSON (size is capped by the body middleware).
+
+    A JSON body was parsed and checked by the input guard already: its value is reused."""
+    parsed = request.scope.get("state", {}).get(guard.PARSED_BODY)
+    if parsed is not None:
+        return parsed
     raw = await request.body()
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        parsed = json.loads(raw)
+    except RecursionError:
+        raise errors.InvalidRequest(text.TOO_DEEP) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.InvalidRequest(f"malformed JSON body: {exc}") from None
+    text.check_tree(parsed)
+    return parsed
 
 
 JsonBody = Annotated[Any, Depends(json_body)]

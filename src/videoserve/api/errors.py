@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from videoserve import errors
+from videoserve.jobs import text
 
 log = logging.getLogger("videoserve.api")
 
@@ -34,6 +37,16 @@ STATUS_CODES: list[tuple[type[errors.VideoserveError], int]] = [
 ]
 
 
+# `code` for errors Starlette raises itself (unknown routes, wrong methods, oversized bodies).
+_HTTP_CODES = {
+    401: errors.Unauthorized.code,
+    403: errors.Forbidden.code,
+    404: errors.NotFound.code,
+    405: "method_not_allowed",
+    413: errors.PayloadTooLarge.code,
+}
+
+
 def status_for(exc: errors.VideoserveError) -> int:
     for cls, code in STATUS_CODES:
         if isinstance(exc, cls):
@@ -41,8 +54,33 @@ def status_for(exc: errors.VideoserveError) -> int:
     return 500
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra):  # type: ignore[no-untyped-def]
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    # A message may echo client text (a parameter's name); a lone surrogate in it would fail
+    # to encode as UTF-8 and turn the 400 into a 500.
+    return JSONResponse(
+        {"error": text.printable(message), **extra}, status_code=status, headers=headers
+    )
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path answers to. Starlette's 405 names only the first
+    matching route's, so `Allow` missed DELETE on /v1/videos/{id} (RFC 9110 wants them all)."""
+    # Asked method by method through `matches`: included routers (FastAPI 0.165) are routes
+    # that hold no `methods` of their own, so the routes' attributes cannot be read directly.
+    methods: set[str] = set()
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        for route in request.app.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                methods.add(method)
+                break
+    return ", ".join(sorted(methods))
+
+
+_METHODS = ("DELETE", "GET", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 EnvelopeFor = Callable[[Request, Exception], JSONResponse]
@@ -64,13 +102,11 @@ def install(app: FastAPI, *, dialects: Mapping[str, EnvelopeFor] | None = None) 
     async def _domain(request: Request, exc: errors.VideoserveError) -> JSONResponse:
         status = status_for(exc)
         headers: dict[str, str] = {}
-        extra: dict[str, object] = {}
         if isinstance(exc, errors.RateLimited | errors.ServiceUnavailable):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        if isinstance(exc, errors.RequestTimeout) and exc.request_id:
-            extra["request_id"] = exc.request_id
-        if isinstance(exc, errors.InvalidRequest) and exc.param:
-            extra["param"] = exc.param
+        # The machine-readable code and the error's own facts (param, balance and price,
+        # retry_after...) beside the message, so no client parses the wording.
+        extra: dict[str, object] = {"code": exc.code, **exc.fields()}
         if status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
         return error_response(status, exc.message or type(exc).__name__, headers, **extra)
@@ -80,7 +116,13 @@ def install(app: FastAPI, *, dialects: Mapping[str, EnvelopeFor] | None = None) 
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         message = first.get("msg", "invalid request")
-        return error_response(400, f"{where}: {message}" if where else message)
+        fields: dict[str, Any] = {"param": where} if where else {}
+        return error_response(
+            400,
+            f"{where}: {message}" if where else message,
+            code=errors.InvalidRequest.code,
+            **fields,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -89,14 +131,17 @@ def install(app: FastAPI, *, dialects: Mapping[str, EnvelopeFor] | None = None) 
         if exc.status_code == 404 and message == "Not Found":
             message = f"not found: {request.method} {request.url.path}"
         elif exc.status_code == 405:
-            allowed = (headers or {}).get("Allow", "")
             message = f"method {request.method} not allowed on {request.url.path}"
+            allowed = allowed_methods(request)
+            headers = {**(headers or {}), "Allow": allowed}
             if allowed:
                 message += f"; allowed: {allowed}"
         envelope = dialect_of(request)
         if envelope is not None:
             return envelope(request, StarletteHTTPException(exc.status_code, message, headers))
-        return error_response(exc.status_code, message, headers)
+        return error_response(
+            exc.status_code, message, headers, code=_HTTP_CODES.get(exc.status_code, "http_error")
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
@@ -104,10 +149,13 @@ def install(app: FastAPI, *, dialects: Mapping[str, EnvelopeFor] | None = None) 
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
         return error_response(
-            503, "the job database is unavailable; retry shortly", {"Retry-After": "2"}
+            503,
+            "the job database is unavailable; retry shortly",
+            {"Retry-After": "2"},
+            code=errors.ServiceUnavailable.code,
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, "internal server error")
+        return error_response(500, "internal server error", code="server_error")

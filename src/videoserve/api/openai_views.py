@@ -21,11 +21,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from videoserve import errors
 from videoserve.api.errors import status_for
+from videoserve.jobs import text
 from videoserve.jobs.characters import Character
+from videoserve.jobs.failures import FailureCode
 from videoserve.jobs.inputs import JobInputs
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
-from videoserve.worker.runner import CANCELLED_ERROR
 
 log = logging.getLogger("videoserve.api")
 
@@ -54,13 +55,19 @@ def _unix(ts: float | None) -> int | None:
     return int(ts) if ts is not None else None
 
 
-def failure_code(error: str | None) -> str:
-    """A machine-readable `error.code` for a failed job's reason."""
-    if error == CANCELLED_ERROR:
-        return "cancelled"
-    if error and error.startswith("content policy"):
-        return "moderation_blocked"
-    return "video_generation_failed"
+# A failed video's `error.code` per failure; the values the SDK and gateways already saw stay.
+_FAILURE_CODES = {
+    FailureCode.CANCELLED: "cancelled",
+    FailureCode.MODERATION: "moderation_blocked",
+    FailureCode.TIMEOUT: "timeout",
+}
+
+
+def failure_code(failure: FailureCode | None) -> str:
+    """A machine-readable `error.code` for a failed job's failure code."""
+    if failure is None:  # a row failed before failure codes were stored
+        return "video_generation_failed"
+    return _FAILURE_CODES.get(failure, "video_generation_failed")
 
 
 def video(
@@ -75,8 +82,8 @@ def video(
     duration = params.get("duration")
     if inputs is not None and duration is not None:
         duration = _seconds(inputs.total_seconds(float(duration)))
-    if inputs is not None and job.result and job.result.get("seconds") is not None:
-        duration = _seconds(float(job.result["seconds"]))
+    if inputs is not None and job.result is not None:
+        duration = _seconds(job.result.seconds)
     progress = {Status.QUEUED: 0, Status.COMPLETED: 100}.get(job.status, job.progress)
     body: dict[str, Any] = {
         "id": job.id,
@@ -94,7 +101,11 @@ def video(
         "remixed_from_video_id": remixed_from,
     }
     if job.status == Status.FAILED:
-        body["error"] = {"code": failure_code(job.error), "message": job.error or "failed"}
+        body["error"] = {
+            "code": failure_code(job.failure),
+            "message": job.error or "failed",
+            "failure": job.failure.value if job.failure is not None else None,
+        }
     return body
 
 
@@ -140,14 +151,17 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    """OpenAI's envelope: `{"error": {"message", "type", "param", "code"}}`."""
+    """OpenAI's envelope: `{"error": {"message", "type", "param", "code"}}`, plus the domain
+    error's structured `fields` (a 406's `balance` and `price`...) inside `error`."""
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     body = {
         "error": {
-            "message": message,
+            **(fields or {}),
+            "message": text.printable(message),  # may echo client text: keep it encodable
             "type": kind,
-            "param": param,
+            "param": text.printable(param) if param else None,
             "code": code or _ERROR_CODES.get(status),
         }
     }
@@ -165,14 +179,25 @@ def response_for(request: Request, exc: Exception) -> JSONResponse:
         param = exc.param if isinstance(exc, errors.InvalidRequest) else None
         if status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
+        fields = {k: v for k, v in exc.fields().items() if k != "param"}
         return error_response(
-            status, exc.message or type(exc).__name__, param=param, headers=headers
+            status,
+            exc.message or type(exc).__name__,
+            param=param,
+            code=exc.code,
+            headers=headers,
+            fields=fields,
         )
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         message = first.get("msg", "invalid request")
-        return error_response(400, f"{where}: {message}" if where else message, param=where or None)
+        return error_response(
+            400,
+            f"{where}: {message}" if where else message,
+            param=where or None,
+            code=errors.InvalidRequest.code,
+        )
     if isinstance(exc, StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "error"
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))

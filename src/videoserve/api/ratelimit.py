@@ -38,7 +38,10 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from videoserve import errors
+from videoserve.api import credentials, guard
 from videoserve.api.errors import error_response
+from videoserve.errors import RateLimited
 from videoserve.settings import Settings
 
 log = logging.getLogger("videoserve.api")
@@ -100,7 +103,8 @@ class RateLimits:
             storage = storage_from_string(
                 url if url.startswith("async+") else "async+" + url,
                 implementation="redispy",
-                connection_pool=self._pool,
+                # limits types **options as scalars, but redispy storage takes a pool object.
+                connection_pool=self._pool,  # type: ignore[arg-type]
                 key_prefix=settings.rate_limit_prefix,
             )
         else:
@@ -157,13 +161,24 @@ class RateLimitMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        verdict = await self.limits.hit(_bucket(scope), _identity(scope))
+        try:
+            identity = _identity(scope)
+        except errors.InvalidRequest as exc:
+            await guard.refuse(scope, receive, send, 400, exc.message, None)
+            return
+        verdict = await self.limits.hit(_bucket(scope), identity)
         if verdict is None:
             await self.app(scope, receive, send)
             return
         headers = verdict.headers()
         if not verdict.allowed:
-            response = error_response(429, verdict.message(), headers)
+            response = error_response(
+                429,
+                verdict.message(),
+                headers,
+                code=RateLimited.code,
+                retry_after=verdict.retry_after,
+            )
             await response(scope, receive, send)
             return
         extra = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
@@ -202,14 +217,11 @@ def _bucket(scope: Scope) -> Bucket:
 
 
 def _identity(scope: Scope) -> str:
-    headers = dict(scope.get("headers") or [])
-    presented = headers.get(b"x-api-key", b"").strip()
-    if not presented:
-        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
-        if scheme.lower() == b"bearer":
-            presented = credentials.strip()
+    """Who is counted: the same key that authentication will read (`credentials`)."""
+    presented = credentials.presented_key(scope.get("headers") or [])
     if presented:
         # Salted, so the names in Redis are not the stored key hashes.
-        return "key:" + hashlib.sha256(b"videoserve-rate-limit:" + presented).hexdigest()[:32]
+        salted = b"videoserve-rate-limit:" + presented.encode("latin-1")
+        return "key:" + hashlib.sha256(salted).hexdigest()[:32]
     client = scope.get("client")
     return "ip:" + (client[0] if client else "unknown")

@@ -50,6 +50,7 @@ async def status(runtime: Runtime, job: Job) -> dict[str, Any]:
         body["progress"] = job.progress
     if job.status == Status.FAILED:
         body["error"] = job.error
+        body["code"] = job.failure.value if job.failure is not None else None
     if job.expires_at:
         body["expires_at"] = iso(job.expires_at)
     return body
@@ -57,27 +58,29 @@ async def status(runtime: Runtime, job: Job) -> dict[str, Any]:
 
 async def result(runtime: Runtime, job: Job, base: str) -> dict[str, Any]:
     body = await status(runtime, job)
-    body["params"] = job.params
-    if job.status != Status.COMPLETED or not job.result:
+    body["params"] = job.shown_params()
+    if job.status != Status.COMPLETED or job.result is None:
         return body
     r = job.result
     assert job.expires_at is not None
-    started = r.get("started_at") or job.started_at or job.created_at
+    started = r.started_at or job.started_at or job.created_at
     body |= {
-        "output": await blob_url(runtime, base, r["output_key"], job.expires_at),
-        "thumbnail": await blob_url(runtime, base, r["thumbnail_key"], job.expires_at),
-        "served_by": r.get("served_by", job.served_by),
-        "width": r["width"],
-        "height": r["height"],
-        "fps": r["fps"],
-        "frames": r["frames"],
-        "seconds": r["seconds"],
-        "seed": r.get("seed"),
-        "segments": r.get("segments", 1),  # passes chained for a duration over one pass
+        "output": await blob_url(runtime, base, r.output_key, job.expires_at),
+        "thumbnail": await blob_url(runtime, base, r.thumbnail_key, job.expires_at),
+        "served_by": r.served_by,
+        "width": r.width,
+        "height": r.height,
+        "fps": r.fps,
+        "frames": r.frames,
+        "seconds": r.seconds,
+        "seed": r.seed,
+        "segments": r.segments,  # passes chained for a duration over one pass
+        "codec": r.codec,
+        "encoder": r.encoder,  # which H.264 encoder ran: libx264 or h264_nvenc
         "metrics": {
             "queue_time": round(started - job.created_at, 4),
-            "inference_time": r["inference_time"],
-            "encode_time": r.get("encode_time"),
+            "inference_time": r.inference_time,
+            "encode_time": r.encode_time,
             "total_time": round((job.finished_at or started) - job.created_at, 4),
         },
     }

@@ -13,12 +13,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from videoserve.settings import Settings
+if TYPE_CHECKING:  # the --url path runs on the bare client install, without pydantic-settings
+    from videoserve.settings import Settings
 
 
 def run_generation(
@@ -29,15 +30,18 @@ def run_generation(
     url: str | None,
     api_key: str | None,
     timeout: float,
-    settings: Settings,
+    settings: Settings | None,
     console: Console,
     source: SourceOperation | None = None,
 ) -> dict[str, Any]:
-    """Submit (a generation, or an extension or edit of `source`), show progress, save."""
+    """Submit (a generation, or an extension or edit of `source`), show progress, save.
+
+    `settings` configure the embedded server; they are only needed when `url` is None."""
     from videoserve.client import Client
 
     with contextlib.ExitStack() as stack:
         if url is None:
+            assert settings is not None, "an embedded server needs settings"
             url = stack.enter_context(embedded_server(settings))
             api_key = api_key or "unused"
         client = stack.enter_context(Client(api_key=api_key, base_url=url, timeout=60.0))

@@ -1,4 +1,8 @@
-"""The `videoserve` command: serve, worker, generate, keys, models."""
+"""The `videoserve` command: serve, worker, generate, keys, models.
+
+Only typer, rich and the client are imported at the top: `generate --url` and `models --url` run
+on the bare client install, and every server or worker command imports its parts when it runs.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,17 @@ import base64
 import mimetypes
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from videoserve.settings import Settings
+from videoserve.installs import Extra, requirement_message
+
+if TYPE_CHECKING:
+    from videoserve.settings import Settings
 
 app = typer.Typer(help="Self-hosted serverless video generation.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list, credit and revoke API keys.", no_args_is_help=True)
@@ -25,7 +33,18 @@ DataDir = Annotated[
 ]
 
 
+def _require(extra: Extra, what: str) -> None:
+    """Exit with a sentence naming the install when this environment lacks `extra`."""
+    message = requirement_message(extra, what)
+    if message is not None:
+        err.print(f"[red]error:[/red] {escape(message)}")  # "[worker]" is not markup
+        raise typer.Exit(1)
+
+
 def _settings(**overrides: Any) -> Settings:
+    _require(Extra.server, "this command")
+    from videoserve.settings import Settings
+
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -43,24 +62,34 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Run the HTTP API with an embedded worker (unless VIDEOSERVE_EMBEDDED_WORKER=false)."""
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    if settings.embedded_worker:
+        # Refuse rather than serve a queue nobody works: an API host without torch says so.
+        _require(
+            Extra.worker,
+            "the in-process worker (set VIDEOSERVE_EMBEDDED_WORKER=false to serve the API only)",
+        )
     import uvicorn
 
     from videoserve.api import create_app
+    from videoserve.api.server import uvicorn_options
 
-    settings = _settings(host=host, port=port, data_dir=data_dir)
     _logging(settings)
     if settings.auth:
         asyncio.run(_bootstrap_key(settings))
     app_ = create_app(settings)
     err.print(f"videoserve on http://{settings.host}:{settings.port}  (docs at /docs)")
+    err.print(f"data folder {settings.data_dir.resolve()}", soft_wrap=True)
+    # JSON: uvicorn's own lines go through our handler too, instead of its text config.
+    log_config: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
     uvicorn.run(
         app_,
         host=settings.host,
         port=settings.port,
         log_level="warning",
         proxy_headers=True,
-        # JSON: uvicorn's own lines go through our handler too, instead of its text config.
-        **({"log_config": None} if settings.log_format == "json" else {}),
+        **uvicorn_options(settings),
+        **log_config,
     )
 
 
@@ -72,7 +101,7 @@ async def _bootstrap_key(settings: Settings) -> None:
     store = JobStore.open(settings.resolved_database_url())
     try:
         await store.migrate()
-        keys = KeyStore(store)
+        keys = KeyStore(store.database)
         if await keys.count() == 0:
             _record, plaintext = await keys.create("default", admin=True)
             err.print(
@@ -86,10 +115,10 @@ async def _bootstrap_key(settings: Settings) -> None:
 @app.command()
 def worker(data_dir: DataDir = None) -> None:
     """Run a worker that claims jobs from the shared database (SIGTERM drains)."""
-    from videoserve.runtime import Runtime
-
     settings = _settings(data_dir=data_dir)
+    _require(Extra.worker, "videoserve worker")
     _logging(settings)
+    from videoserve.runtime import Runtime
 
     async def main() -> None:
         runtime = Runtime(settings)
@@ -156,6 +185,8 @@ def generate(
         params["size"] = size
     if image is not None:
         params["input_reference"] = _image_reference(image)
+    if url is None:
+        _require(Extra.worker, "generate without --url (it starts an embedded server)")
     try:
         result = run_generation(
             params,
@@ -164,7 +195,7 @@ def generate(
             url=url,
             api_key=api_key,
             timeout=timeout,
-            settings=_settings(data_dir=data_dir),
+            settings=None if url else _settings(data_dir=data_dir),
             console=err,
             source=source,
         )
@@ -197,8 +228,11 @@ def keys_create(
 ) -> None:
     """Create a key; the key itself is the LAST line of output, shown only this once."""
 
+    settings = _settings(data_dir=data_dir)
+    _say_which_database(settings)
+
     async def main() -> str:
-        async with _key_store(_settings(data_dir=data_dir)) as keys:
+        async with _key_store(settings) as keys:
             record, plaintext = await keys.create(name, admin=admin, credits=credits)
         budget = "unlimited" if credits is None else f"{_amount(credits)} credits"
         err.print(
@@ -206,7 +240,13 @@ def keys_create(
         )
         return plaintext
 
-    typer.echo(asyncio.run(main()))
+    from videoserve import errors
+
+    try:
+        typer.echo(asyncio.run(main()))
+    except errors.InvalidRequest as exc:
+        err.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @keys_app.command("list")
@@ -276,18 +316,43 @@ def keys_revoke(
     typer.echo(f"revoked {key_id}")
 
 
-def _key_store(settings: Settings):  # type: ignore[no-untyped-def]
+def _say_which_database(settings: Settings) -> None:
+    """On stderr: the database a key command uses, and plainly when it has to create one
+    (a key made in a new database is unknown to a server running on another)."""
+    url = settings.resolved_database_url()
+    if not url.startswith("sqlite"):
+        err.print(f"using the database {_without_password(url)}", soft_wrap=True)
+        return
+    path = Path(url.split(":///", 1)[1])
+    if path.exists():
+        err.print(f"using the database {path}", soft_wrap=True)  # a path is never wrapped
+        return
+    err.print(
+        f"[bold yellow]no database at {path}: creating a new, empty one.[/bold yellow] "
+        "If a server is already running, it uses another data folder: pass the same "
+        "--data-dir or VIDEOSERVE_DATA_DIR (or VIDEOSERVE_DATABASE_URL) as the server.",
+        soft_wrap=True,
+    )
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _key_store(settings: Settings):
     import contextlib
 
     from videoserve.jobs.keys import KeyStore
     from videoserve.jobs.store import JobStore
 
     @contextlib.asynccontextmanager
-    async def opened():  # type: ignore[no-untyped-def]
+    async def opened():
         store = JobStore.open(settings.resolved_database_url())
         try:
             await store.migrate()
-            yield KeyStore(store)
+            yield KeyStore(store.database)
         finally:
             await store.close()
 
@@ -295,14 +360,24 @@ def _key_store(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 @app.command()
-def models(data_dir: DataDir = None) -> None:
+def models(
+    url: Annotated[
+        str | None, typer.Option(help="Ask a running server (else read this host's config)")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="VIDEOSERVE_API_KEY")] = None,
+    data_dir: DataDir = None,
+) -> None:
     """List the configured models, whether each can run here, and why not."""
-    from videoserve.models.registry import ModelRegistry
+    if url is not None:
+        described = _served_models(url, api_key)
+    else:
+        from videoserve.models.registry import ModelRegistry
 
-    settings = _settings(data_dir=data_dir)
+        described = ModelRegistry.from_settings(_settings(data_dir=data_dir)).describe()
     table = Table("model", "backend", "served by", "available", "note")
-    for m in ModelRegistry.from_settings(settings).describe():
-        note = m.get("reason") or m.get("warning") or ""
+    for m in described:
+        adapters = f"LoRA adapters over {m['base']}" if m.get("base") else ""
+        note = m.get("reason") or m.get("warning") or adapters
         table.add_row(
             m["id"],
             m.get("backend") or "",
@@ -313,18 +388,30 @@ def models(data_dir: DataDir = None) -> None:
     Console(width=160).print(table)
 
 
+def _served_models(url: str, api_key: str | None) -> list[dict[str, Any]]:
+    from videoserve.client import Client
+
+    try:
+        with Client(api_key=api_key or "unused", base_url=url) as client:
+            return client.models()
+    except Exception as exc:  # like generate: a message and exit 1, never a traceback
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def pull(
     model: Annotated[str, typer.Argument(help="A configured model name (or alias)")],
     data_dir: DataDir = None,
 ) -> None:
     """Download a model's Hugging Face repo into the local cache (HF_HOME), with progress."""
+    settings = _settings(data_dir=data_dir)
     from videoserve import errors
     from videoserve.models.registry import ModelRegistry
     from videoserve.models.weights import PullFailed
 
     try:
-        backend = ModelRegistry.from_settings(_settings(data_dir=data_dir)).backend(model)
+        backend = ModelRegistry.from_settings(settings).backend(model)
         download = getattr(backend, "pull", None)
         if download is None:
             raise PullFailed(f"model '{model}' has no weights to download")

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -89,7 +89,7 @@ class AsyncJob:
                 pause = poll.pause(exc)
             await asyncio.sleep(pause)
 
-    async def _stream_statuses(self, poll: _common.Poll) -> AsyncIterator[dict[str, Any]]:
+    async def _stream_statuses(self, poll: _common.Poll) -> AsyncGenerator[dict[str, Any], None]:
         """Status bodies from the server's event stream until it ends; nothing (and no error)
         when it is unavailable or breaks off. `InferenceTimeout` at the deadline."""
         url = _common.request_action_url(

@@ -21,7 +21,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
-from videoserve import __version__, errors
+from videoserve import errors
+from videoserve._version import __version__
 
 API_KEY_ENV = "VIDEOSERVE_API_KEY"
 BASE_URL_ENV = "VIDEOSERVE_BASE_URL"
@@ -261,7 +262,9 @@ def error_for(response: httpx.Response) -> errors.VideoserveError:
     elif code == 404:
         exc = errors.NotFound(message)
     elif code == 406:
-        exc = errors.InsufficientCredits(message)
+        exc = errors.InsufficientCredits(
+            message, balance=fields.get("balance"), price=fields.get("price")
+        )
     elif code == 413:
         exc = errors.PayloadTooLarge(message, param=fields.get("param"))
     elif code == 422:
@@ -276,9 +279,11 @@ def error_for(response: httpx.Response) -> errors.VideoserveError:
         exc = errors.RequestTimeout(message, request_id=fields.get("request_id"))
     else:
         exc = errors.APIError(message, status_code=code, body=body)
-    exc.status_code = code  # type: ignore[attr-defined]
+    # The client adds what it read to the core's classes, which carry no HTTP fields of their
+    # own (the server raises them too): attributes set here, so mypy cannot see them declared.
+    exc.status_code = code  # type: ignore[union-attr]
     if not isinstance(exc, errors.APIError):
-        exc.body = body  # type: ignore[attr-defined]
+        exc.body = body  # type: ignore[union-attr]
     return exc
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -80,7 +80,7 @@ class Job:
                 pause = poll.pause(exc)
             time.sleep(pause)
 
-    def _stream_statuses(self, poll: _common.Poll) -> Iterator[dict[str, Any]]:
+    def _stream_statuses(self, poll: _common.Poll) -> Generator[dict[str, Any], None, None]:
         """Status bodies from the server's event stream until it ends; nothing (and no error)
         when it is unavailable or breaks off. `InferenceTimeout` at the deadline."""
         url = _common.request_action_url(

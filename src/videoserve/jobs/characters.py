@@ -12,6 +12,7 @@ Characters belong to the key that made them (another key's id is a 404) and live
 from __future__ import annotations
 
 import asyncio
+import builtins
 import io
 import re
 import secrets
@@ -20,12 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 from PIL import Image
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from videoserve import errors
 from videoserve.jobs import clock, schema
+from videoserve.jobs.database import Database, Migrations
 from videoserve.jobs.records import ApiKey
-from videoserve.jobs.store import JobStore
 from videoserve.media.video_input import decode_video, evenly_spaced, video_limits
 from videoserve.settings import Settings
 from videoserve.storage.base import BlobStore
@@ -35,7 +37,28 @@ FRAME_SIDE = 512  # the longer side of a kept frame, in pixels
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z][A-Za-z0-9_-]{0,63})")
 
-table = schema.characters
+# A caller's characters (reference frames taken from a video), per key, kept for their own
+# retention. The frames are blobs under `characters/<id>/`.
+table = sa.Table(
+    "characters",
+    schema.metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # char_...
+    sa.Column("api_key_id", sa.String(40), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),  # what `@Name` in a prompt refers to
+    sa.Column("frame_keys", sa.JSON, nullable=False),  # blob keys of the reference frames
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("api_key_id", "name", name="uq_characters_key_name"),
+)
+sa.Index("ix_characters_expires", table.c.expires_at)
+
+
+def _v1_create(conn: Connection) -> None:
+    table.create(conn, checkfirst=True)  # with its index
+
+
+# The "characters" package's own list, so its versions never clash with the jobs package's.
+MIGRATIONS = Migrations("characters", ((1, _v1_create),))
 
 
 @dataclass(frozen=True)
@@ -62,9 +85,9 @@ def mentions(prompt: str) -> list[str]:
 class Characters:
     """Create, read, list, delete and expire the caller's characters."""
 
-    def __init__(self, settings: Settings, store: JobStore, blobs: BlobStore) -> None:
+    def __init__(self, settings: Settings, database: Database, blobs: BlobStore) -> None:
         self.settings = settings
-        self.store = store
+        self.database = database
         self.blobs = blobs
 
     async def create(self, key: ApiKey, name: object, video: bytes | None) -> Character:
@@ -97,7 +120,7 @@ class Characters:
             expires_at=now + self.settings.character_retention_seconds,
         )
         try:
-            async with self.store.engine.begin() as conn:
+            async with self.database.transaction() as conn:
                 await conn.execute(
                     table.insert().values(
                         id=character.id,
@@ -122,7 +145,7 @@ class Characters:
         query = table.select().where(table.c.id == character_id, table.c.expires_at > clock.now())
         if not key.is_admin:
             query = query.where(table.c.api_key_id == key.id)
-        async with self.store.read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             raise errors.NotFound(f"character '{character_id}' not found")
@@ -135,17 +158,19 @@ class Characters:
             .where(table.c.api_key_id == key.id, table.c.expires_at > clock.now())
             .order_by(table.c.created_at.desc(), table.c.id.desc())
         )
-        async with self.store.read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             return [_record(row) for row in await conn.execute(query)]
 
     async def delete(self, key: ApiKey, character_id: str) -> Character:
         character = await self.get(key, character_id)
-        async with self.store.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             await conn.execute(table.delete().where(table.c.id == character.id))
         await self.blobs.delete_prefix(character_prefix(character.id))
         return character
 
-    async def resolve(self, key: ApiKey, ids: list[str], prompt: str) -> list[Character]:
+    async def resolve(
+        self, key: ApiKey, ids: builtins.list[str], prompt: str
+    ) -> builtins.list[Character]:
         """The characters a request uses: its `characters` ids and its prompt's `@Name`s.
 
         An id that is not the caller's is a 404; a mention that names none of the caller's
@@ -159,7 +184,7 @@ class Characters:
                 table.c.name.in_(names),
                 table.c.expires_at > clock.now(),
             )
-            async with self.store.read_engine.connect() as conn:
+            async with self.database.connect() as conn:
                 for row in await conn.execute(query):
                     chosen.setdefault(row.id, _record(row))
         return list(chosen.values())
@@ -169,13 +194,13 @@ class Characters:
         query = table.select().where(table.c.expires_at <= clock.now()).limit(100)
         deleted = 0
         while True:
-            async with self.store.read_engine.connect() as conn:
+            async with self.database.connect() as conn:
                 rows = list(await conn.execute(query))
             if not rows:
                 return deleted
             for row in rows:
                 await self.blobs.delete_prefix(character_prefix(row.id))
-            async with self.store.engine.begin() as conn:
+            async with self.database.transaction() as conn:
                 result = await conn.execute(
                     table.delete().where(table.c.id.in_([row.id for row in rows]))
                 )
@@ -186,11 +211,11 @@ class Characters:
         query = table.select().where(
             table.c.api_key_id == key.id, table.c.name == name, table.c.expires_at <= clock.now()
         )
-        async with self.store.read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             rows = list(await conn.execute(query))
         for row in rows:
             await self.blobs.delete_prefix(character_prefix(row.id))
-            async with self.store.engine.begin() as conn:
+            async with self.database.transaction() as conn:
                 await conn.execute(table.delete().where(table.c.id == row.id))
 
 

@@ -1,4 +1,6 @@
-"""Everything that differs between SQLite and PostgreSQL, in one place.
+"""The recipes behind `database.Database`: engines and wake-ups for SQLite and PostgreSQL.
+
+Only `database` uses this module; the stores ask the `Database` for what differs.
 
 - Engines: SQLite runs in WAL mode with a busy timeout, and every write transaction starts
   with `BEGIN IMMEDIATE` so two writers queue on the lock instead of failing at commit.
@@ -7,9 +9,7 @@
   (`sqlite_direct`).
 - Wake-ups ride in the writing statement on PostgreSQL (`pg_notify` in RETURNING, see
   `Notifier.returning`), so a one-statement write is one round trip.
-- Claiming: PostgreSQL adds `FOR UPDATE SKIP LOCKED` so concurrent claimers pass each other;
-  SQLite serialises writers anyway.
-- The migration lock: an advisory lock on PostgreSQL, the write lock on SQLite.
+- Claiming, locks and insert-or-skip: see `Database`.
 - Wake-ups: `LISTEN/NOTIFY` on PostgreSQL; on SQLite only in-process events (a worker in
   another process falls back to a slow poll).
 """
@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,7 +30,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 log = logging.getLogger("videoserve.jobs")
 
 NOTIFY_CHANNEL = "videoserve_events"
-_MIGRATION_LOCK_ID = 0x56494445  # "VIDE": any constant shared by every videoserve process
 # Execution option: this connection runs single autocommit statements (no BEGIN IMMEDIATE).
 AUTOCOMMIT = "videoserve_autocommit"
 
@@ -72,7 +70,7 @@ def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngin
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_connection, _record) -> None:
         # Take transaction control from pysqlite so BEGIN IMMEDIATE below is ours to emit.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -82,7 +80,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+    def _on_begin(conn) -> None:
         # Reads run as single autocommit statements: no lock, no BEGIN/ROLLBACK round trips
         # (WAL lets them run beside a writer). Writes take the write lock at BEGIN.
         if not conn.get_execution_options().get(AUTOCOMMIT):
@@ -96,22 +94,6 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
     if is_postgres(engine):
         return engine.execution_options(isolation_level="AUTOCOMMIT", **{AUTOCOMMIT: True})
     return engine.execution_options(**{AUTOCOMMIT: True})
-
-
-def claim_subquery(engine: AsyncEngine, select: sa.Select) -> sa.Select:
-    """The oldest-queued-job SELECT, made safe for concurrent claimers on this dialect."""
-    if is_postgres(engine):
-        return select.with_for_update(skip_locked=True)
-    return select
-
-
-@contextlib.asynccontextmanager
-async def migration_lock(conn: AsyncConnection) -> AsyncIterator[None]:
-    """Hold the database-wide lock under which migrations run (inside conn's transaction)."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-    # SQLite: the transaction began with BEGIN IMMEDIATE and so already holds the write lock.
-    yield
 
 
 class Notifier:
@@ -217,7 +199,7 @@ class PostgresNotifier(Notifier):
     async def _listen_forever(self) -> None:
         import asyncpg
 
-        def on_notify(_conn, _pid, _channel, payload: str) -> None:  # type: ignore[no-untyped-def]
+        def on_notify(_conn, _pid, _channel, payload: str) -> None:
             self._wake(payload)
 
         backoff = 0.2

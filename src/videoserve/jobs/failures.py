@@ -7,6 +7,7 @@ No module compares message text; dialects map these codes to their own fields (O
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class FailureCode(enum.StrEnum):
@@ -18,3 +19,15 @@ class FailureCode(enum.StrEnum):
     INPUT_INVALID = "input_invalid"  # an input failed checks only the worker could make
     MODEL_UNAVAILABLE = "model_unavailable"  # the model could not be loaded on the worker
     MEDIA_ERROR = "media_error"  # encoding or storing the video failed
+
+
+# The message beside `CANCELLED`, written by the store (queued job) and the worker (running).
+CANCELLED_MESSAGE = "cancelled by the user"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job failed: the code programs read and the message people read."""
+
+    code: FailureCode
+    message: str

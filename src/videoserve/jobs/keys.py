@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from typing import Any
 
 import sqlalchemy as sa
 
-from videoserve.jobs import clock, ledger, schema
+from videoserve.jobs import clock, ledger, schema, text
+from videoserve.jobs.database import Database
 from videoserve.jobs.records import ApiKey
-from videoserve.jobs.store import JobStore
 
 KEY_PREFIX = "vs_"
+MAX_NAME_CHARS = 200  # api_keys.name
 ANONYMOUS = ApiKey(
     id="anonymous", name="anonymous (auth off)", prefix="", is_admin=True, created_at=0
 )
@@ -28,7 +30,7 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
-def _record(row: object) -> ApiKey:
+def _record(row: Any) -> ApiKey:  # a SQLAlchemy Row: columns as attributes
     return ApiKey(
         id=row.id,
         name=row.name,
@@ -48,8 +50,8 @@ class KeyStore:
     processes (this process forgets at once); unknown keys are never cached.
     """
 
-    def __init__(self, store: JobStore, *, cache_seconds: float = 0.0) -> None:
-        self._store = store
+    def __init__(self, database: Database, *, cache_seconds: float = 0.0) -> None:
+        self._database = database
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, ApiKey]] = {}
 
@@ -59,6 +61,7 @@ class KeyStore:
         """A new key; returns its record and the plaintext, which is never stored.
 
         Without `credits` the key is unlimited; with them, it starts with that grant."""
+        text.check_field("name", name, MAX_NAME_CHARS)  # the same answer on both databases
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(8)
         values = {
@@ -72,7 +75,7 @@ class KeyStore:
             "balance": 0.0,
             "unlimited": credits is None,
         }
-        async with self._store.engine.begin() as conn:
+        async with self._database.transaction() as conn:
             await conn.execute(keys.insert().values(**values))
             if credits is not None:
                 await ledger.grant(conn, key_id, credits, "initial credits")
@@ -84,7 +87,7 @@ class KeyStore:
         """Grant credits (negative: an adjustment) as one ledger row; the new balance, or None
         when no key has this id or prefix."""
         match = sa.or_(keys.c.id == key_id_or_prefix, keys.c.prefix == key_id_or_prefix)
-        async with self._store.engine.begin() as conn:
+        async with self._database.transaction() as conn:
             key_id = (await conn.execute(sa.select(keys.c.id).where(match))).scalar()
             if key_id is None:
                 return None
@@ -92,10 +95,10 @@ class KeyStore:
 
     async def balance(self, key_id: str) -> float | None:
         """The key's cached ledger sum; None for an unknown key."""
-        return await ledger.balance(self._store.read_engine, key_id)
+        return await ledger.balance(self._database, key_id)
 
     async def get(self, key_id: str) -> ApiKey | None:
-        async with self._store.read_engine.connect() as conn:
+        async with self._database.connect() as conn:
             row = (await conn.execute(sa.select(keys).where(keys.c.id == key_id))).first()
         return _record(row) if row else None
 
@@ -114,19 +117,19 @@ class KeyStore:
 
     async def _lookup(self, digest: str) -> ApiKey | None:
         query = sa.select(keys).where(keys.c.key_hash == digest, keys.c.revoked_at.is_(None))
-        async with self._store.read_engine.connect() as conn:
+        async with self._database.connect() as conn:
             row = (await conn.execute(query)).first()
         return _record(row) if row else None
 
     async def list(self) -> list[ApiKey]:
-        async with self._store.read_engine.connect() as conn:
+        async with self._database.connect() as conn:
             rows = (await conn.execute(sa.select(keys).order_by(keys.c.created_at))).all()
         return [_record(r) for r in rows]
 
     async def revoke(self, key_id_or_prefix: str) -> ApiKey | None:
         """Revoke by id (key_...) or by the key's shown prefix; None if no active key matches."""
         match = sa.or_(keys.c.id == key_id_or_prefix, keys.c.prefix == key_id_or_prefix)
-        async with self._store.engine.begin() as conn:
+        async with self._database.transaction() as conn:
             row = (
                 await conn.execute(
                     keys.update()
@@ -140,7 +143,7 @@ class KeyStore:
         return _record(row) if row else None
 
     async def count(self) -> int:
-        async with self._store.read_engine.connect() as conn:
+        async with self._database.connect() as conn:
             return int(
                 (await conn.execute(sa.select(sa.func.count()).select_from(keys))).scalar_one()
             )

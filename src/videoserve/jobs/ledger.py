@@ -21,14 +21,14 @@ prices every sum is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from videoserve import errors
 from videoserve.jobs import clock, schema
+from videoserve.jobs.database import Database
 
 ledger = schema.credit_ledger
 keys = schema.api_keys
@@ -44,16 +44,30 @@ def number(value: float) -> int | float:
 
 @dataclass(frozen=True)
 class Charge:
-    """The price of one request: the model's price per second times the video's seconds."""
+    """The price of one request: seconds x (price_per_second + steps x price_per_step_second).
+
+    The step term lets the price follow compute: 100 steps cost 25 times the GPU time of 4."""
 
     seconds: float
     price_per_second: float
+    steps: int = 0
+    price_per_step_second: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Credits per second of this video."""
+        return self.price_per_second + self.steps * self.price_per_step_second
 
     @property
     def amount(self) -> float:
-        return self.seconds * self.price_per_second
+        return self.seconds * self.rate
 
     def describe(self) -> str:
+        if self.price_per_step_second:
+            return (
+                f"{number(self.seconds)} s x ({number(self.price_per_second)} + "
+                f"{self.steps} steps x {number(self.price_per_step_second)}) credits/s"
+            )
         unit = "credit" if self.price_per_second == 1 else "credits"
         return f"{number(self.seconds)} s x {number(self.price_per_second)} {unit}/s"
 
@@ -88,7 +102,9 @@ def insufficient(balance: float | None, charge: Charge) -> errors.InsufficientCr
     """The 406 a refused charge answers, with the balance and how the price was computed."""
     have = "no such key" if balance is None else f"balance {number(balance)}"
     return errors.InsufficientCredits(
-        f"insufficient credits: {have}, price {number(charge.amount)} ({charge.describe()})"
+        f"insufficient credits: {have}, price {number(charge.amount)} ({charge.describe()})",
+        balance=None if balance is None else number(balance),
+        price=number(charge.amount),
     )
 
 
@@ -120,14 +136,19 @@ async def charge(conn: AsyncConnection, api_key_id: str, job_id: str, price: Cha
 
 
 async def refund(
-    conn: AsyncConnection, api_key_id: str, job_id: str, cost: float | None, note: str
+    database: Database,
+    conn: AsyncConnection,
+    api_key_id: str,
+    job_id: str,
+    cost: float | None,
+    note: str,
 ) -> float:
     """Give a failed job's charge back, once; returns the amount refunded (0 if none)."""
     if cost is None:  # nothing was charged (auth off, or a job from before credits existed)
         return 0.0
     row = (
         await conn.execute(
-            _insert_ignoring_duplicates(conn)
+            database.insert_ignoring(ledger, conflict=["job_id", "kind"])
             .values(
                 api_key_id=api_key_id,
                 job_id=job_id,
@@ -172,28 +193,23 @@ async def grant(conn: AsyncConnection, api_key_id: str, amount: float, note: str
     return float(row.balance)
 
 
-def _insert_ignoring_duplicates(conn: AsyncConnection) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(ledger).on_conflict_do_nothing(index_elements=["job_id", "kind"])
-
-
 # --- reads -----------------------------------------------------------------------------------
-async def balance(engine: AsyncEngine, api_key_id: str) -> float | None:
-    async with engine.connect() as conn:
+async def balance(database: Database, api_key_id: str) -> float | None:
+    async with database.connect() as conn:
         value = (
             await conn.execute(sa.select(keys.c.balance).where(keys.c.id == api_key_id))
         ).scalar()
     return None if value is None else float(value)
 
 
-async def account(engine: AsyncEngine, api_key_id: str) -> Account | None:
+async def account(database: Database, api_key_id: str) -> Account | None:
     """The key's balance and its ledger totals by kind; None for an unknown key."""
     totals = (
         sa.select(ledger.c.kind, sa.func.sum(ledger.c.amount))
         .where(ledger.c.api_key_id == api_key_id)
         .group_by(ledger.c.kind)
     )
-    async with engine.connect() as conn:
+    async with database.connect() as conn:
         key = (await conn.execute(sa.select(keys).where(keys.c.id == api_key_id))).first()
         if key is None:
             return None
@@ -209,25 +225,25 @@ async def account(engine: AsyncEngine, api_key_id: str) -> Account | None:
     )
 
 
-async def refunds_for(engine: AsyncEngine, job_ids: list[str]) -> dict[str, float]:
+async def refunds_for(database: Database, job_ids: list[str]) -> dict[str, float]:
     """job id -> amount refunded, for the jobs that got a refund."""
     if not job_ids:
         return {}
     query = sa.select(ledger.c.job_id, ledger.c.amount).where(
         ledger.c.kind == "refund", ledger.c.job_id.in_(job_ids)
     )
-    async with engine.connect() as conn:
+    async with database.connect() as conn:
         return {job_id: float(amount) for job_id, amount in (await conn.execute(query)).all()}
 
 
-async def entries(engine: AsyncEngine, api_key_id: str) -> list[Entry]:
+async def entries(database: Database, api_key_id: str) -> list[Entry]:
     """The key's ledger, oldest first."""
     query = (
         sa.select(ledger)
         .where(ledger.c.api_key_id == api_key_id)
         .order_by(ledger.c.created_at, ledger.c.id)
     )
-    async with engine.connect() as conn:
+    async with database.connect() as conn:
         rows = (await conn.execute(query)).all()
     return [
         Entry(

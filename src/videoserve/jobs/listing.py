@@ -12,9 +12,9 @@ from typing import Literal
 import sqlalchemy as sa
 
 from videoserve import errors
-from videoserve.jobs import clock, dialects, schema
+from videoserve.jobs import clock, schema, text
+from videoserve.jobs.database import Database
 from videoserve.jobs.records import Job
-from videoserve.jobs.store import JobStore
 
 jobs = schema.jobs
 
@@ -30,7 +30,7 @@ def _owned_and_live(api_key_id: str | None) -> sa.ColumnElement[bool]:
 
 
 async def list_jobs(
-    store: JobStore,
+    database: Database,
     api_key_id: str | None,
     *,
     after: str | None = None,
@@ -47,10 +47,15 @@ async def list_jobs(
         raise errors.InvalidRequest(
             f"limit: must be from 1 to {MAX_LIMIT} (got {limit})", param="limit"
         )
+    if after is not None and not text.could_be_id(after):
+        raise errors.InvalidRequest(
+            "after: not an id this server issues (the id of the last video of a page)",
+            param="after",
+        )
     visible = _owned_and_live(api_key_id)
     query = sa.select(jobs).where(visible)
     newest_first = order == "desc"
-    async with store.engine.execution_options(**{dialects.AUTOCOMMIT: True}).connect() as conn:
+    async with database.connect() as conn:
         if after is not None:
             cursor = (
                 await conn.execute(

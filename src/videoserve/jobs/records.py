@@ -2,10 +2,51 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from videoserve.jobs.failures import FailureCode
 from videoserve.jobs.states import Status
+
+# How views name a reference image that arrived inline (a data URI or an upload).
+INLINE_IMAGE_NOTE = "data URI (stored with the request)"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The facts of a finished video, written by the worker and read by every view.
+
+    Stored as JSON in `jobs.result`; `extra` keeps keys a newer writer added (so an older
+    reader passes them through rather than dropping them)."""
+
+    output_key: str  # blob key of the MP4
+    thumbnail_key: str  # blob key of the JPEG thumbnail
+    served_by: str  # the model that made it (after aliases)
+    width: int
+    height: int
+    fps: float
+    frames: int
+    seconds: float  # the video's duration as encoded
+    codec: str | None = None
+    encoder: str | None = None  # which H.264 encoder ran: libx264 or h264_nvenc
+    seed: int | None = None
+    segments: int = 1  # passes chained for a duration over one pass
+    inference_time: float | None = None  # seconds in the model
+    encode_time: float | None = None  # seconds encoding and storing
+    started_at: float | None = None  # when this attempt began producing it
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**self.extra, **data}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, served_by: str) -> JobResult:
+        """Read a stored result; rows written before `served_by` was recorded get the job's."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("served_by", served_by)
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
 
 
 @dataclass(frozen=True)
@@ -31,11 +72,12 @@ class Job:
     finished_at: float | None = None
     expires_at: float | None = None  # when the result and its video are deleted
     error: str | None = None
-    result: dict[str, Any] | None = None  # video facts, output key, metrics
+    result: JobResult | None = None  # the video's facts once COMPLETED
     idempotency_key: str | None = None
     request_hash: str | None = None
     webhook_url: str | None = None  # where video.completed / video.failed are delivered
     cost: float | None = None  # credits charged at submit; None when nothing was charged
+    failure: FailureCode | None = None  # why it FAILED, as a code; `error` is the message
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -43,7 +85,18 @@ class Job:
         data = {k: v for k, v in row._mapping.items() if not k.startswith("_")}
         data["status"] = Status(data["status"])
         data["cancel_requested"] = bool(data.get("cancel_requested"))
+        if data.get("failure") is not None:
+            data["failure"] = FailureCode(data["failure"])
+        if data.get("result") is not None:
+            data["result"] = JobResult.from_json(data["result"], served_by=data["served_by"])
         return cls(**data)
+
+    def shown_params(self) -> dict[str, Any]:
+        """The parameters as views show them: an inline image (stored as a blob, never in the
+        row) appears as a short note rather than megabytes of base64."""
+        if self.input_key is None or "input_reference" in self.params:
+            return self.params
+        return {**self.params, "input_reference": INLINE_IMAGE_NOTE}
 
 
 @dataclass(frozen=True)

@@ -7,24 +7,18 @@ both dialects identical. Hosts are expected to run NTP; leases are tens of secon
 Why our own migration runner rather than Alembic: every API and worker process runs the
 migrations at start-up, possibly several at once on one database, so the runner must take a
 database lock first (an advisory lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite), and the
-migrations ship inside the package. That is thirty lines here, not a second configuration tree.
+migrations ship inside the package. That is `database.Database.migrate`, not a second
+configuration tree. Each package lists its own tables' migrations (this module: "jobs").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-metadata = sa.MetaData()
+from videoserve.jobs.database import Migrations
 
-schema_version = sa.Table(
-    "videoserve_schema",
-    metadata,
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.Float, nullable=False),
-)
+metadata = sa.MetaData()
 
 api_keys = sa.Table(
     "api_keys",
@@ -69,6 +63,8 @@ jobs = sa.Table(
     sa.Column("request_hash", sa.String(64), nullable=True),
     sa.Column("webhook_url", sa.Text, nullable=True),  # added by migration 2
     sa.Column("cost", sa.Float, nullable=True),  # credits charged at submit (migration 4)
+    # A FailureCode value beside `error` once FAILED (migration 5); NULL for older rows.
+    sa.Column("failure", sa.String(32), nullable=True),
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
 )
 
@@ -101,22 +97,7 @@ credit_ledger = sa.Table(
 )
 sa.Index("ix_credit_ledger_key", credit_ledger.c.api_key_id, credit_ledger.c.created_at)
 
-# Added by migration 5: a caller's characters (reference frames taken from a video), per key,
-# kept for their own retention. The frames are blobs under `characters/<id>/`.
-characters = sa.Table(
-    "characters",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),  # char_...
-    sa.Column("api_key_id", sa.String(40), nullable=False),
-    sa.Column("name", sa.String(64), nullable=False),  # what `@Name` in a prompt refers to
-    sa.Column("frame_keys", sa.JSON, nullable=False),  # blob keys of the reference frames
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("api_key_id", "name", name="uq_characters_key_name"),
-)
-sa.Index("ix_characters_expires", characters.c.expires_at)
-
-_ADDED_AFTER_V1 = {"webhook_url", "cost"}
+_ADDED_AFTER_V1 = {"webhook_url", "cost", "failure"}
 _KEY_COLUMNS_AFTER_V1 = {"balance", "unlimited"}
 _V1_INDEXES = {"ix_jobs_queue", "ix_jobs_expires", "ix_jobs_lease", "ix_jobs_key_created"}
 
@@ -127,11 +108,9 @@ sa.Index("ix_jobs_key_created", jobs.c.api_key_id, jobs.c.created_at)
 sa.Index("ix_jobs_key_status", jobs.c.api_key_id, jobs.c.status)  # migration 4: the claim cap
 
 
-def _v2_webhooks(conn: Connection) -> None:
-    from videoserve.webhooks import tables as webhook_tables
-
+def _v2_webhook_url(conn: Connection) -> None:
+    # The webhook tables themselves are the webhooks package's own migrations.
     conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN webhook_url TEXT"))
-    webhook_tables.create_tables(conn)
 
 
 def _v3_workers(conn: Connection) -> None:
@@ -140,7 +119,7 @@ def _v3_workers(conn: Connection) -> None:
 
 def _v4_credits(conn: Connection) -> None:
     # Existing keys become unlimited with a zero balance: nothing they did before is billed.
-    true = "TRUE" if conn.dialect.name == "postgresql" else "1"
+    true = sa.true().compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
     conn.execute(
         sa.text("ALTER TABLE api_keys ADD COLUMN balance DOUBLE PRECISION NOT NULL DEFAULT 0")
     )
@@ -154,8 +133,8 @@ def _v4_credits(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
-def _v5_characters(conn: Connection) -> None:
-    characters.create(conn, checkfirst=True)  # with its index
+def _v5_failure_codes(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN failure VARCHAR(32)"))
 
 
 def _v1_initial(conn: Connection) -> None:
@@ -178,17 +157,15 @@ def _v1_initial(conn: Connection) -> None:
 
 
 # Append only: a released migration never changes; a new schema is a new entry.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
-    (1, _v1_initial),
-    (2, _v2_webhooks),
-    (3, _v3_workers),
-    (4, _v4_credits),
-    (5, _v5_characters),
-]
-
-
-def pending(current: int) -> list[tuple[int, Callable[[Connection], None]]]:
-    return [(version, step) for version, step in MIGRATIONS if version > current]
-
-
-LATEST_VERSION = MIGRATIONS[-1][0]
+MIGRATIONS = Migrations(
+    "jobs",
+    (
+        (1, _v1_initial),
+        (2, _v2_webhook_url),
+        (3, _v3_workers),
+        (4, _v4_credits),
+        (5, _v5_failure_codes),
+    ),
+    # Versions 1-4 are the shared counter's (the webhook tables of its version 2 moved out).
+    from_legacy=lambda version: version,
+)

@@ -40,7 +40,7 @@ class _KeptConnection:
         self._conn: sa.Connection | None = None
 
         @event.listens_for(self.engine, "connect")
-        def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        def _on_connect(dbapi_connection, _record) -> None:
             cursor = dbapi_connection.cursor()
             for pragma in pragmas:
                 cursor.execute(pragma)

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from videoserve.jobs import schema
-from videoserve.jobs.dialects import Notifier
+from videoserve.jobs.database import Database
 from videoserve.jobs.records import Lease
 from videoserve.jobs.states import Status, sources
 
@@ -50,8 +50,9 @@ HOLDS = sa.and_(
 class HotStatements:
     """The prebuilt statements of one store (they embed its notifier's wake-ups)."""
 
-    def __init__(self, notifier: Notifier, *, postgres: bool, capped: bool) -> None:
-        self._postgres = postgres
+    def __init__(self, database: Database, *, capped: bool) -> None:
+        self._database = database
+        notifier = database.notifier
         self._capped = capped
         self._claims: dict[bool, sa.Update] = {}  # by: restricted to some models
         self.insert = jobs.insert().returning(*jobs.c, *notifier.returning(QUEUED_TOPIC))
@@ -126,8 +127,7 @@ class HotStatements:
                 .scalar_subquery()
             )
             oldest = oldest.where(busy < sa.bindparam("cap"))
-        if self._postgres:
-            oldest = oldest.with_for_update(skip_locked=True)
+        oldest = self._database.claim_subquery(oldest)
         return (
             jobs.update()
             .where(jobs.c.id == oldest.scalar_subquery(), jobs.c.status == Status.QUEUED.value)

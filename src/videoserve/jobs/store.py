@@ -18,11 +18,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from videoserve.jobs import clock, dialects, ledger, schema
-from videoserve.jobs.records import Job, Lease
-from videoserve.jobs.sqlite_direct import SqliteWriter, SyncReader
+from videoserve.jobs.database import Database, Migrations
+from videoserve.jobs.failures import CANCELLED_MESSAGE, Failure, FailureCode
+from videoserve.jobs.records import Job, JobResult, Lease
 from videoserve.jobs.statements import (
     FINISHED_TOPIC,
     HOLDS,
@@ -35,9 +35,6 @@ from videoserve.jobs.states import TERMINAL, Status, sources
 
 log = logging.getLogger("videoserve.jobs")
 jobs = schema.jobs
-
-# Serialises claims on PostgreSQL while a per-key running cap is set (see `JobStore.claim`).
-_CLAIM_CAP_LOCK_ID = 0x56494443  # "VIDC"
 
 __all__ = ["FINISHED_TOPIC", "QUEUED_TOPIC", "JobStore", "NewJob", "Policy", "job_topic"]
 
@@ -56,7 +53,7 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     # A job refused before it could run (content policy) is stored already FAILED.
-    failed_with: str | None = None
+    failed_with: Failure | None = None
     retention_seconds: float = 3600.0
     webhook_url: str | None = None  # per-request webhook (?webhook=URL)
     charge: ledger.Charge | None = None  # the price to deduct; None: nothing is charged
@@ -103,26 +100,18 @@ class JobStore:
 
     def __init__(
         self,
-        engine: AsyncEngine,
-        notifier: dialects.Notifier,
+        database: Database,
         *,
         policy: Policy | None = None,
         observer: Observer | None = None,
-        sync_reader: SyncReader | None = None,
-        sqlite_writer: SqliteWriter | None = None,
     ) -> None:
-        self.engine = engine
-        self.notifier = notifier
+        self.database = database
+        self.notifier = database.notifier
         self.policy = policy or Policy()
         self.observer = observer or Observer()
-        self._read_engine = dialects.autocommit(engine)
-        self._sync_reader = sync_reader
-        self._sqlite_writer = sqlite_writer
-        self._hot = HotStatements(
-            notifier,
-            postgres=dialects.is_postgres(engine),
-            capped=self.policy.max_running_per_key > 0,
-        )
+        self._first = database.first
+        self._write_one = database.write_one
+        self._hot = HotStatements(database, capped=self.policy.max_running_per_key > 0)
 
     @classmethod
     def open(
@@ -132,74 +121,26 @@ class JobStore:
         pool_size: int = dialects.DEFAULT_POOL_SIZE,
         policy: Policy | None = None,
         observer: Observer | None = None,
+        migrations: Sequence[Migrations] = (schema.MIGRATIONS,),
     ) -> JobStore:
-        engine = dialects.create_engine(url, pool_size=pool_size)
-        return cls(
-            engine,
-            dialects.create_notifier(engine, url),
-            policy=policy,
-            observer=observer,
-            sync_reader=SyncReader.for_url(url),
-            sqlite_writer=SqliteWriter.for_url(url),
-        )
+        """A store over a new `Database` for `url`, which it owns (started and closed with it).
 
-    @property
-    def read_engine(self) -> AsyncEngine:
-        """For single statements (reads, one-statement writes): autocommit, no transaction
-        round trips."""
-        return self._read_engine
-
-    async def _first(
-        self, query: sa.Executable, params: dict[str, Any] | None = None
-    ) -> sa.Row | None:
-        """One row of a single-statement read (synchronously on a SQLite file)."""
-        if self._sync_reader is not None:
-            return self._sync_reader.first(query, params)
-        async with self._read_engine.connect() as conn:
-            return (await conn.execute(query, params)).first()
-
-    async def _write_one(
-        self, statement: sa.Executable, params: dict[str, Any] | None = None
-    ) -> sa.Row | None:
-        """Run one writing statement on its own, atomically: one round trip, no BEGIN."""
-        if self._sqlite_writer is not None:
-            return await self._sqlite_writer.first(statement, params)
-        async with self._read_engine.connect() as conn:
-            row = (await conn.execute(statement, params)).first()
-            await conn.commit()  # ends SQLAlchemy's own transaction; the database's is done
-        return row
+        Only the jobs package's tables by default; the runtime adds the other packages'."""
+        database = Database(url, pool_size=pool_size, migrations=migrations)
+        return cls(database, policy=policy, observer=observer)
 
     async def start(self) -> None:
-        await self.migrate()
-        await self.notifier.start()
+        await self.database.start()
 
     async def close(self) -> None:
-        await self.notifier.close()
-        await self.engine.dispose()
-        if self._sync_reader is not None:
-            self._sync_reader.dispose()
-        if self._sqlite_writer is not None:
-            self._sqlite_writer.dispose()
+        await self.database.close()
 
-    # --- schema ------------------------------------------------------------------------------
-    async def migrate(self) -> int:
-        """Bring the schema to the latest version; safe to run from many processes at once."""
-        async with self.engine.begin() as conn, dialects.migration_lock(conn):
-            await conn.run_sync(lambda sync: schema.schema_version.create(sync, checkfirst=True))
-            current = (
-                await conn.execute(sa.select(sa.func.max(schema.schema_version.c.version)))
-            ).scalar() or 0
-            for version, step in schema.pending(current):
-                await conn.run_sync(step)
-                await conn.execute(
-                    schema.schema_version.insert().values(version=version, applied_at=clock.now())
-                )
-                log.info("database schema migrated to version %d", version)
-        return schema.LATEST_VERSION
+    async def migrate(self) -> dict[str, int]:
+        """Bring every registered package's tables up to date (see `Database.migrate`)."""
+        return await self.database.migrate()
 
     async def ping(self) -> None:
-        async with self._read_engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+        await self.database.ping()
 
     # --- submit and read ---------------------------------------------------------------------
     async def create(self, new: NewJob) -> tuple[Job, bool]:
@@ -231,7 +172,8 @@ class JobStore:
         if new.failed_with is not None:
             values |= {
                 "status": Status.FAILED.value,
-                "error": new.failed_with,
+                "error": new.failed_with.message,
+                "failure": new.failed_with.code.value,
                 "finished_at": now,
                 "expires_at": now + new.retention_seconds,
             }
@@ -251,7 +193,7 @@ class JobStore:
             assert new.charge is not None
             # Read only to word the refusal; the decision was the UPDATE's.
             raise ledger.insufficient(
-                await ledger.balance(self._read_engine, new.api_key_id), new.charge
+                await ledger.balance(self.database, new.api_key_id), new.charge
             ) from None
         except IntegrityError:
             if new.idempotency_key is None:
@@ -277,7 +219,7 @@ class JobStore:
         """The submit transaction when credits move: charge, insert, and for a job stored
         FAILED its refund, all or nothing. Returns the row and the amount refunded."""
         refunded = 0.0
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             if new.charge is not None and not await ledger.charge(
                 conn, new.api_key_id, new.id, new.charge
             ):
@@ -285,7 +227,12 @@ class JobStore:
             row = (await conn.execute(jobs.insert().values(**values).returning(*jobs.c))).one()
             if new.failed_with is not None and self.policy.refund_content_blocks:
                 refunded = await ledger.refund(
-                    conn, new.api_key_id, new.id, row.cost, f"refund: {new.failed_with}"
+                    self.database,
+                    conn,
+                    new.api_key_id,
+                    new.id,
+                    row.cost,
+                    f"refund: {new.failed_with.message}",
                 )
             await self.notifier.send(conn, topic)
         return row, refunded
@@ -321,7 +268,7 @@ class JobStore:
 
     async def count_by_status(self) -> dict[str, int]:
         query = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
-        async with self._read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             return {status: int(n) for status, n in (await conn.execute(query)).all()}
 
     async def count_active(self) -> dict[tuple[str, str], int]:
@@ -331,7 +278,7 @@ class JobStore:
             .where(jobs.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]))
             .group_by(jobs.c.served_by, jobs.c.status)
         )
-        async with self._read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             return {(model, status): int(n) for model, status, n in (await conn.execute(query))}
 
     async def count_live_workers(self, stale_after: float) -> int:
@@ -340,7 +287,7 @@ class JobStore:
         query = sa.select(sa.func.count()).where(
             workers.c.last_heartbeat >= clock.now() - stale_after
         )
-        async with self._read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
     # --- the worker's side -------------------------------------------------------------------
@@ -370,12 +317,10 @@ class JobStore:
         cap = self.policy.max_running_per_key
         if cap > 0:
             params["cap"] = cap
-        if cap > 0 and dialects.is_postgres(self.engine):
-            async with self.engine.begin() as conn:
+        if cap > 0 and self.database.postgres:
+            async with self.database.transaction() as conn:
                 # Held until commit, and each statement after it sees every earlier claim.
-                await conn.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _CLAIM_CAP_LOCK_ID}
-                )
+                await self.database.advisory_lock(conn, "claim_cap")
                 row = (await conn.execute(statement, params)).first()
         else:
             row = await self._write_one(statement, params)
@@ -402,13 +347,11 @@ class JobStore:
             self.notifier.after_commit(job_topic(lease.job_id))
         return Heartbeat(alive=True, cancel_requested=bool(row.cancel_requested))
 
-    async def complete(
-        self, lease: Lease, result: dict[str, Any], retention_seconds: float
-    ) -> bool:
+    async def complete(self, lease: Lease, result: JobResult, retention_seconds: float) -> bool:
         """Mark the job COMPLETED; only the current lease holder can (the video is stored)."""
         now = clock.now()
         params = holds(lease) | {
-            "new_result": result,
+            "new_result": result.to_json(),
             "now": now,
             "expires": now + retention_seconds,
         }
@@ -418,16 +361,18 @@ class JobStore:
         self._announce_finished(Job.from_row(row), 0.0)
         return True
 
-    async def fail(self, lease: Lease, error: str, retention_seconds: float) -> bool:
-        """Mark the job FAILED (model error, or stopped after a cancel) and refund it: always
-        for an error, for a cancellation while running if the policy says so."""
+    async def fail(self, lease: Lease, failure: Failure, retention_seconds: float) -> bool:
+        """Mark the job FAILED with its code and message (model error, or stopped after a
+        cancel) and refund it: always for an error, for a cancellation while running if the
+        policy says so."""
         now = clock.now()
         refund_cancelled = self.policy.refund_running_cancellations
         return await self._finish(
             lease,
             refund=lambda job: refund_cancelled or not job.cancel_requested,
             status=Status.FAILED.value,
-            error=error,
+            error=failure.message,
+            failure=failure.code.value,
             finished_at=now,
             expires_at=now + retention_seconds,
         )
@@ -468,13 +413,13 @@ class JobStore:
         FAILED job carries its refund when `refund(job)` says so."""
         refunded = 0.0
         statement = jobs.update().where(HOLDS).values(**values).returning(*jobs.c)
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             row = (await conn.execute(statement, holds(lease))).first()
             if row is None:
                 return False
             job = Job.from_row(row)
             if refund is not None and refund(job):
-                refunded = await _refund(conn, job)
+                refunded = await self._refund(conn, job)
             for topic in self._topics(job):
                 await self.notifier.send(conn, topic)
         self._announce_finished(job, refunded)
@@ -486,7 +431,7 @@ class JobStore:
         now = clock.now()
         failed = jobs.c.status.in_([s.value for s in sources(Status.FAILED)])
         refunded = 0.0
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             row = (
                 await conn.execute(
                     jobs.update()
@@ -494,7 +439,8 @@ class JobStore:
                     .where(jobs.c.status == Status.QUEUED.value, failed)
                     .values(
                         status=Status.FAILED.value,
-                        error="cancelled by the user",
+                        error=CANCELLED_MESSAGE,
+                        failure=FailureCode.CANCELLED.value,
                         finished_at=now,
                         expires_at=now + retention_seconds,
                     )
@@ -503,7 +449,7 @@ class JobStore:
             ).first()
             cancelled = Job.from_row(row) if row is not None else None
             if cancelled is not None:
-                refunded = await _refund(conn, cancelled)
+                refunded = await self._refund(conn, cancelled)
             await conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.api_key_id == api_key_id)
@@ -532,7 +478,7 @@ class JobStore:
             jobs.c.status == Status.PROCESSING.value,
             jobs.c.lease_expires_at < now,
         )
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             failed = (
                 await conn.execute(
                     jobs.update()
@@ -544,6 +490,7 @@ class JobStore:
                         + sa.literal(" attempts (last worker: ")
                         + sa.func.coalesce(jobs.c.worker_id, "unknown")
                         + sa.literal(")"),
+                        failure=FailureCode.WORKER_LOST.value,
                         finished_at=now,
                         expires_at=now + retention_seconds,
                         lease_token=None,
@@ -552,7 +499,7 @@ class JobStore:
                 )
             ).all()
             failed_jobs = [Job.from_row(r) for r in failed]
-            refunds = [await _refund(conn, job) for job in failed_jobs]
+            refunds = [await self._refund(conn, job) for job in failed_jobs]
             requeued = (
                 await conn.execute(
                     jobs.update()
@@ -599,14 +546,40 @@ class JobStore:
             .order_by(jobs.c.expires_at)
             .limit(limit)
         )
-        async with self._read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             return [Job.from_row(r) for r in (await conn.execute(query)).all()]
 
     async def delete(self, job_ids: Sequence[str]) -> int:
+        """Delete jobs; one that had not finished is refunded in the same transaction.
+
+        The refund lives here, not in a route, so every path that deletes an unfinished job
+        (the Videos API's DELETE, an admin tool) gives the credits back exactly once: a job
+        that failed first was refunded then, and `ledger.refund` never pays a job twice."""
         if not job_ids:
             return 0
-        async with self.engine.begin() as conn:
-            return (await conn.execute(jobs.delete().where(jobs.c.id.in_(list(job_ids))))).rowcount
+        refunded = 0.0
+        statement = jobs.delete().where(jobs.c.id.in_(list(job_ids))).returning(*jobs.c)
+        async with self.database.transaction() as conn:
+            rows = (await conn.execute(statement)).all()
+            for row in rows:
+                job = Job.from_row(row)
+                if self._refunds_deletion(job):
+                    refunded += await ledger.refund(
+                        self.database, conn, job.api_key_id, job.id, job.cost, DELETED_UNFINISHED
+                    )
+        if refunded:
+            self.observer.credits("refund", refunded)
+        return len(rows)
+
+    def _refunds_deletion(self, job: Job) -> bool:
+        if job.status == Status.QUEUED:
+            return True
+        # A running job deleted is a running job cancelled: the same policy.
+        return job.status == Status.PROCESSING and self.policy.refund_running_cancellations
+
+    async def _refund(self, conn: Any, job: Job) -> float:
+        note = f"refund: {job.error}"
+        return await ledger.refund(self.database, conn, job.api_key_id, job.id, job.cost, note)
 
     async def wait_for_change(self, job_id: str, timeout: float) -> bool:
         return await self.notifier.wait(job_topic(job_id), timeout)
@@ -615,12 +588,9 @@ class JobStore:
         return await self.notifier.wait(QUEUED_TOPIC, timeout)
 
 
+DELETED_UNFINISHED = "refund: deleted before it finished"
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 
 
 class _Declined(Exception):
     """The key cannot pay; raised inside the submit transaction to roll it back."""
-
-
-async def _refund(conn: Any, job: Job) -> float:
-    return await ledger.refund(conn, job.api_key_id, job.id, job.cost, f"refund: {job.error}")

@@ -56,14 +56,14 @@ class VideoOperations:
         job = None
         if ref.video_id is not None:
             job = await self.service.get(key, ref.video_id)
-            if job.status != Status.COMPLETED or not job.result:
+            if job.status != Status.COMPLETED or job.result is None:
                 raise errors.InvalidRequest(
                     f"{PARAM}: video '{job.id}' is {job.status.value.lower()}; only a "
                     "completed video can be a source",
                     param=PARAM,
                 )
             try:
-                data = await self.service.blobs.get_bytes(job.result["output_key"])
+                data = await self.service.blobs.get_bytes(job.result.output_key)
             except BlobNotFound:
                 raise errors.NotFound(f"video '{job.id}' not found (it may have expired)") from None
         elif ref.upload is not None:
@@ -183,15 +183,28 @@ class VideoOperations:
         return inputs, files
 
     async def remix(
+        self, key: ApiKey, source_id: str, prompt: Any, *, idempotency_key: str | None = None
+    ) -> tuple[Job, JobInputs | None]:
+        """A remix of the caller's completed video, and the inputs it repeats (None for a
+        plain one): an edit or an extension is the same operation on the same source, with a
+        new prompt; anything else is the job service's remix."""
+        source = await self.service.get(key, source_id)
+        inputs = await self.service.inputs_of(source)
+        if inputs is None or source.status != Status.COMPLETED:
+            job = await self.service.remix(key, source.id, prompt, idempotency_key=idempotency_key)
+            return job, None
+        job = await self._repeat(key, source, inputs, prompt, idempotency_key)
+        await self.service.mark_remix(job.id, source.id)
+        return job, inputs
+
+    async def _repeat(
         self,
         key: ApiKey,
         source: Job,
         inputs: JobInputs,
         prompt: Any,
-        *,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None,
     ) -> Job:
-        """The same edit or extension of the same source, with a new prompt."""
         files = []
         for stored in inputs.inputs:
             data = await self.service.blobs.get_bytes(stored.key)

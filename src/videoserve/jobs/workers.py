@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from videoserve.jobs import clock, schema
-from videoserve.jobs.store import JobStore
+from videoserve.jobs.database import Database
 
 workers = schema.workers
 
@@ -24,8 +24,8 @@ class WorkerState:
 
 
 class WorkerRegistry:
-    def __init__(self, store: JobStore) -> None:
-        self._store = store
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     async def beat(self, state: WorkerState) -> None:
         """Record that the worker is alive, what it serves and what it runs now."""
@@ -38,7 +38,7 @@ class WorkerRegistry:
             "last_heartbeat": now,
             "draining": state.draining,
         }
-        async with self._store.engine.begin() as conn:
+        async with self._database.transaction() as conn:
             updated = (
                 await conn.execute(
                     workers.update().where(workers.c.id == state.id).values(**values)
@@ -48,13 +48,13 @@ class WorkerRegistry:
                 await conn.execute(workers.insert().values(id=state.id, started_at=now, **values))
 
     async def remove(self, worker_id: str) -> None:
-        async with self._store.engine.begin() as conn:
+        async with self._database.transaction() as conn:
             await conn.execute(workers.delete().where(workers.c.id == worker_id))
 
     async def live(self, stale_after: float) -> list[dict[str, Any]]:
         """Workers heard from within `stale_after` seconds, newest first; older rows are pruned."""
         cutoff = clock.now() - stale_after
-        async with self._store.engine.begin() as conn:
+        async with self._database.transaction() as conn:
             await conn.execute(workers.delete().where(workers.c.last_heartbeat < cutoff - 3600))
             rows = (
                 await conn.execute(

@@ -2,10 +2,17 @@
 
 Both writers go through a temporary sibling and `os.replace`, so anyone reading `path` (the API
 serving it, a storage upload) sees the previous file or the complete new one, never a partial one.
+
+The H.264 encoder is libx264 on the CPU, or NVENC on an NVIDIA GPU where PyAV's bundled FFmpeg
+has `h264_nvenc` (PyAV 18's does) and a driver is present (`VIDEOSERVE_ENCODER=auto`). NVENC
+frees the CPU cores for the next job; any NVENC error falls back to libx264 for that video,
+logged once per process, and the result's `encoder` says which one wrote the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import numbers
 import os
@@ -21,11 +28,32 @@ from PIL import Image
 
 from videoserve.media.probe import VideoInfo, probe_mp4
 
+log = logging.getLogger("videoserve.media")
+
 # yuv420p with profile High is what every browser and phone plays back; faststart puts the
 # index (moov) before the data so playback starts before the download ends.
-_CODEC = "libx264"
+LIBX264 = "libx264"
+NVENC = "h264_nvenc"
+ENCODERS = ("auto", LIBX264, NVENC)
 _PROFILE = "high"
 _PIX_FMT = "yuv420p"
+# /dev/nvidiactl exists wherever the NVIDIA driver is loaded: a GPU check without torch.
+_NVIDIA_DEVICE = Path("/dev/nvidiactl")
+_fallback_logged = False
+
+
+def nvenc_usable() -> bool:
+    """Whether PyAV's FFmpeg has `h264_nvenc` and an NVIDIA driver is present here."""
+    return NVENC in av.codecs_available and _NVIDIA_DEVICE.exists()
+
+
+def choose_encoder(setting: str) -> str:
+    """The encoder `VIDEOSERVE_ENCODER` asks for: `auto` is NVENC where usable, else libx264."""
+    if setting not in ENCODERS:
+        raise ValueError(f"encoder must be one of {', '.join(ENCODERS)} (got {setting!r})")
+    if setting == "auto":
+        return NVENC if nvenc_usable() else LIBX264
+    return setting
 
 
 def encode_mp4(
@@ -36,6 +64,7 @@ def encode_mp4(
     preset: str = "veryfast",
     crf: int = 20,
     durable: bool = True,
+    encoder: str = LIBX264,
 ) -> VideoInfo:
     """Encode RGB frames (T, H, W, 3) to an H.264 High yuv420p MP4 at `path` and probe it.
 
@@ -45,6 +74,8 @@ def encode_mp4(
     `fps` is turned into an exact rational (denominator at most 1001), so NTSC rates such as
     30000/1001 stay exact and `frames / fps` equals the file's duration. `durable=False`
     skips the fsync (several ms) for a scratch file that something else makes durable.
+    `encoder` "h264_nvenc" encodes on the GPU, falling back to libx264 on any error (the
+    returned info's `encoder` says which one wrote the file).
     """
     video = _as_uint8_video(frames)
     rate = _frame_rate(fps)
@@ -53,18 +84,46 @@ def encode_mp4(
         raise ValueError(f"crf must be an integer from 1 to 51, got {crf!r}")
     video = _pad_to_even(video)
     path = Path(path)
+    if encoder not in (LIBX264, NVENC):
+        raise ValueError(f"encoder must be {LIBX264} or {NVENC} (got {encoder!r})")
     with _atomic_target(path, suffix=".mp4", durable=durable) as tmp:
-        _write_mp4(tmp, video, rate, preset=preset, crf=crf)
-    return probe_mp4(path)
+        used = encoder
+        if encoder == NVENC:
+            try:
+                _write_mp4(tmp, video, rate, encoder=NVENC, options=_nvenc_options(crf))
+            except Exception as exc:  # no driver, no GPU, a session limit: the CPU can do it
+                _log_fallback(exc)
+                used = LIBX264
+        if used == LIBX264:
+            options = {"preset": preset, "crf": str(crf), "profile": _PROFILE}
+            _write_mp4(tmp, video, rate, encoder=LIBX264, options=options)
+    return dataclasses.replace(probe_mp4(path), encoder=used)
 
 
-def _write_mp4(path: Path, video: np.ndarray, rate: Fraction, *, preset: str, crf: int) -> None:
-    _, height, width, _ = video.shape
-    options = {"movflags": "+faststart"}  # a muxer option: it rewrites the finished file
-    with av.open(str(path), mode="w", format="mp4", options=options) as container:
-        stream = container.add_stream(
-            _CODEC, rate=rate, options={"preset": preset, "crf": str(crf), "profile": _PROFILE}
+def _nvenc_options(crf: int) -> dict[str, str]:
+    # Constant quality (`cq`) plays the part of x264's crf; p4 is NVENC's balanced preset.
+    return {"preset": "p4", "tune": "hq", "rc": "vbr", "cq": str(crf), "profile": _PROFILE}
+
+
+def _log_fallback(exc: Exception) -> None:
+    global _fallback_logged
+    if not _fallback_logged:
+        _fallback_logged = True
+        log.warning(
+            "h264_nvenc failed (%s: %s); encoding with libx264 instead (logged once)",
+            type(exc).__name__,
+            exc,
         )
+
+
+def _write_mp4(
+    path: Path, video: np.ndarray, rate: Fraction, *, encoder: str, options: dict[str, str]
+) -> None:
+    _, height, width, _ = video.shape
+    muxer = {"movflags": "+faststart"}  # a muxer option: it rewrites the finished file
+    with av.open(str(path), mode="w", format="mp4", options=muxer) as container:
+        stream = container.add_stream(encoder, rate=rate, options=options)
+        assert isinstance(stream, av.VideoStream)  # add_stream's return type covers every kind
         stream.width = width
         stream.height = height
         stream.pix_fmt = _PIX_FMT

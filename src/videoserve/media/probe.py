@@ -21,6 +21,7 @@ class VideoInfo:
     codec: str  # FFmpeg codec name, e.g. "h264"
     profile: str | None  # codec profile, e.g. "High"; None when the codec has none
     pix_fmt: str | None  # pixel format, e.g. "yuv420p"
+    encoder: str | None = None  # the encoder that wrote it ("libx264", "h264_nvenc"), if ours
 
 
 def probe_mp4(path: Path) -> VideoInfo:

@@ -10,18 +10,16 @@ otherwise) and listed as unavailable until they are.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from videoserve.models import grid as grids
+from videoserve.models import speed
 from videoserve.models.backends.diffusion import (
-    DTYPES,
     DiffusersBackend,
     RuntimeOptions,
     read_model_index,
 )
 from videoserve.models.backends.ltx import LTXBackend
 from videoserve.models.backends.wan import WanBackend
+from videoserve.models.options import DiffusersOptions
 from videoserve.models.weights import Weights
 
 BACKENDS: dict[str, type[DiffusersBackend]] = {"wan": WanBackend, "ltx": LTXBackend}
@@ -61,8 +59,12 @@ def pipeline_class(weights: Weights) -> str | None:
     return None if index is None else str(index.get("_class_name"))
 
 
-def check_entry(name: str, path: str, options: Mapping[str, Any]) -> None:
-    """Refuse at startup a diffusers entry that cannot work: ValueError saying why."""
+def check_entry(name: str, path: str, options: DiffusersOptions, device: str) -> None:
+    """Refuse at startup a diffusers entry that cannot work here: ValueError saying why.
+
+    The options themselves were parsed before (`options.py`); this checks them against the
+    weights (family) and this host (the speed options, `speed.py`).
+    """
     prefix = f"model '{name}'"
     class_name = pipeline_class(Weights(path))
     family = None
@@ -73,41 +75,42 @@ def check_entry(name: str, path: str, options: Mapping[str, Any]) -> None:
                 f"serve (supported: {', '.join(PIPELINE_FAMILIES)})"
             )
         family = PIPELINE_FAMILIES[class_name]
-    grid = options.get("family")
+    grid = options.family
     if grid is not None and family is not None and GRID_FAMILIES.get(grid) not in (None, family):
         raise ValueError(
             f"{prefix}: family '{grid}' is a {GRID_FAMILIES[grid]} grid, but {path} holds a "
             f"{family} pipeline ({class_name})"
         )
-    dtype = options.get("dtype")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"{prefix}: dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
     try:
-        RuntimeOptions.from_options(options)
+        speed.check_host(RuntimeOptions.from_entry(options), options.device or device)
     except ValueError as exc:
         raise ValueError(f"{prefix}: {exc}") from None
 
 
 def create_backend(
-    name: str, path: str, options: Mapping[str, Any], device: str
+    name: str, path: str, options: DiffusersOptions, device: str
 ) -> DiffusersBackend:
     """The backend of the entry's family, configured from its options (checked before)."""
     class_name = pipeline_class(Weights(path))
-    grid = options.get("family")
+    grid = options.family
     if class_name is not None:
         family = family_of(class_name)
     else:
         family = GRID_FAMILIES.get(grid or "") or "wan"
-    overrides = {key: options[key] for key in ("fps", "max_frames") if key in options}
+    overrides = {
+        key: value
+        for key, value in (("fps", options.fps), ("max_frames", options.max_frames))
+        if value is not None
+    }
     return BACKENDS[family](
         name,
         path,
         grids.FAMILY_GRIDS[grid] if grid else None,
-        device=options.get("device", device),
-        dtype=options.get("dtype"),
-        default_steps=options.get("steps"),
-        default_guidance=options.get("guidance"),
-        default_negative_prompt=options.get("negative_prompt"),
+        device=options.device or device,
+        dtype=options.dtype,
+        default_steps=options.steps,
+        default_guidance=options.guidance,
+        default_negative_prompt=options.negative_prompt,
         grid_overrides=overrides,
-        runtime=RuntimeOptions.from_options(options),
+        runtime=RuntimeOptions.from_entry(options),
     )

@@ -44,7 +44,7 @@ class ModelPool:
     def track(self, backend: object) -> None:
         """Let the pool manage `backend` if it can take part (it has a `pool` attribute)."""
         if hasattr(backend, "pool"):
-            backend.pool = self  # type: ignore[attr-defined]
+            backend.pool = self  # the protocol has no `pool`: hasattr above is the check
 
     def loaded(self, backend: Poolable) -> None:
         """`backend` is loaded and was just used: make it the most recent, unload the oldest."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -278,6 +279,36 @@ def build_pipeline(
         expand_timesteps=arch.layout == "wan2.2-ti2v",
         **parts,
     )
+
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def save_random_lora(pipe: Any, folder: Path, *, seed: int = 0, rank: int = 4) -> Path:
+    """Save a LoRA of random weights for `pipe`'s transformer in diffusers' format; its file.
+
+    peft adds the adapter (with random B as well as A, so that it changes the output), the
+    pipeline class's `save_lora_weights` writes it, and the adapter is removed again: `pipe`
+    is left as it was, and so is the caller's global RNG.
+    """
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = pipe.transformer
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS), init_lora_weights=False
+    )
+    name = "random_lora"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer.add_adapter(config, adapter_name=name)
+    try:
+        layers = get_peft_model_state_dict(transformer, adapter_name=name)
+        type(pipe).save_lora_weights(folder, transformer_lora_layers=layers)
+    finally:
+        transformer.delete_adapters(name)
+    return Path(folder) / "pytorch_lora_weights.safetensors"
 
 
 @contextlib.contextmanager

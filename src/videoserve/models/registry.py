@@ -8,18 +8,29 @@ Operators describe models in one TOML file (`VIDEOSERVE_MODELS`):
                                                 # or a Hugging Face repo id (owner/name)
     family = "wan2.1"                           # optional; detected from the folder if absent
     # optional: device, steps, guidance, negative_prompt, fps, max_frames, dtype,
-    # cpu_offload, group_offload, vae_tiling, cache, cache_threshold, batch_cfg (docs/models.md)
+    # cpu_offload, group_offload, vae_tiling, cache, cache_threshold, batch_cfg,
+    # attention_backend, compile, quantize (docs/models.md; parsed by `options.py`)
     price_per_second = 2.5                      # credits per second of video (default 1)
+    # optional compute limits (docs/models.md): max_steps, price_per_step_second,
+    # max_job_seconds
+
+    [models."wan-fast"]                         # LoRA adapters over the entry above: one
+    backend = "diffusers"                       # pipeline in memory for both
+    base = "wan-2.1-t2v-1.3b"
+    loras = [{ path = "/srv/loras/4step", scale = 1.0 }]
+    steps = 4
 
     [aliases]
     sora-2-pro = "wan-2.1-t2v-1.3b"
 
 `VIDEOSERVE_ALIASES` is applied after the file's `[aliases]`, so the environment wins. The
 built-in `tiny-t2v` always exists. `sora-2-pro`, unless aliased or configured, is served by the
-first available `diffusers` entry in file order (list the family you prefer first), else by
+first available `diffusers` entry with its own weights in file order (list the family you prefer
+first; adapter entries are skipped), else by
 `tiny-t2v` with a warning. Whatever serves it, `sora-2-pro` accepts exactly the seed's four
 parameters; every other name takes its backend's schema. A request costs the `price_per_second`
-of the model that serves it (an alias has no price of its own) times its duration.
+of the model that serves it (an alias has no price of its own) times its duration, plus
+`price_per_step_second` (default 0) times its denoising steps times its duration.
 """
 
 from __future__ import annotations
@@ -35,47 +46,22 @@ from pathlib import Path
 from typing import Any
 
 from videoserve import errors
-from videoserve.models import families
+from videoserve.models import families, lora_files
+from videoserve.models import options as options_
+from videoserve.models.backends.adapters import AdapterBackend
 from videoserve.models.backends.base import VideoBackend
+from videoserve.models.backends.diffusion import DiffusersBackend
 from videoserve.models.backends.tiny import TINY_NAME, TinyBackend
-from videoserve.models.grid import FAMILY_GRIDS
 from videoserve.models.params import VideoParams, schema_json
 from videoserve.models.pool import DEFAULT_MAX_LOADED, ModelPool
-from videoserve.models.weights import is_repo_id
+from videoserve.models.weights import Weights, is_repo_id
 from videoserve.settings import Settings
 
 log = logging.getLogger("videoserve.models")
 
 SORA = "sora-2-pro"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-DEFAULT_PRICE_PER_SECOND = 1.0
-_PRICE = ((int, float), "a number >= 0 (credits per second of video)")
-
-# option -> (accepted types, description for the error message)
-_OPTIONS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
-    "tiny": {
-        "device": ((str,), "a device such as cpu or cuda"),
-        "seed": ((int,), "an integer"),
-        "price_per_second": _PRICE,
-    },
-    "diffusers": {
-        "family": ((str,), f"one of {', '.join(FAMILY_GRIDS)}"),
-        "device": ((str,), "auto, cpu, cuda or cuda:N"),
-        "steps": ((int,), "an integer >= 1"),
-        "guidance": ((int, float), "a number"),
-        "negative_prompt": ((str,), "a string"),
-        "fps": ((int,), "an integer >= 1"),
-        "max_frames": ((int,), "an integer >= 1"),
-        "dtype": ((str,), "bf16, fp16 or fp32"),
-        "cpu_offload": ((bool,), "true or false"),
-        "group_offload": ((bool,), "true or false"),
-        "vae_tiling": ((bool,), "true or false"),
-        "cache": ((str,), '"first_block"'),
-        "cache_threshold": ((int, float), "a number between 0 and 1"),
-        "batch_cfg": ((bool,), "true or false"),
-        "price_per_second": _PRICE,
-    },
-}
+DEFAULT_PRICE_PER_SECOND = options_.DEFAULT_PRICE_PER_SECOND
 
 
 @dataclass(frozen=True)
@@ -84,8 +70,34 @@ class ModelEntry:
 
     name: str
     backend: str  # "tiny" or "diffusers"
-    path: str | None
-    options: dict[str, Any] = field(default_factory=dict)  # the rest of the TOML table
+    path: str | None  # None for an adapter entry (`base` in its options)
+    options: Mapping[str, Any] = field(default_factory=dict)  # the rest of the TOML table
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a backend factory builds one entry from: the entry, its parsed options, its base."""
+
+    entry: ModelEntry
+    options: options_.EntryOptions
+    device: str  # the registry's default device (`VIDEOSERVE_DEVICE`)
+    base: VideoBackend | None = None  # adapter entries: the backend of their `base` entry
+
+
+BackendFactory = Callable[[BackendSpec], VideoBackend]
+
+
+@dataclass(frozen=True)
+class ComputeLimits:
+    """What a model's compute may cost and how far it may run (see docs/models.md)."""
+
+    max_steps: int | None  # a request asking more denoising steps is a 400
+    default_steps: int | None  # the steps a request that names none runs
+    price_per_step_second: float  # credits per step per second of video, beside the flat price
+    max_job_seconds: float | None  # overrides VIDEOSERVE_MAX_JOB_SECONDS for this model
+
+    def steps(self, requested: int | None) -> int:
+        return requested or self.default_steps or 0
 
 
 @dataclass(frozen=True)
@@ -108,25 +120,31 @@ class ModelRegistry:
         *,
         device: str = "auto",
         max_loaded_models: int = DEFAULT_MAX_LOADED,
+        factories: Mapping[str, BackendFactory] | None = None,
     ) -> None:
         """Check the configuration and settle what serves `sora-2-pro`; ValueError if invalid.
 
         `device` is the default for `diffusers` models; `tiny` models run on the CPU unless
-        their entry says otherwise. At most `max_loaded_models` stay loaded at once: loading
-        another unloads the least recently used (`ModelPool`).
+        their entry says otherwise. At most `max_loaded_models` bases stay loaded at once:
+        loading another unloads the least recently used (`ModelPool`); adapter entries share
+        their base's pipeline and count as it. `factories` builds the backend of each kind
+        (`DEFAULT_FACTORIES` for the kinds it leaves out).
         """
+        self._factories = {**DEFAULT_FACTORIES, **(factories or {})}
         self._entries: dict[str, ModelEntry] = {}
+        self._options: dict[str, options_.EntryOptions] = {}
         for entry in entries:
-            _check_entry(entry)
+            self._options[entry.name] = _check_entry(entry, self._factories, device)
             if entry.name in self._entries and entry.name != TINY_NAME:
                 raise ValueError(f"model '{entry.name}' is configured twice")
             self._entries[entry.name] = entry
         if TINY_NAME not in self._entries:
             raise ValueError(f"the built-in model '{TINY_NAME}' is missing")
+        self._check_bases()
         self._device = device
         self._backends: dict[str, VideoBackend] = {}
         self._pool = ModelPool(max_loaded_models)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # an adapter entry creates its base's backend inside it
         self._created = int(time.time())
 
         self._aliases: dict[str, str] = {}
@@ -219,8 +237,13 @@ class ModelRegistry:
         with self._lock:
             backend = self._backends.get(target)
             if backend is None:
-                backend = self._backends[target] = self._create(self._entries[target])
-                self._pool.track(backend)
+                entry, options = self._entries[target], self._options[target]
+                base_name = getattr(options, "base", None)
+                base = self.backend(base_name) if base_name else None
+                spec = BackendSpec(entry, options, self._device, base)
+                backend = self._backends[target] = self._factories[entry.backend](spec)
+                if base is None:  # the pool counts loaded pipelines: bases, not adapters
+                    self._pool.track(backend)
             return backend
 
     def resolve(self, name: str) -> ResolvedModel:
@@ -234,8 +257,20 @@ class ModelRegistry:
 
     def price_per_second(self, name: str) -> float:
         """Credits per second of video for `name`: the price of the model that serves it."""
-        entry = self._entries[self.served_by(name)]
-        return float(entry.options.get("price_per_second", DEFAULT_PRICE_PER_SECOND))
+        return self._options[self.served_by(name)].price_per_second
+
+    def compute_limits(self, name: str) -> ComputeLimits:
+        """The step bound, step price and time limit of the model that serves `name`."""
+        options = self._options[self.served_by(name)]
+        default_steps = getattr(options, "steps", None) or getattr(
+            self.backend(name), "default_steps", None
+        )
+        return ComputeLimits(
+            max_steps=options.max_steps,
+            default_steps=default_steps,
+            price_per_step_second=options.price_per_step_second,
+            max_job_seconds=options.max_job_seconds,
+        )
 
     def schema(self, name: str) -> type[VideoParams]:
         """`VideoParams` for `sora-2-pro` whatever serves it, else the backend's own schema."""
@@ -256,20 +291,38 @@ class ModelRegistry:
                     "backend": self._entries[target].backend,
                     "alias_of": None if name == target else target,
                     "served_by": target,
+                    "base": getattr(self._options[target], "base", None),
+                    "adapters": [
+                        {"path": lora.path, "scale": lora.scale}
+                        for lora in getattr(self._options[target], "loras", ())
+                    ],
                     "available": state.available,
                     "reason": state.reason,
                     "warning": self.warnings[0] if name == SORA and self._sora_fallback else None,
                     "parameters": schema_json(self.schema(name)),
+                    **self._pricing(name),
                 }
             )
         return listed
 
     # --- internals -----------------------------------------------------------------------
+    def _pricing(self, name: str) -> dict[str, Any]:
+        limits = self.compute_limits(name)
+        return {
+            "price_per_second": self.price_per_second(name),
+            "price_per_step_second": limits.price_per_step_second,
+            "default_steps": limits.default_steps,
+            "max_steps": limits.max_steps,
+            "max_job_seconds": limits.max_job_seconds,
+        }
+
     def _best_for_sora(self) -> str:
-        """The first available diffusers model in file order, else tiny-t2v with a warning."""
+        """The first available diffusers model with its own weights, else tiny-t2v, warned."""
         missing = []
         for entry in self._entries.values():
-            if entry.backend != "diffusers":
+            # An adapter entry is a variant of its base (a few-step draft, a style), never
+            # the default for the seed's model; its base is a candidate itself.
+            if entry.backend != "diffusers" or getattr(self._options[entry.name], "base", None):
                 continue
             state = self.backend(entry.name).availability()
             if state.available:
@@ -287,8 +340,35 @@ class ModelRegistry:
         log.warning(warning)
         return TINY_NAME
 
-    def _create(self, entry: ModelEntry) -> VideoBackend:
-        return _FACTORIES[entry.backend](entry, self._device)
+    def _check_bases(self) -> None:
+        """Every adapter entry names a loaded-pipeline entry that exists; ValueError if not."""
+        for name, options in self._options.items():
+            base = getattr(options, "base", None)
+            if base is None:
+                continue
+            if base not in self._entries:
+                raise ValueError(
+                    f"model '{name}': base '{base}' is not a configured model "
+                    f"(models: {', '.join(self._entries)})"
+                )
+            if getattr(self._options[base], "base", None) is not None:
+                raise ValueError(
+                    f"model '{name}': base '{base}' is itself an adapter entry; name the model "
+                    "that holds the weights"
+                )
+            base_path = self._entries[base].path
+            folder = Weights(base_path).folder() if base_path else None
+            for lora in options.loras:  # type: ignore[union-attr]
+                try:
+                    located = lora_files.locate(lora.path)
+                except lora_files.LoraMissing:
+                    continue  # a repo not in the cache yet: listed unavailable, like weights
+                except ValueError as exc:
+                    raise ValueError(f"model '{name}': {exc}") from None
+                try:
+                    lora_files.check_fits(located, folder)
+                except ValueError as exc:
+                    raise ValueError(f"model '{name}': {exc} (base '{base}')") from None
 
 
 def load_models_file(path: Path) -> tuple[list[ModelEntry], dict[str, str]]:
@@ -315,10 +395,10 @@ def load_models_file(path: Path) -> tuple[list[ModelEntry], dict[str, str]]:
         if raw_path is not None and not isinstance(raw_path, str):
             raise ValueError(f"{path}: model '{name}': path must be a string")
         if raw_path is not None:
-            folder = Path(raw_path).expanduser()
-            anchored = folder if folder.is_absolute() else Path(path).parent / folder
-            # owner/name with no such folder here is a Hugging Face repo id: kept as written.
-            raw_path = raw_path if is_repo_id(raw_path) and not anchored.exists() else str(anchored)
+            raw_path = _anchor(raw_path, Path(path).parent)
+        loras = options.get("loras")
+        if isinstance(loras, list):
+            options["loras"] = [_anchor_lora(lora, Path(path).parent) for lora in loras]
         entries.append(ModelEntry(name, backend, raw_path, options))
     aliases = document.get("aliases", {})
     if not isinstance(aliases, dict) or not all(isinstance(t, str) for t in aliases.values()):
@@ -326,59 +406,69 @@ def load_models_file(path: Path) -> tuple[list[ModelEntry], dict[str, str]]:
     return entries, dict(aliases)
 
 
-def _check_entry(entry: ModelEntry) -> None:
-    """Refuse at startup what would otherwise fail on the first request."""
+def _anchor(source: str, folder: Path) -> str:
+    """A relative path from the models file's folder; `owner/name` with no such folder: a repo."""
+    path = Path(source).expanduser()
+    anchored = path if path.is_absolute() else folder / path
+    return source if is_repo_id(source) and not anchored.exists() else str(anchored)
+
+
+def _anchor_lora(lora: object, folder: Path) -> object:
+    if isinstance(lora, dict) and isinstance(lora.get("path"), str):
+        return {**lora, "path": _anchor(lora["path"], folder)}
+    return lora  # the options model says what is wrong with it
+
+
+def _check_entry(
+    entry: ModelEntry, factories: Mapping[str, BackendFactory], device: str
+) -> options_.EntryOptions:
+    """Parse the entry's options and refuse at startup what would fail on the first request."""
     if not _NAME.match(entry.name):
         raise ValueError(
             f"model name {entry.name!r} must be letters, digits, '.', '_' or '-' (max 128)"
         )
-    if entry.backend not in _FACTORIES:
+    if entry.backend not in factories:
         raise ValueError(
             f"model '{entry.name}': unknown backend '{entry.backend}' "
-            f"(expected one of: {', '.join(sorted(_FACTORIES))})"
+            f"(expected one of: {', '.join(sorted(factories))})"
         )
-    if not entry.path:
+    options = options_.parse_options(entry.name, entry.backend, entry.options)
+    base = getattr(options, "base", None)
+    if base is not None and entry.path:
+        raise ValueError(
+            f"model '{entry.name}': give path (its own weights) or base (another entry's), not both"
+        )
+    if not entry.path and base is None:
         what = "the folder holding model_index.json" if entry.backend == "diffusers" else "a folder"
         raise ValueError(f"model '{entry.name}': backend '{entry.backend}' needs path = {what}")
-    allowed = _OPTIONS[entry.backend]
-    unknown = sorted(set(entry.options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"model '{entry.name}': unknown option(s) {', '.join(unknown)} "
-            f"(allowed: path, {', '.join(allowed)})"
-        )
-    for key, value in entry.options.items():
-        types, expected = allowed[key]
-        bad_number = (
-            isinstance(value, int) and key in {"steps", "fps", "max_frames"} and value < 1
-        ) or (key == "price_per_second" and isinstance(value, int | float) and value < 0)
-        bad_bool = isinstance(value, bool) and bool not in types  # True is an int in Python
-        if bad_bool or not isinstance(value, types) or bad_number:
-            raise ValueError(f"model '{entry.name}': {key} must be {expected} (got {value!r})")
-    family = entry.options.get("family")
-    if family is not None and family not in FAMILY_GRIDS:
-        raise ValueError(
-            f"model '{entry.name}': unknown family '{family}' (known: {', '.join(FAMILY_GRIDS)})"
-        )
-    if entry.backend == "diffusers":
-        families.check_entry(entry.name, entry.path, entry.options)
+    if isinstance(options, options_.DiffusersOptions) and entry.path:
+        families.check_entry(entry.name, entry.path, options, device)
+    return options
 
 
-def _tiny(entry: ModelEntry, device: str) -> VideoBackend:
+def tiny_backend(spec: BackendSpec) -> VideoBackend:
+    """The `tiny` kind: a random-weight Wan pipeline built on first use."""
+    options = spec.options
+    assert isinstance(options, options_.TinyOptions)
     return TinyBackend(
-        Path(str(entry.path)),
-        name=entry.name,
-        device=entry.options.get("device", "cpu"),
-        seed=entry.options.get("seed", 0),
+        Path(str(spec.entry.path)), name=spec.entry.name, device=options.device, seed=options.seed
     )
 
 
-def _diffusers(entry: ModelEntry, device: str) -> VideoBackend:
-    # The family (wan, ltx) is read from the weights' model_index.json.
-    return families.create_backend(entry.name, str(entry.path), entry.options, device)
+def diffusers_backend(spec: BackendSpec) -> VideoBackend:
+    """The `diffusers` kind: the family read from the weights, or LoRAs over a base entry."""
+    options = spec.options
+    assert isinstance(options, options_.DiffusersOptions)
+    if spec.base is not None:
+        if not isinstance(spec.base, DiffusersBackend):
+            raise ValueError(
+                f"model '{spec.entry.name}': base '{options.base}' is not a diffusers pipeline"
+            )
+        return AdapterBackend(spec.entry.name, spec.base, options)
+    return families.create_backend(spec.entry.name, str(spec.entry.path), options, spec.device)
 
 
-_FACTORIES: dict[str, Callable[[ModelEntry, str], VideoBackend]] = {
-    "tiny": _tiny,
-    "diffusers": _diffusers,
+DEFAULT_FACTORIES: Mapping[str, BackendFactory] = {
+    "tiny": tiny_backend,
+    "diffusers": diffusers_backend,
 }

@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import secrets
 import sys
+import warnings
 from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -103,12 +105,49 @@ def make_handler(log_format: LogFormat, stream: IO[str] | None = None) -> loggin
 
 
 def configure(level: str, log_format: LogFormat, stream: IO[str] | None = None) -> None:
-    """Route every logger through one handler of the chosen format (the CLI calls this)."""
+    """Route every logger through one handler of the chosen format (the CLI calls this).
+
+    Below debug, the model libraries' own chatter (progress bars while loading, advisory
+    warnings) is turned off: `serve` and `worker` output is ours. `quiet_model_libraries`
+    finishes the job once the worker has imported them."""
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(make_handler(log_format, stream))
     root.setLevel(level.upper())
+    global _quiet_libraries
+    _quiet_libraries = level.upper() != "DEBUG"
+    if _quiet_libraries:
+        # Read by huggingface_hub and transformers at import, before they print anything.
+        for name, value in _QUIET_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"(diffusers|transformers|torch|torchao)(\.|$)")
+
+
+_quiet_libraries = False
+_QUIET_ENVIRONMENT = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "DIFFUSERS_VERBOSITY": "error",
+}
+_CHATTY_LOGGERS = ("diffusers", "transformers", "torch", "torchao", "huggingface_hub")
+
+
+def quiet_model_libraries() -> None:
+    """Turn off diffusers' and transformers' progress bars and warnings, unless the log level
+    is debug. Called where models load: importing diffusers here would cost an API-only
+    process torch's import time for nothing."""
+    if not _quiet_libraries:
+        return
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.disable_progress_bar()
+        library.set_verbosity_error()
 
 
 def new_request_id() -> str:

@@ -130,7 +130,7 @@ class Metrics(Observer):
     def finished(self, job: Job) -> None:
         self.jobs_finished.labels(job.served_by, job.status.value).inc()
         if job.status == Status.COMPLETED and job.result:
-            seconds = job.result.get("inference_time")
+            seconds = job.result.inference_time
             if isinstance(seconds, int | float):
                 self.inference_time.labels(job.served_by).observe(seconds)
 

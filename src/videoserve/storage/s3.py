@@ -12,11 +12,14 @@ import math
 import urllib.parse
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import obstore
 from obstore.exceptions import NotFoundError
 from obstore.store import S3Store
+
+if TYPE_CHECKING:
+    from obstore.store import S3Config  # in the stubs only
 
 from videoserve.storage.base import BlobNotFound
 from videoserve.storage.local import validate_key
@@ -68,7 +71,7 @@ class S3BlobStore:
         self.prefix = prefix
         self.endpoint = endpoint
         self.multipart_chunk_bytes = multipart_chunk_bytes
-        config: dict[str, str] = {}
+        config: S3Config = {}
         if endpoint:
             config["endpoint"] = endpoint
         if region:

@@ -66,7 +66,7 @@ class WebhookDispatcher:
         self.store = store
         self.blobs = blobs
         self.signer = signer
-        self.webhook_store = WebhookStore(store)
+        self.webhook_store = WebhookStore(store.database)
         self.retry_seconds = _tunable(retry_seconds, settings, "webhook_retry_seconds", 3600.0)
         self.backoff_base = _tunable(
             backoff_base_seconds, settings, "webhook_backoff_base_seconds", 1.0

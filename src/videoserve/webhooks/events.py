@@ -105,15 +105,15 @@ async def video_data(job: Job, blobs: BlobStore, signer: UrlSigner, base: str) -
         "output": None,
         "thumbnail": None,
         "error": job.error if job.status == Status.FAILED else None,
+        "failure": job.failure.value if job.failure and job.status == Status.FAILED else None,
     }
-    result = job.result or {}
-    if job.status == Status.COMPLETED and job.expires_at and result.get("output_key"):
-        data["output"] = await output_url(blobs, signer, base, result["output_key"], job.expires_at)
-        if result.get("thumbnail_key"):
-            data["thumbnail"] = await output_url(
-                blobs, signer, base, result["thumbnail_key"], job.expires_at
-            )
-        data["served_by"] = result.get("served_by", job.served_by)
+    result = job.result
+    if job.status == Status.COMPLETED and job.expires_at and result is not None:
+        data["output"] = await output_url(blobs, signer, base, result.output_key, job.expires_at)
+        data["thumbnail"] = await output_url(
+            blobs, signer, base, result.thumbnail_key, job.expires_at
+        )
+        data["served_by"] = result.served_by
     return data
 
 

@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from videoserve.jobs import clock, dialects, schema
+from videoserve.jobs import clock, schema
+from videoserve.jobs.database import Database
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
-from videoserve.jobs.store import JobStore
 from videoserve.webhooks import events
 from videoserve.webhooks.records import (
     Attempt,
@@ -39,13 +38,6 @@ from videoserve.webhooks.tables import (
 
 jobs = schema.jobs
 REQUEST_TARGET = "request"  # the target name of a job's own ?webhook= URL
-_PROGRESS_LOCK_NAMESPACE = 0x57484B50  # "WHKP": serialises progress emission per job on PG
-
-
-def _insert_ignoring_conflicts(conn: AsyncConnection, table: sa.Table) -> Any:
-    """`INSERT ... ON CONFLICT DO NOTHING` for this connection's dialect."""
-    module = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing()
 
 
 def _endpoint(row: Any) -> Endpoint:
@@ -67,20 +59,19 @@ def _subscribed(event_type: str | sa.ColumnElement[str]) -> sa.ColumnElement[boo
 class WebhookStore:
     """Webhook rows in the job database; one instance per process."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.engine = store.engine
-        self._read_engine = store.engine.execution_options(**{dialects.AUTOCOMMIT: True})
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     # --- secrets -----------------------------------------------------------------------------
     async def secret(self, api_key_id: str) -> str:
         """The key's signing secret, created on first use."""
-        async with self._read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             found = await self._read_secret(conn, api_key_id)
         if found is not None:
             return found
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             await conn.execute(
-                _insert_ignoring_conflicts(conn, webhook_secrets).values(
+                self.database.insert_ignoring(webhook_secrets).values(
                     api_key_id=api_key_id, secret=events.new_secret(), created_at=clock.now()
                 )
             )
@@ -92,9 +83,9 @@ class WebhookStore:
         """Replace the key's secret; attempts from now on are signed with the new one."""
         fresh = events.new_secret()
         now = clock.now()
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             await conn.execute(
-                _insert_ignoring_conflicts(conn, webhook_secrets).values(
+                self.database.insert_ignoring(webhook_secrets).values(
                     api_key_id=api_key_id, secret=fresh, created_at=now
                 )
             )
@@ -116,14 +107,14 @@ class WebhookStore:
     async def create_endpoint(
         self, api_key_id: str, url: str, event_types: Sequence[str]
     ) -> Endpoint:
-        values = {
+        values: dict[str, Any] = {
             "id": "whep_" + secrets.token_hex(12),
             "api_key_id": api_key_id,
             "url": url,
             "events": list(event_types),
             "created_at": clock.now(),
         }
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             await conn.execute(webhook_endpoints.insert().values(**values))
         return Endpoint(**{**values, "events": tuple(event_types)})
 
@@ -133,13 +124,13 @@ class WebhookStore:
             .where(webhook_endpoints.c.api_key_id == api_key_id)
             .order_by(webhook_endpoints.c.created_at, webhook_endpoints.c.id)
         )
-        async with self._read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             return [_endpoint(r) for r in (await conn.execute(query)).all()]
 
     async def delete_endpoint(self, api_key_id: str, endpoint_id: str) -> bool:
         """Remove the endpoint and cancel its unfinished deliveries; False if it is not ours."""
         d = webhook_deliveries
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             deleted = (
                 await conn.execute(
                     webhook_endpoints.delete().where(
@@ -199,7 +190,7 @@ class WebhookStore:
             .order_by(jobs.c.finished_at, jobs.c.id)
             .limit(limit)
         )
-        async with self._read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             return [Job.from_row(r) for r in (await conn.execute(query)).all()]
 
     async def jobs_awaiting_progress_event(self, interval: float, limit: int = 100) -> list[Job]:
@@ -229,7 +220,7 @@ class WebhookStore:
             .order_by(jobs.c.started_at, jobs.c.id)
             .limit(limit)
         )
-        async with self._read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             return [Job.from_row(r) for r in (await conn.execute(query)).all()]
 
     async def add_final_event(
@@ -238,7 +229,7 @@ class WebhookStore:
         """Store the job's video.completed / video.failed event with one delivery per target;
         False when another dispatcher already did."""
         event_type = events.final_type(job)
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             if not await self._insert_event(
                 conn, job, event_id, event_type, f"{job.id}:final", payload
             ):
@@ -259,14 +250,9 @@ class WebhookStore:
         """Store a video.progress event for the job unless one was stored in the last
         `interval` seconds or for this progress value; False when none was stored."""
         ev = webhook_events
-        async with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # SQLite's write lock already serialises this transaction; PostgreSQL needs a
-                # lock so two dispatchers cannot both see "no recent event" for one job.
-                await conn.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:job))"),
-                    {"ns": _PROGRESS_LOCK_NAMESPACE, "job": job.id},
-                )
+        async with self.database.transaction() as conn:
+            # So two dispatchers cannot both see "no recent event" for one job.
+            await self.database.advisory_lock(conn, "webhook_progress", job.id)
             recent = (
                 await conn.execute(
                     sa.select(ev.c.id)
@@ -293,12 +279,17 @@ class WebhookStore:
             await self._insert_deliveries(conn, job, event_id, targets, retry_seconds)
         return True
 
-    @staticmethod
     async def _insert_event(
-        conn: AsyncConnection, job: Job, event_id: str, event_type: str, key: str, payload: str
+        self,
+        conn: AsyncConnection,
+        job: Job,
+        event_id: str,
+        event_type: str,
+        key: str,
+        payload: str,
     ) -> bool:
         inserted = await conn.execute(
-            _insert_ignoring_conflicts(conn, webhook_events)
+            self.database.insert_ignoring(webhook_events)
             .values(
                 id=event_id,
                 dedupe_key=key,
@@ -322,8 +313,8 @@ class WebhookStore:
             query = query.where(e.c.created_at <= created_by)
         return [_endpoint(r) for r in (await conn.execute(query)).all()]
 
-    @staticmethod
     async def _insert_deliveries(
+        self,
         conn: AsyncConnection,
         job: Job,
         event_id: str,
@@ -333,7 +324,7 @@ class WebhookStore:
         now = clock.now()
         for target, url in targets:
             await conn.execute(
-                _insert_ignoring_conflicts(conn, webhook_deliveries).values(
+                self.database.insert_ignoring(webhook_deliveries).values(
                     id="whd_" + secrets.token_hex(12),
                     event_id=event_id,
                     target=target,
@@ -358,7 +349,7 @@ class WebhookStore:
             d.c.next_attempt_at <= now,
         )
         oldest = sa.select(d.c.id).where(due).order_by(d.c.next_attempt_at, d.c.id).limit(1)
-        oldest = dialects.claim_subquery(self.engine, oldest)
+        oldest = self.database.claim_subquery(oldest)
         token = secrets.token_hex(16)
         statement = (
             d.update()
@@ -371,7 +362,7 @@ class WebhookStore:
             )
             .returning(*d.c)
         )
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             row = (await conn.execute(statement)).first()
             if row is None:
                 return None
@@ -410,9 +401,9 @@ class WebhookStore:
             settle = {"status": DeliveryStatus.FAILED, "finished_at": result.finished_at}
         else:
             settle = {"status": DeliveryStatus.PENDING, "next_attempt_at": retry_at}
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             await conn.execute(
-                _insert_ignoring_conflicts(conn, webhook_attempts).values(
+                self.database.insert_ignoring(webhook_attempts).values(
                     id="wha_" + secrets.token_hex(12),
                     delivery_id=delivery.id,
                     event_id=delivery.event_id,
@@ -452,7 +443,7 @@ class WebhookStore:
         query = sa.select(sa.func.min(d.c.next_attempt_at)).where(
             d.c.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING])
         )
-        async with self._read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             return (await conn.execute(query)).scalar()
 
     # --- the log and housekeeping ------------------------------------------------------------
@@ -466,7 +457,7 @@ class WebhookStore:
             .order_by(a.c.started_at.desc(), a.c.attempt.desc(), a.c.id)
             .limit(limit)
         )
-        async with self._read_engine.connect() as conn:
+        async with self.database.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [
             Attempt(
@@ -484,7 +475,7 @@ class WebhookStore:
         """Delete events created before `older_than`, with their deliveries and attempts."""
         ev = webhook_events
         old = sa.select(ev.c.id).where(ev.c.created_at < older_than)
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             await conn.execute(
                 webhook_attempts.delete().where(webhook_attempts.c.event_id.in_(old))
             )

@@ -1,4 +1,4 @@
-"""Webhook tables; created by migration 2 (see videoserve.jobs.schema).
+"""Webhook tables and their migrations (`MIGRATIONS`, the "webhooks" package's list).
 
 Every step of a delivery is a row, so a restart loses nothing and any API process may carry on
 what another began:
@@ -14,7 +14,8 @@ what another began:
 
 No foreign keys: rows are pruned in order by the dispatcher, and SQLite would not enforce them
 without a per-connection pragma anyway. Like every released migration, the shape created here
-is version 2's; a later change is a new migration, not an edit of these tables.
+is version 1's (the shared counter's version 2, before migrations were per package); a later
+change is a new migration, not an edit of these tables.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from videoserve.jobs.database import Migrations
 from videoserve.jobs.schema import metadata
 
 webhook_secrets = sa.Table(
@@ -112,3 +114,11 @@ def create_tables(conn: Connection) -> None:
     """Create the webhook tables and their indexes (skipping any that exist)."""
     for table in TABLES:
         table.create(conn, checkfirst=True)
+
+
+MIGRATIONS = Migrations(
+    "webhooks",
+    ((1, create_tables),),
+    # The shared counter's version 2 created these tables.
+    from_legacy=lambda version: 1 if version >= 2 else 0,
+)

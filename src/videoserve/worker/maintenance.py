@@ -10,34 +10,32 @@ import asyncio
 import logging
 
 from videoserve.jobs.characters import Characters
-from videoserve.jobs.service import job_blob_prefix
+from videoserve.jobs.service import JobService
 from videoserve.jobs.store import JobStore
 from videoserve.settings import Settings
-from videoserve.storage.base import BlobStore
 
 log = logging.getLogger("videoserve.maintenance")
 
 
 class Maintenance:
-    def __init__(self, settings: Settings, store: JobStore, blobs: BlobStore) -> None:
+    def __init__(
+        self, settings: Settings, store: JobStore, service: JobService, characters: Characters
+    ) -> None:
         self.settings = settings
         self.store = store
-        self.blobs = blobs
+        self.service = service
+        self.characters = characters
 
     async def reap(self) -> tuple[int, int]:
         """Requeue (or fail, when out of attempts) jobs whose worker stopped heartbeating."""
         return await self.store.reap_expired_leases(self.settings.retention_seconds)
 
     async def sweep(self) -> int:
-        """Delete results past their retention: the video first, then the row."""
-        deleted = 0
-        while batch := await self.store.expired(limit=100):
-            for job in batch:
-                await self.blobs.delete_prefix(job_blob_prefix(job.id))
-            deleted += await self.store.delete([job.id for job in batch])
+        """Delete results past their retention, by the same path as DELETE /v1/videos/{id}."""
+        deleted = await self.service.purge_expired()
         if deleted:
             log.info("retention: deleted %d expired requests", deleted)
-        characters = await Characters(self.settings, self.store, self.blobs).sweep()
+        characters = await self.characters.sweep()
         if characters:
             log.info("retention: deleted %d expired characters", characters)
         return deleted

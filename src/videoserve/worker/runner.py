@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -22,15 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
 from PIL import Image
 
 from videoserve import errors
+from videoserve.jobs.failures import CANCELLED_MESSAGE, Failure, FailureCode
 from videoserve.jobs.inputs import InputKind, JobInputs, is_manifest
-from videoserve.jobs.records import Job, Lease
+from videoserve.jobs.records import Job, JobResult, Lease
 from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.store import JobStore
 from videoserve.jobs.workers import WorkerRegistry, WorkerState
-from videoserve.media.encode import encode_mp4, write_thumbnail
+from videoserve.media.encode import choose_encoder, encode_mp4, write_thumbnail
 from videoserve.media.probe import VideoInfo
 from videoserve.media.video_input import video_limits
 from videoserve.models.backends.base import Cancelled
@@ -41,8 +44,6 @@ from videoserve.storage.base import BlobStore
 from videoserve.worker import operations
 
 log = logging.getLogger("videoserve.worker")
-
-CANCELLED_ERROR = "cancelled by the user"
 
 
 def default_worker_id() -> str:
@@ -55,7 +56,7 @@ class _Signals:
 
     progress: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
-    stop_reason: str | None = None  # "cancelled" or "lease lost"
+    stop_reason: str | None = None  # "cancelled", "lease lost", "timeout" or "draining"
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -80,8 +81,9 @@ class Worker:
         self.current: dict[str, Job] = {}
         self.completed = 0
         self.draining = False
-        self.presence = WorkerRegistry(store)
+        self.presence = WorkerRegistry(store.database)
         self._scratch = Path(settings.data_dir) / "tmp"
+        self._encoder = choose_encoder(settings.encoder)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set; a job in hand is finished first (drain)."""
@@ -171,6 +173,11 @@ class Worker:
         signals = _Signals()
         reporter = asyncio.create_task(self._report(lease, signals), name=f"lease-{job.id}")
         retention = self.settings.retention_seconds
+        time_limit = self._time_limit(job)
+        timer = None
+        if time_limit:
+            # The model stops at its next step, as for a cancel; the job fails as a timeout.
+            timer = asyncio.get_running_loop().call_later(time_limit, _time_out, signals)
         try:
             result = await self._produce(job, lease, signals)
         except asyncio.CancelledError:
@@ -182,23 +189,34 @@ class Worker:
                 await asyncio.shield(self.store.release(lease))
             log.warning("job %s handed back to the queue (worker shutting down)", job.id)
             raise
-        except Cancelled:
+        except Exception as exc:
+            if signals.stop_reason == "timeout":
+                timed_out = Failure(
+                    FailureCode.TIMEOUT,
+                    f"timeout: the job ran longer than its limit of {time_limit:g} s",
+                )
+                log.warning("job %s: %s (%s)", job.id, timed_out.message, type(exc).__name__)
+                await self._persist(lambda: self.store.fail(lease, timed_out, retention))
+                return
+            if not isinstance(exc, Cancelled):
+                failure = _failure_of(exc)
+                log.exception("job %s failed (%s): %s", job.id, failure.code, failure.message)
+                await self._persist(lambda: self.store.fail(lease, failure, retention))
+                return
             if signals.stop_reason == "cancelled":
-                await self._persist(lambda: self.store.fail(lease, CANCELLED_ERROR, retention))
+                cancelled = Failure(FailureCode.CANCELLED, CANCELLED_MESSAGE)
+                await self._persist(lambda: self.store.fail(lease, cancelled, retention))
                 log.info("job %s cancelled while running", job.id)
             else:
                 log.warning("job %s: lease lost, abandoning attempt %d", job.id, lease.attempt)
             return
-        except Exception as exc:
-            message = _failure_message(exc)
-            log.exception("job %s failed: %s", job.id, message)
-            await self._persist(lambda: self.store.fail(lease, message, retention))
-            return
         finally:
+            if timer is not None:
+                timer.cancel()
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-        result["started_at"] = started
+        result = dataclasses.replace(result, started_at=started)
         if await self._persist(lambda: self.store.complete(lease, result, retention)):
             self.completed += 1
             log.info("job %s completed in %.2fs", job.id, time.time() - started)
@@ -206,6 +224,14 @@ class Worker:
             # Our lease was taken over: this attempt's files must not outlive it.
             log.warning("job %s: lease lost before completion; discarding attempt", job.id)
             await self.blobs.delete_prefix(_attempt_prefix(lease))
+
+    def _time_limit(self, job: Job) -> float:
+        """Seconds this job may run: the model's `max_job_seconds`, else the setting; 0: none."""
+        try:
+            own = self.registry.compute_limits(job.served_by).max_job_seconds
+        except errors.VideoserveError:
+            own = None  # the model is gone from the registry; _produce says so
+        return float(own or self.settings.max_job_seconds)
 
     async def _persist(self, write: Callable[[], Awaitable[bool]]) -> bool:
         """Run a finishing write, retrying while the database is unreachable.
@@ -227,7 +253,7 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _produce(self, job: Job, lease: Lease, signals: _Signals) -> dict[str, Any]:
+    async def _produce(self, job: Job, lease: Lease, signals: _Signals) -> JobResult:
         resolved = self.registry.backend(job.served_by)
         availability = resolved.availability()
         if not availability.available:
@@ -251,7 +277,8 @@ class Worker:
             signals.progress = int(100 * step / max(total, 1))
             loop.call_soon_threadsafe(signals.changed.set)
 
-        def generate():  # type: ignore[no-untyped-def]
+        def generate():
+            logs.quiet_model_libraries()
             resolved.load()
             begun = time.perf_counter()
             if operation is not None:
@@ -261,34 +288,42 @@ class Worker:
             return video, time.perf_counter() - begun
 
         video, inference_time = await asyncio.to_thread(generate)
+        try:
+            return await self._store_video(video, inference_time, lease)
+        except Exception as exc:
+            raise _MediaStageError(f"media error: {type(exc).__name__}: {exc}") from exc
+
+    async def _store_video(self, video: Any, inference_time: float, lease: Lease) -> JobResult:
+        """Encode the MP4 and its thumbnail, and store both under the attempt's prefix."""
         self._scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self._scratch) as scratch:
             video_path, thumb_path = Path(scratch) / "video.mp4", Path(scratch) / "thumb.jpg"
             begun = time.perf_counter()
             # Scratch files, not fsynced: the blob store makes its copies durable, and both
             # are stored before the job is marked COMPLETED.
-            info = await asyncio.to_thread(_encode, video, video_path, thumb_path)
+            info = await asyncio.to_thread(_encode, video, video_path, thumb_path, self._encoder)
             encode_time = time.perf_counter() - begun
             prefix = _attempt_prefix(lease)
             await asyncio.gather(
                 self.blobs.put_file(prefix + "thumbnail.jpg", thumb_path, "image/jpeg"),
                 self.blobs.put_file(prefix + "video.mp4", video_path, "video/mp4"),
             )
-        return {
-            "output_key": prefix + "video.mp4",
-            "thumbnail_key": prefix + "thumbnail.jpg",
-            "served_by": video.model,
-            "width": info.width,
-            "height": info.height,
-            "fps": info.fps,
-            "frames": info.frames,
-            "seconds": info.seconds,
-            "codec": info.codec,
-            "seed": getattr(video, "seed", None),
-            "segments": getattr(video, "segments", 1),
-            "inference_time": round(inference_time, 4),
-            "encode_time": round(encode_time, 4),
-        }
+        return JobResult(
+            output_key=prefix + "video.mp4",
+            thumbnail_key=prefix + "thumbnail.jpg",
+            served_by=video.model,
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
+            frames=info.frames,
+            seconds=info.seconds,
+            codec=info.codec,
+            encoder=info.encoder,  # libx264, or h264_nvenc where it ran
+            seed=getattr(video, "seed", None),
+            segments=getattr(video, "segments", 1),
+            inference_time=round(inference_time, 4),
+            encode_time=round(encode_time, 4),
+        )
 
     async def _inputs(self, job: Job) -> JobInputs | None:
         """The job's input manifest (edits, extensions, characters); None for a plain job."""
@@ -326,9 +361,15 @@ class Worker:
             await asyncio.sleep(0.2)
 
 
-def _encode(video: Any, video_path: Path, thumb_path: Path) -> VideoInfo:
+def _time_out(signals: _Signals) -> None:
+    if signals.stop_reason is None:
+        signals.stop_reason = "timeout"
+        signals.stop.set()
+
+
+def _encode(video: Any, video_path: Path, thumb_path: Path, encoder: str) -> VideoInfo:
     """The MP4 and its thumbnail, in one trip to a thread."""
-    info = encode_mp4(video.frames, video.fps, video_path, durable=False)
+    info = encode_mp4(video.frames, video.fps, video_path, durable=False, encoder=encoder)
     write_thumbnail(video.frames[0], thumb_path, durable=False)
     return info
 
@@ -338,7 +379,8 @@ def _attempt_prefix(lease: Lease) -> str:
 
 
 def _image_param(job: Job) -> dict[str, Any]:
-    # The stored params hold a note in place of a data URI; the image is in blob storage.
+    # The image is in blob storage under `input_key` (the stored params hold no data URI, and
+    # a URL must not be fetched a second time).
     return {"input_reference": None} if job.input_key else {}
 
 
@@ -354,7 +396,20 @@ def _image_key(job: Job, inputs: JobInputs) -> str | None:
     return image.key if image else None
 
 
-def _failure_message(exc: BaseException) -> str:
+class _MediaStageError(Exception):
+    """Encoding or storing the video failed (not the model)."""
+
+
+def _failure_of(exc: BaseException) -> Failure:
+    """The code and message a job fails with when producing its video raised `exc`."""
+    if isinstance(exc, _MediaStageError):
+        return Failure(FailureCode.MEDIA_ERROR, str(exc))
+    if isinstance(exc, errors.ModelUnavailable):
+        code = FailureCode.MODEL_UNAVAILABLE
+    elif isinstance(exc, errors.InvalidRequest | pydantic.ValidationError):
+        code = FailureCode.INPUT_INVALID
+    else:
+        code = FailureCode.MODEL_ERROR
     if isinstance(exc, errors.VideoserveError) and exc.message:
-        return exc.message
-    return f"model error: {type(exc).__name__}: {exc}"
+        return Failure(code, exc.message)
+    return Failure(code, f"model error: {type(exc).__name__}: {exc}")

@@ -7,12 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from videoserve import errors
 from videoserve.api.deps import KeyDep, RuntimeDep
 from videoserve.api.views import iso
-from videoserve.jobs import ledger, listing
-from videoserve.jobs.keys import ANONYMOUS
-from videoserve.jobs.records import ApiKey, Job
+from videoserve.jobs import ledger
+from videoserve.jobs.records import Job
 
 router = APIRouter(prefix="/v1", tags=["Account"])
 
@@ -21,24 +19,9 @@ KeyParam = Annotated[
 ]
 
 
-def _scope(key: ApiKey, requested: str | None) -> str | None:
-    """Whose rows the caller sees: its own; an admin's pick with `?key=`, else every key's."""
-    if requested is not None:
-        if not key.is_admin:
-            raise errors.Forbidden("?key= needs an admin key (videoserve keys create --admin)")
-        return requested
-    return None if key.is_admin else key.id
-
-
 @router.get("/account", summary="The key's credits: balance, spent, refunded")
 async def account(runtime: RuntimeDep, key: KeyDep, key_id: KeyParam = None) -> dict[str, Any]:
-    target = _scope(key, key_id) or key.id
-    if target == ANONYMOUS.id:  # auth is off: nothing is charged
-        return _account_view(ledger.Account(ANONYMOUS.id, ANONYMOUS.name, True, 0.0, 0.0, 0.0, 0.0))
-    found = await ledger.account(runtime.store.read_engine, target)
-    if found is None:
-        raise errors.NotFound(f"key '{target}' not found")
-    return _account_view(found)
+    return _account_view(await runtime.accounts.account(key, key_id))
 
 
 def _account_view(account: ledger.Account) -> dict[str, Any]:
@@ -64,15 +47,12 @@ async def requests(
 ) -> dict[str, Any]:
     """Unexpired requests with their model, parameters, cost, refund, timings and error.
     An admin key without `?key=` sees every key's."""
-    page, has_more = await listing.list_jobs(
-        runtime.store, _scope(key, key_id), after=after, limit=limit
-    )
-    refunds = await ledger.refunds_for(runtime.store.read_engine, [job.id for job in page])
+    page = await runtime.accounts.usage(key, key_id, after=after, limit=limit)
     return {
         "object": "list",
-        "data": [_request_view(job, refunds.get(job.id, 0.0)) for job in page],
-        "has_more": has_more,
-        "last_id": page[-1].id if page else None,
+        "data": [_request_view(job, page.refunds.get(job.id, 0.0)) for job in page.jobs],
+        "has_more": page.has_more,
+        "last_id": page.jobs[-1].id if page.jobs else None,
     }
 
 
@@ -81,15 +61,15 @@ def _seconds(start: float | None, end: float | None) -> float | None:
 
 
 def _request_view(job: Job, refunded: float) -> dict[str, Any]:
-    result = job.result or {}
+    result = job.result
     return {
         "id": job.id,
         "object": "request",
         "key_id": job.api_key_id,
         "model": job.model,
-        "served_by": result.get("served_by", job.served_by),
+        "served_by": result.served_by if result is not None else job.served_by,
         "status": job.status.value,
-        "parameters": job.params,
+        "parameters": job.shown_params(),
         "cost": None if job.cost is None else ledger.number(job.cost),
         "refunded": ledger.number(refunded),
         "attempts": job.attempt,
@@ -98,7 +78,7 @@ def _request_view(job: Job, refunded: float) -> dict[str, Any]:
         "finished_at": iso(job.finished_at),
         "expires_at": iso(job.expires_at),
         "queue_time": _seconds(job.created_at, job.started_at),
-        "inference_time": result.get("inference_time"),
+        "inference_time": result.inference_time if result is not None else None,
         "total_time": _seconds(job.created_at, job.finished_at),
         "error": job.error,
     }

@@ -9,7 +9,6 @@ from fastapi import APIRouter
 
 from videoserve import errors
 from videoserve.api.deps import KeyDep, RuntimeDep
-from videoserve.jobs.workers import WorkerRegistry
 
 router = APIRouter(prefix="/v1/admin", tags=["Admin"])
 
@@ -23,9 +22,7 @@ async def list_workers(runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
     if not key.is_admin:
         raise errors.Forbidden("this endpoint needs an admin key (videoserve keys create --admin)")
     # Three missed heartbeats and a worker is no longer live.
-    rows = await WorkerRegistry(runtime.store).live(
-        stale_after=3 * runtime.settings.heartbeat_seconds + 1
-    )
+    rows = await runtime.workers.live(stale_after=3 * runtime.settings.heartbeat_seconds + 1)
     return {
         "object": "list",
         "data": [

@@ -19,10 +19,10 @@ from fastapi.responses import StreamingResponse
 from videoserve import errors
 from videoserve.api import views
 from videoserve.api.deps import KeyDep, RuntimeDep
+from videoserve.jobs.failures import CANCELLED_MESSAGE, FailureCode
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status, is_terminal
 from videoserve.runtime import Runtime
-from videoserve.worker.runner import CANCELLED_ERROR
 
 router = APIRouter(tags=["Segmind"])
 
@@ -56,13 +56,12 @@ async def events(
 async def _status_events(
     runtime: Runtime, key: ApiKey, job_id: str, request: Request
 ) -> AsyncIterator[str]:
-    store = runtime.store
     interval = runtime.settings.poll_interval_seconds
     sent: tuple[Any, ...] | None = None
     last_write = time.monotonic()
     while True:
         # Listen before reading, so a change committed during the read still wakes us.
-        waiter = asyncio.create_task(store.wait_for_change(job_id, interval))
+        waiter = asyncio.create_task(runtime.service.wait_for_change(job_id, interval))
         await asyncio.sleep(0)
         try:
             try:
@@ -100,11 +99,12 @@ def _outcome(before: Job, after: Job) -> tuple[bool, str]:
     if after.status == Status.COMPLETED:
         return False, "already completed; nothing to cancel"
     if after.status == Status.FAILED:
-        if is_terminal(before.status) or after.error != CANCELLED_ERROR:
-            already = "cancelled" if after.error == CANCELLED_ERROR else "failed"
+        cancelled = after.failure == FailureCode.CANCELLED
+        if is_terminal(before.status) or not cancelled:
+            already = "cancelled" if cancelled else "failed"
             return False, f"already {already}; nothing to cancel"
         return True, "cancelled"
     return True, (
         "cancellation requested: the job stops at its next step and then ends FAILED "
-        f"({CANCELLED_ERROR!r})"
+        f"({CANCELLED_MESSAGE!r})"
     )

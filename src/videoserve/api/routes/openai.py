@@ -5,17 +5,14 @@ uploaded `input_reference` -> a data URI the service validates and stores) and a
 OpenAI's `video` object and error envelope (`OpenAIRoute`). Included before the Segmind
 catch-all `POST /v1/{model}`, which would otherwise take `POST /v1/videos`.
 
-A remix records its source in a small marker blob, `jobs/<id>/remix.json`, beside the job's
-other files: the job's params are re-validated against the model's schema by the worker, so
-they cannot carry it, and the marker shares the job's lifetime (retention and DELETE remove
-the whole `jobs/<id>/` prefix).
+Delete, content variants and remix are `JobService` operations; this module only reads the
+request and shapes the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
 from typing import Annotated, Any, Literal
@@ -30,9 +27,8 @@ from videoserve.api.deps import JsonBody, KeyDep, RuntimeDep, json_body
 from videoserve.api.openai_views import OpenAIRoute
 from videoserve.jobs import listing
 from videoserve.jobs.records import Job
-from videoserve.jobs.service import job_blob_prefix
+from videoserve.jobs.service import Variant
 from videoserve.jobs.states import Status, is_terminal
-from videoserve.media.spritesheet import build_spritesheet
 from videoserve.runtime import Runtime
 from videoserve.settings import Settings
 from videoserve.storage.base import BlobNotFound
@@ -49,7 +45,6 @@ SORA_2_PRO = "sora-2-pro"
 REFERENCE = "input_reference"
 CHARACTERS = "characters"
 
-Variant = Literal["video", "thumbnail", "spritesheet"]
 
 _CREATE_BODY = {
     "requestBody": {
@@ -221,7 +216,8 @@ def _in_openai_terms(exc: errors.InvalidRequest) -> errors.InvalidRequest:
 async def retrieve(video_id: str, runtime: RuntimeDep, key: KeyDep) -> JSONResponse:
     job = await runtime.service.get(key, video_id)
     inputs = await runtime.service.inputs_of(job)
-    body = openai_views.video(job, remixed_from=await _remixed_from(runtime, job.id), inputs=inputs)
+    remixed_from = await runtime.service.remixed_from(job.id)
+    body = openai_views.video(job, remixed_from=remixed_from, inputs=inputs)
     headers = {}
     if not is_terminal(job.status):
         # The SDK's poll() waits this long between retrieves.
@@ -237,14 +233,8 @@ async def list_videos(
     limit: Annotated[int, Query(ge=1, le=listing.MAX_LIMIT)] = 20,
     order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    jobs, has_more = await listing.list_jobs(
-        runtime.store,
-        None if key.is_admin else key.id,
-        after=after,
-        limit=limit,
-        order=order,
-    )
-    sources = await asyncio.gather(*(_remixed_from(runtime, job.id) for job in jobs))
+    jobs, has_more = await runtime.service.list(key, after=after, limit=limit, order=order)
+    sources = await asyncio.gather(*(runtime.service.remixed_from(job.id) for job in jobs))
     manifests = await asyncio.gather(*(runtime.service.inputs_of(job) for job in jobs))
     videos = [
         openai_views.video(job, remixed_from=src, inputs=inputs)
@@ -255,18 +245,7 @@ async def list_videos(
 
 @router.delete("/{video_id}", summary="Delete a video, its files and its record")
 async def delete(video_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
-    job = await runtime.service.get(key, video_id)
-    running = not is_terminal(job.status)
-    if running:
-        await runtime.service.cancel(key, job.id)
-    prefix = job_blob_prefix(job.id)
-    await runtime.blobs.delete_prefix(prefix)
-    await runtime.store.delete([job.id])
-    if running:
-        # A worker may have stored files in between; with the row gone it can never complete
-        # (its fenced update finds nothing), so what is there now is all it will leave.
-        await runtime.blobs.delete_prefix(prefix)
-    log.info("video %s deleted", job.id)
+    job = await runtime.service.delete(key, video_id)
     return openai_views.deleted(job.id)
 
 
@@ -306,19 +285,8 @@ def poll_after_ms(job: Job, settings: Settings, now: float | None = None) -> int
 async def content(
     video_id: str, runtime: RuntimeDep, key: KeyDep, variant: Variant = "video"
 ) -> Response:
-    job = await runtime.service.get(key, video_id)
-    if job.status != Status.COMPLETED or not job.result:
-        state = openai_views.STATUSES[job.status]
-        raise errors.InvalidRequest(
-            f"video '{job.id}' is {state}: its content can be downloaded once it is completed"
-        )
-    if variant == "video":
-        blob_key, media_type = job.result["output_key"], "video/mp4"
-    elif variant == "thumbnail":
-        blob_key, media_type = job.result["thumbnail_key"], "image/jpeg"
-    else:
-        blob_key, media_type = await _spritesheet(runtime, job), "image/jpeg"
-    return await _blob_response(runtime, blob_key, media_type)
+    found = await runtime.service.content(key, video_id, variant)
+    return await _blob_response(runtime, found.blob_key, found.media_type)
 
 
 async def _blob_response(runtime: Runtime, blob_key: str, media_type: str) -> Response:
@@ -335,39 +303,7 @@ async def _blob_response(runtime: Runtime, blob_key: str, media_type: str) -> Re
     return Response(data, media_type=media_type)
 
 
-def spritesheet_key(output_key: str) -> str:
-    """Beside the video it previews, in the attempt's folder."""
-    return output_key.rsplit("/", 1)[0] + "/spritesheet.jpg"
-
-
-async def _spritesheet(runtime: Runtime, job: Job) -> str:
-    """The spritesheet's blob key, made from the stored MP4 on first request."""
-    assert job.result is not None
-    output_key = job.result["output_key"]
-    sheet_key = spritesheet_key(output_key)
-    if await runtime.blobs.exists(sheet_key):
-        return sheet_key
-    path = runtime.blobs.local_path(output_key)
-    try:
-        if path is not None and not path.is_file():
-            raise BlobNotFound(output_key)
-        source = path if path is not None else await runtime.blobs.get_bytes(output_key)
-    except BlobNotFound:
-        raise errors.NotFound("content not found (it may have expired)") from None
-    data = await asyncio.to_thread(build_spritesheet, source)
-    # Two first requests at once both build it; writes are atomic, so either copy is whole.
-    await runtime.blobs.put_bytes(sheet_key, data, "image/jpeg")
-    if await runtime.store.get(job.id) is None:  # deleted meanwhile: leave nothing behind
-        await runtime.blobs.delete_prefix(job_blob_prefix(job.id))
-        raise errors.NotFound(f"request '{job.id}' not found")
-    return sheet_key
-
-
 # --- remix -------------------------------------------------------------------------------------
-
-
-def remix_marker_key(job_id: str) -> str:
-    return f"{job_blob_prefix(job_id)}remix.json"
 
 
 @router.post("/{video_id}/remix", summary="A new video from a completed one, with a new prompt")
@@ -386,44 +322,7 @@ async def remix(
             f"unknown parameter(s): {', '.join(unknown)}; a remix takes only prompt",
             param=unknown[0],
         )
-    source = await runtime.service.get(key, video_id)
-    if source.status != Status.COMPLETED:
-        state = openai_views.STATUSES[source.status]
-        raise errors.InvalidRequest(
-            f"video '{source.id}' is {state}: only a completed video can be remixed"
-        )
-    inputs = await runtime.service.inputs_of(source)
-    if inputs is not None:
-        # An edit or an extension: the same operation on the same source, a new prompt.
-        job = await runtime.video_ops.remix(
-            key, source, inputs, body.get("prompt"), idempotency_key=idempotency_key
-        )
-        await _mark_remix(runtime, job.id, source.id)
-        return openai_views.video(job, remixed_from=source.id, inputs=inputs)
-    # The source's parameters (duration, size, seed...) with the new prompt. A data URI was
-    # stored as a note, so the reference image comes from blob storage, as the source used it.
-    raw = {k: v for k, v in source.params.items() if k != REFERENCE}
-    raw["prompt"] = body.get("prompt")
-    if source.input_key:
-        png = await runtime.blobs.get_bytes(source.input_key)
-        raw[REFERENCE] = "data:image/png;base64," + base64.b64encode(png).decode()
-    job = await runtime.service.submit(key, source.model, raw, idempotency_key=idempotency_key)
-    await _mark_remix(runtime, job.id, source.id)
-    return openai_views.video(job, remixed_from=source.id)
-
-
-async def _mark_remix(runtime: Runtime, job_id: str, source_id: str) -> None:
-    marker = json.dumps({"remixed_from_video_id": source_id}).encode()
-    await runtime.blobs.put_bytes(remix_marker_key(job_id), marker, "application/json")
-
-
-async def _remixed_from(runtime: Runtime, job_id: str) -> str | None:
-    try:
-        marker = json.loads(await runtime.blobs.get_bytes(remix_marker_key(job_id)))
-    except BlobNotFound:
-        return None
-    except ValueError:
-        log.warning("video %s: unreadable remix marker", job_id)
-        return None
-    source = marker.get("remixed_from_video_id") if isinstance(marker, dict) else None
-    return source if isinstance(source, str) else None
+    job, inputs = await runtime.video_ops.remix(
+        key, video_id, body.get("prompt"), idempotency_key=idempotency_key
+    )
+    return openai_views.video(job, remixed_from=video_id, inputs=inputs)

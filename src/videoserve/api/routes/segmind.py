@@ -93,10 +93,11 @@ async def run_blocking(
     job = await runtime.service.submit(key, model, body, idempotency_key=idempotency_key)
     job = await runtime.service.wait(key, job.id, runtime.settings.sync_timeout_seconds)
     if job.status == Status.FAILED:
-        return JSONResponse({"error": job.error, "request_id": job.id}, status_code=422)
+        body = {"error": job.error, "code": job.failure, "request_id": job.id}
+        return JSONResponse(body, status_code=422)
     assert job.result is not None
-    headers = {"X-Request-Id": job.id, "X-Served-By": job.result.get("served_by", job.served_by)}
-    output_key = job.result["output_key"]
+    headers = {"X-Request-Id": job.id, "X-Served-By": job.result.served_by}
+    output_key = job.result.output_key
     path = runtime.blobs.local_path(output_key)
     if path is not None:
         return FileResponse(path, media_type="video/mp4", headers=headers)

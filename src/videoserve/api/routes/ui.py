@@ -44,9 +44,13 @@ _HEADERS = {
 
 
 def _file(name: str) -> FileResponse:
-    path = (STATIC_DIR / name).resolve()
-    if not path.is_relative_to(STATIC_DIR) or not path.is_file():
-        raise errors.NotFound(f"not found: /static/{name}")
+    try:
+        path = (STATIC_DIR / name).resolve()
+        found = path.is_relative_to(STATIC_DIR) and path.is_file()
+    except (OSError, ValueError):  # a NUL in the name, a name too long for the file system
+        found = False
+    if not found:
+        raise errors.NotFound("not found: no such static file")
     media_type = _MEDIA_TYPES.get(path.suffix, "application/octet-stream")
     headers = dict(_HEADERS)
     if path.suffix == ".html":

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from videoserve import errors
 from videoserve.api.deps import KeyDep, RuntimeDep
+from videoserve.jobs import text
 from videoserve.webhooks import events, urls
 from videoserve.webhooks.records import Attempt, Endpoint
 
@@ -106,6 +107,8 @@ async def list_deliveries(
 
 @router.delete("/{endpoint_id}", summary="Delete an endpoint; its pending deliveries stop")
 async def delete_endpoint(endpoint_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
-    if not await runtime.webhooks.webhook_store.delete_endpoint(key.id, endpoint_id):
+    # An id that cannot be stored names no endpoint: 404 without asking the database.
+    hooks = runtime.webhooks.webhook_store
+    if not text.could_be_id(endpoint_id) or not await hooks.delete_endpoint(key.id, endpoint_id):
         raise errors.NotFound(f"webhook endpoint '{endpoint_id}' not found")
     return {"id": endpoint_id, "object": "webhook_endpoint.deleted", "deleted": True}

@@ -82,6 +82,13 @@ class VideoBackend(Protocol):
         """Cheap check (no loading, no imports of torch) whether this backend can run here."""
         ...
 
+    def check(self, params: VideoParams) -> None:
+        """Refuse at submit time (`errors.InvalidRequest`, a 400) what `generate` would refuse.
+
+        Reads configs only, never weights; a backend with nothing to refuse returns.
+        """
+        ...
+
     def load(self) -> None:
         """Load the weights; heavy, idempotent and thread-safe. Called in a worker thread."""
         ...

@@ -138,6 +138,7 @@ def _unbatchable(
     tensors = [hidden, timestep, text, other] + ([image] if image is not None else [])
     if not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in tensors):
         return "an input is not a batched tensor"
+    assert hidden is not None  # checked among `tensors` above
     size = hidden.shape[0]
     if any(t.shape[0] != size for t in tensors):
         return "the inputs disagree on the batch size"

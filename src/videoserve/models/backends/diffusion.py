@@ -18,6 +18,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -27,6 +28,7 @@ from PIL import Image
 
 from videoserve import errors
 from videoserve.models import grid as grids
+from videoserve.models import speed
 from videoserve.models.backends.base import (
     Availability,
     Cancelled,
@@ -34,6 +36,8 @@ from videoserve.models.backends.base import (
     ProgressCallback,
     StopCheck,
 )
+from videoserve.models.backends.lora import LoadedAdapters, Profile
+from videoserve.models.options import DTYPES, DiffusersOptions
 from videoserve.models.params import DiffusersParams, VideoParams
 from videoserve.models.weights import Weights
 
@@ -44,13 +48,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("videoserve.models")
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-CACHES = ("first_block",)
-
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeOptions:
-    """How a model runs on this host, from its TOML entry; none of it changes the output much."""
+    """How a model runs on this host, from its TOML entry (parsed and checked in `options.py`)."""
 
     cpu_offload: bool = False  # enable_model_cpu_offload: one whole component on the GPU at a time
     group_offload: bool = False  # group offloading: layers streamed to the GPU as they run
@@ -58,33 +59,16 @@ class RuntimeOptions:
     cache: str | None = None  # "first_block": skip the remaining blocks while outputs barely move
     cache_threshold: float = 0.05  # First Block Cache: higher skips more (faster, rougher)
     batch_cfg: bool | None = None  # CFG's two forwards as one batch (Wan); None: `batches_cfg`
+    attention_backend: str | None = None  # diffusers `set_attention_backend` (`speed.py`)
+    compile: str | None = None  # "regional": `compile_repeated_blocks`, warmed up at load
+    quantize: str | None = None  # a torchao config of the transformer(s): "fp8", "int8"...
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> RuntimeOptions:
-        """Read and check the runtime options of an entry; ValueError naming what is wrong."""
-        runtime = cls(
-            cpu_offload=bool(options.get("cpu_offload", False)),
-            group_offload=bool(options.get("group_offload", False)),
-            vae_tiling=bool(options.get("vae_tiling", False)),
-            cache=options.get("cache"),
-            cache_threshold=float(options.get("cache_threshold", 0.05)),
-            batch_cfg=None if options.get("batch_cfg") is None else bool(options["batch_cfg"]),
+    def from_entry(cls, options: DiffusersOptions) -> RuntimeOptions:
+        """The runtime part of an entry's parsed options."""
+        return cls(
+            **{field.name: getattr(options, field.name) for field in dataclasses.fields(cls)}
         )
-        if runtime.cpu_offload and runtime.group_offload:
-            raise ValueError("cpu_offload and group_offload are alternatives: set one of them")
-        if runtime.cache == "mag":
-            # MagCache skips steps by a per-checkpoint table of magnitude ratios; diffusers 0.42
-            # ships that table only for Flux, so a video model would need a calibration run first.
-            raise ValueError(
-                'cache "mag" (MagCache) needs magnitude ratios calibrated for the checkpoint, '
-                'which diffusers ships only for Flux; use cache = "first_block"'
-            )
-        if runtime.cache is not None and runtime.cache not in CACHES:
-            raise ValueError(f"cache must be one of {', '.join(CACHES)} (got {runtime.cache!r})")
-        threshold = runtime.cache_threshold
-        if not 0 < threshold < 1:
-            raise ValueError(f"cache_threshold must be between 0 and 1 (got {threshold})")
-        return runtime
 
     def batches_cfg(self, device: str) -> bool:
         """Whether CFG runs as one batch on `device`: by default on a GPU, unless offloading.
@@ -187,6 +171,7 @@ class DiffusersBackend:
         self._t2v: Any = None
         self._i2v: Any = None
         self._offload_hooked: Any = None  # the pipeline whose CPU-offload hooks are installed
+        self._adapters = LoadedAdapters()  # LoRAs of adapter entries over this pipeline
 
     # --- what the weights are ----------------------------------------------------------
     @property
@@ -234,11 +219,19 @@ class DiffusersBackend:
             )
         return Availability(True)
 
-    def check(self, params: VideoParams) -> None:
+    @property
+    def profile(self) -> Profile:
+        """This entry's own generations: its defaults, no adapters."""
+        return Profile(
+            self.name, self.default_steps, self.default_guidance, self.default_negative_prompt
+        )
+
+    def check(self, params: VideoParams, *, model: str | None = None) -> None:
         """Refuse at submit time (400) what `generate` would refuse later; reads no weights.
 
-        Not part of `VideoBackend`: callers use it when a backend has it.
+        `model`: the public model the message names (an adapter entry over this base).
         """
+        name = model or self.name
         index = read_model_index(self.path)
         # No index yet (the tiny model before its first build): `generate` decides.
         grids.plan(self.grid, params.size, params.duration, chain=self._chains(index or {}))
@@ -246,12 +239,12 @@ class DiffusersBackend:
             return
         if params.input_reference is not None and not self._accepts_image(index):
             raise errors.InvalidRequest(
-                f"input_reference: model '{self.name}' does not accept an input image",
+                f"input_reference: model '{name}' does not accept an input image",
                 param="input_reference",
             )
         if params.input_reference is None and self._requires_image(index):
             raise errors.InvalidRequest(
-                f"input_reference: model '{self.name}' needs an input image",
+                f"input_reference: model '{name}' needs an input image",
                 param="input_reference",
             )
 
@@ -271,6 +264,7 @@ class DiffusersBackend:
         with self._lock:
             if self.loaded:
                 self._t2v = self._i2v = self._offload_hooked = None
+                self._adapters = LoadedAdapters()
                 gc.collect()
                 if self._device and self._device.startswith("cuda"):
                     import torch
@@ -303,6 +297,39 @@ class DiffusersBackend:
             if pipe is not None:
                 pipe.set_progress_bar_config(disable=True)
         self._device, self._t2v, self._i2v = device, t2v, i2v
+        if self.runtime.compile is not None:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One short call at the family's first size, so compiling happens now, not in a job.
+
+        With `dynamic=True` the compiled blocks take other sizes and frame counts without
+        recompiling; the call runs under CFG (guidance > 1) and batched CFG where installed,
+        as jobs do, and stops before the VAE.
+        """
+        grid = self.grid
+        width, height = grid.trained[0] if grid.trained else (grid.multiple * 2,) * 2
+        frames = grid.frame_rule + 1
+        pipe = self._t2v or self._i2v
+        if pipe is self._i2v:
+            log.info("%s: compiled, warmed up by the first job (an image model)", self.name)
+            return
+        import torch
+
+        begun = time.perf_counter()
+        with torch.inference_mode():
+            arguments = {"prompt": "warm-up", "negative_prompt": "", "guidance_scale": 2.0}
+            with self._pipeline_call(pipe, arguments) as call:
+                pipe(
+                    **call,
+                    height=height,
+                    width=width,
+                    num_frames=frames,
+                    num_inference_steps=2,
+                    output_type="latent",
+                    **self._call_kwargs(pipe, _warm_shape(width, height, frames, grid.fps), None),
+                )
+        log.info("%s: compiled and warmed up in %.1f s", self.name, time.perf_counter() - begun)
 
     def _torch_dtype(self, device: str) -> torch.dtype:
         import torch
@@ -323,6 +350,10 @@ class DiffusersBackend:
             offload = False
         if not offload:
             pipe.to(device)
+        if self.runtime.quantize is not None:
+            speed.quantize(pipe, self.runtime.quantize)
+        if self.runtime.attention_backend is not None:
+            speed.set_attention(pipe, self.runtime.attention_backend)
         elif self.runtime.group_offload:
             # Leaf-level groups on a side stream: the documented low-memory setting that keeps
             # most of the speed, since transfers overlap the computation.
@@ -345,6 +376,9 @@ class DiffusersBackend:
                     module.enable_cache(
                         FirstBlockCacheConfig(threshold=self.runtime.cache_threshold)
                     )
+        if self.runtime.compile == "regional":
+            # After the cache hooks, so the compiled blocks include them.
+            speed.compile_regions(pipe, cached=self.runtime.cache is not None)
 
     def _hook_offload(self, pipe: Any) -> None:
         if not self.runtime.cpu_offload or not str(self._device).startswith("cuda"):
@@ -369,16 +403,25 @@ class DiffusersBackend:
         on_progress: ProgressCallback,
         should_stop: StopCheck,
     ) -> GeneratedVideo:
+        return self.generate_for(self.profile, params, image, on_progress, should_stop)
+
+    def generate_for(
+        self,
+        profile: Profile,
+        params: VideoParams,
+        image: Image.Image | None,
+        on_progress: ProgressCallback,
+        should_stop: StopCheck,
+    ) -> GeneratedVideo:
+        """`generate` for `profile`: its defaults, and only its adapters active."""
         guidance = getattr(params, "guidance_scale", None)
         seed = getattr(params, "seed", None)
         seed = secrets.randbits(32) if seed is None else seed
         call = {
             "prompt": params.prompt,
-            "negative_prompt": getattr(params, "negative_prompt", None)
-            or self.default_negative_prompt,
-            "num_inference_steps": getattr(params, "num_inference_steps", None)
-            or self.default_steps,
-            "guidance_scale": self.default_guidance if guidance is None else guidance,
+            "negative_prompt": getattr(params, "negative_prompt", None) or profile.negative_prompt,
+            "num_inference_steps": getattr(params, "num_inference_steps", None) or profile.steps,
+            "guidance_scale": profile.guidance if guidance is None else guidance,
         }
         with self._in_use():
             self.load()
@@ -388,6 +431,8 @@ class DiffusersBackend:
                 shape = grids.plan(
                     self.grid, params.size, params.duration, chain=self._i2v is not None
                 )
+                pipe = self._t2v if self._t2v is not None else self._i2v
+                self._adapters.activate(pipe, profile.adapters, self.name)
                 frames = self._run_segments(call, shape, seed, image, on_progress, should_stop)
         frames = _to_uint8(frames[: shape.out_frames])
         if (shape.out_width, shape.out_height) != (shape.gen_width, shape.gen_height):
@@ -400,10 +445,16 @@ class DiffusersBackend:
         return GeneratedVideo(
             frames=frames,
             fps=float(shape.fps),
-            model=self.name,
+            model=profile.model,
             seed=seed,
             segments=shape.segments,
         )
+
+    def drop_adapters(self, names: set[str]) -> None:
+        """Unload these LoRAs from the pipeline (their entry lets go of its memory)."""
+        with self._lock:
+            if self.loaded:
+                self._adapters.drop(self._t2v if self._t2v is not None else self._i2v, names)
 
     def _run_segments(
         self,
@@ -591,6 +642,10 @@ class DiffusersBackend:
         A family may swap the prompts for embeddings it made (Wan's batched CFG).
         """
         yield call
+
+
+def _warm_shape(width: int, height: int, frames: int, fps: int) -> grids.GenerationPlan:
+    return grids.GenerationPlan(width, height, width, height, frames, frames, fps)
 
 
 def _to_uint8(frames: np.ndarray) -> np.ndarray:

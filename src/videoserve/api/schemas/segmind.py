@@ -1,0 +1,198 @@
+"""Response bodies outside `/v1/videos`: the Segmind contract and videoserve's own routes.
+
+Each model lists the fields the route always or sometimes writes; `extra="allow"` where a
+model or a later feature adds fields (a model's extras on the final body, for example), so
+a new field is not a contract break but a declared one is checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RequestStatus = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Submitted(_Open):
+    """`POST /v2/{model}`: accepted and durable; both URLs are absolute (the SDK GETs them)."""
+
+    request_id: str
+    status: RequestStatus
+    status_url: str
+    response_url: str
+
+
+class RequestStatusBody(_Open):
+    """A poll's answer; FAILED comes as HTTP 422 with `error` (and `code`)."""
+
+    request_id: str
+    status: RequestStatus
+    model: str
+    created_at: str | None = Field(description="ISO 8601, UTC")
+    started_at: str | None
+    completed_at: str | None
+    expires_at: str | None = None
+    queue_position: int | None = Field(default=None, description="While QUEUED; 1 is next")
+    progress: int | None = Field(default=None, description="0-100 while PROCESSING")
+    error: str | None = Field(default=None, description="Why it FAILED")
+    code: str | None = Field(default=None, description="The failure code, when FAILED")
+
+
+class Metrics(_Open):
+    queue_time: float
+    inference_time: float | None
+    encode_time: float | None
+    total_time: float
+
+
+class RequestResult(RequestStatusBody):
+    """`GET /v2/requests/{id}`: the status plus, once COMPLETED, the output and its facts."""
+
+    params: dict[str, Any]
+    output: str | None = Field(default=None, description="Signed URL of the MP4")
+    thumbnail: str | None = Field(default=None, description="Signed URL of a JPEG")
+    served_by: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    frames: int | None = None
+    seconds: float | None = None
+    seed: int | None = None
+    segments: int | None = None
+    metrics: Metrics | None = None
+
+
+class CancelOutcome(RequestStatusBody):
+    cancelled: bool = Field(description="Whether this call stopped (or will stop) the request")
+    message: str
+
+
+class Model(_Open):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    backend: str | None
+    alias_of: str | None
+    served_by: str
+    available: bool
+    reason: str | None = Field(description="Why it cannot run here, when unavailable")
+    warning: str | None
+    parameters: dict[str, Any] = Field(description="The model's parameter JSON Schema")
+
+
+class ModelList(_Open):
+    object: Literal["list"]
+    data: list[Model]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Account(_Open):
+    id: str
+    object: Literal["account"]
+    name: str
+    credits: float | None = Field(description="Balance; null when unlimited")
+    unlimited: bool
+    granted: float
+    spent: float
+    refunded: float
+
+
+class UsageRecord(_Open):
+    id: str
+    object: Literal["request"]
+    key_id: str | None
+    model: str
+    served_by: str | None
+    status: RequestStatus
+    parameters: dict[str, Any]
+    cost: float | None
+    refunded: float
+    attempts: int
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    expires_at: str | None
+    queue_time: float | None
+    inference_time: float | None
+    total_time: float | None
+    error: str | None
+
+
+class UsagePage(_Open):
+    object: Literal["list"]
+    data: list[UsageRecord]
+    has_more: bool
+    last_id: str | None
+
+
+class LiveWorker(_Open):
+    id: str
+    host: str
+    models: list[str]
+    concurrency: int
+    current_jobs: list[str] | int
+    draining: bool
+    started_at: str
+    last_heartbeat: str
+
+
+class WorkerList(_Open):
+    object: Literal["list"]
+    data: list[LiveWorker]
+    queue: dict[str, int] = Field(description="Jobs per status")
+
+
+class WebhookEndpoint(_Open):
+    id: str
+    object: Literal["webhook_endpoint"]
+    url: str
+    events: list[str]
+    created_at: int
+
+
+class WebhookEndpointList(_Open):
+    object: Literal["list"]
+    data: list[WebhookEndpoint]
+
+
+class WebhookSecret(BaseModel):
+    secret: str
+
+
+class WebhookAttempt(_Open):
+    id: str | int
+    object: Literal["webhook_delivery_attempt"]
+    event_id: str
+    event_type: str
+    request_id: str | None
+    delivery_id: str | None
+    delivery_status: str | None
+    endpoint_id: str | None
+    url: str
+    attempt: int
+    success: bool
+    status_code: int | None
+    error: str | None
+    started_at: float
+    finished_at: float
+    duration_ms: float
+
+
+class WebhookAttemptList(_Open):
+    object: Literal["list"]
+    data: list[WebhookAttempt]
+
+
+class Deleted(_Open):
+    id: str
+    object: str
+    deleted: bool

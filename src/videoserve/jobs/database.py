@@ -1,0 +1,219 @@
+"""The one seam to the database: engines, transactions, locks, dialect switches, migrations.
+
+Built once per process (by the runtime, or `JobStore.open`) and handed to every store: the job
+store, keys, the ledger, the worker registry, the listing and the webhook store. Only this
+module and `dialects` (the engine and notifier recipes it uses) know which database is below;
+the stores speak in statements and ask here for what differs: `insert_ignoring`,
+`claim_subquery`, `advisory_lock`.
+
+Migrations are per package: each registers a `Migrations` list (its own tables, its own
+versions), and `migrate` applies the lists it was given under one database-wide lock. So the
+jobs package never imports the webhook tables; the runtime, which knows both, passes both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from videoserve.jobs import clock, dialects
+from videoserve.jobs.sqlite_direct import SqliteWriter, SyncReader
+
+log = logging.getLogger("videoserve.jobs")
+
+Step = Callable[[Connection], None]
+
+# Lock ids that released versions already used, kept so old and new processes still exclude
+# each other during a rolling upgrade; any other name hashes to its own id.
+_LOCK_IDS = {
+    "migrations": 0x56494445,  # "VIDE"
+    "claim_cap": 0x56494443,  # "VIDC"
+    "webhook_progress": 0x57484B50,  # "WHKP"
+}
+
+_tracking = sa.MetaData()
+# Which version of each package's tables this database has: one row per applied step.
+migrations_table = sa.Table(
+    "videoserve_migrations",
+    _tracking,
+    sa.Column("package", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+# The single counter every package shared before per-package migrations (read, never written).
+legacy_schema_table = sa.Table(
+    "videoserve_schema",
+    _tracking,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Migrations:
+    """One package's tables as an append-only list of versioned steps."""
+
+    package: str
+    steps: tuple[tuple[int, Step], ...]
+    # The version of this package that a database at `videoserve_schema` version N had
+    # reached (databases made before migrations were per package).
+    from_legacy: Callable[[int], int] = lambda _version: 0
+
+    @property
+    def latest(self) -> int:
+        return self.steps[-1][0] if self.steps else 0
+
+
+def lock_id(name: str) -> int:
+    """The PostgreSQL advisory lock id for a named lock (stable across processes)."""
+    return _LOCK_IDS.get(name, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+class Database:
+    """The engines of one database and everything that differs between SQLite and PostgreSQL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = dialects.DEFAULT_POOL_SIZE,
+        migrations: Sequence[Migrations] = (),
+    ) -> None:
+        self.url = url
+        self.engine = dialects.create_engine(url, pool_size=pool_size)
+        # Single statements (reads, one-statement writes) run here: autocommit, no BEGIN.
+        self.read_engine = dialects.autocommit(self.engine)
+        self.notifier = dialects.create_notifier(self.engine, url)
+        self.migrations = tuple(migrations)
+        self.postgres = dialects.is_postgres(self.engine)
+        # SQLite's fast path: reads and one-statement writes off aiosqlite (see sqlite_direct).
+        self._sync_reader = SyncReader.for_url(url)
+        self._sqlite_writer = SqliteWriter.for_url(url)
+
+    # --- connections ---------------------------------------------------------------------------
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A connection in a write transaction (`BEGIN IMMEDIATE` on SQLite), committed on exit."""
+        return self.engine.begin()
+
+    def connect(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for single autocommit statements: no transaction round trips."""
+        return self.read_engine.connect()
+
+    async def first(
+        self, query: sa.Executable, params: dict[str, Any] | None = None
+    ) -> sa.Row | None:
+        """One row of a single-statement read (synchronously on a SQLite file)."""
+        if self._sync_reader is not None:
+            return self._sync_reader.first(query, params)
+        async with self.read_engine.connect() as conn:
+            return (await conn.execute(query, params)).first()
+
+    async def write_one(
+        self, statement: sa.Executable, params: dict[str, Any] | None = None
+    ) -> sa.Row | None:
+        """Run one writing statement on its own, atomically: one round trip, no BEGIN."""
+        if self._sqlite_writer is not None:
+            return await self._sqlite_writer.first(statement, params)
+        async with self.read_engine.connect() as conn:
+            row = (await conn.execute(statement, params)).first()
+            await conn.commit()  # ends SQLAlchemy's own transaction; the database's is done
+        return row
+
+    async def ping(self) -> None:
+        async with self.read_engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    # --- dialect switches ----------------------------------------------------------------------
+    async def advisory_lock(self, conn: AsyncConnection, name: str, key: str | None = None) -> None:
+        """Hold the named lock (per `key`, if given) until `conn`'s transaction ends.
+
+        PostgreSQL: a transaction-scoped advisory lock. SQLite: nothing to take, as every write
+        transaction began with `BEGIN IMMEDIATE` and so already holds the database's lock."""
+        if not self.postgres:
+            return
+        if key is None:
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id(name)})
+        else:
+            await conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:id, hashtext(:key))"),
+                {"id": lock_id(name), "key": key},
+            )
+
+    def insert_ignoring(self, table: sa.Table, conflict: Sequence[str] | None = None) -> Any:
+        """`INSERT ... ON CONFLICT [(conflict columns)] DO NOTHING` on this dialect (returns
+        the insert to build on)."""
+        module = postgresql if self.postgres else sqlite
+        return module.insert(table).on_conflict_do_nothing(index_elements=conflict)
+
+    def claim_subquery(self, select: sa.Select) -> sa.Select:
+        """The oldest-claimable-row SELECT, made safe for concurrent claimers on this dialect:
+        `FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers anyway."""
+        return select.with_for_update(skip_locked=True) if self.postgres else select
+
+    # --- life cycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Migrate, then begin receiving other processes' notifications."""
+        await self.migrate()
+        await self.notifier.start()
+
+    async def close(self) -> None:
+        await self.notifier.close()
+        await self.engine.dispose()
+        if self._sync_reader is not None:
+            self._sync_reader.dispose()
+        if self._sqlite_writer is not None:
+            self._sqlite_writer.dispose()
+
+    async def migrate(self) -> dict[str, int]:
+        """Bring every registered package's tables to its latest version; safe to run from many
+        processes at once. Returns each package's version."""
+        versions: dict[str, int] = {}
+        async with self.transaction() as conn:
+            await self.advisory_lock(conn, "migrations")
+            await conn.run_sync(lambda sync: migrations_table.create(sync, checkfirst=True))
+            legacy = await _legacy_version(conn)
+            for package in self.migrations:
+                versions[package.package] = await _migrate_package(conn, package, legacy)
+        return versions
+
+
+async def _legacy_version(conn: AsyncConnection) -> int:
+    exists = await conn.run_sync(lambda sync: sa.inspect(sync).has_table(legacy_schema_table.name))
+    if not exists:
+        return 0
+    found = await conn.execute(sa.select(sa.func.max(legacy_schema_table.c.version)))
+    return int(found.scalar() or 0)
+
+
+async def _migrate_package(conn: AsyncConnection, package: Migrations, legacy: int) -> int:
+    t = migrations_table
+    done = (
+        await conn.execute(
+            sa.select(sa.func.max(t.c.version)).where(t.c.package == package.package)
+        )
+    ).scalar()
+    if done is None:
+        done = package.from_legacy(legacy)
+        if done:  # record what the shared counter had already applied
+            await conn.execute(
+                t.insert().values(package=package.package, version=done, applied_at=clock.now())
+            )
+    for version, step in package.steps:
+        if version <= done:
+            continue
+        await conn.run_sync(step)
+        await conn.execute(
+            t.insert().values(package=package.package, version=version, applied_at=clock.now())
+        )
+        log.info("database: %s tables migrated to version %d", package.package, version)
+        done = version
+    return int(done)
