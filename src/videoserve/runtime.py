@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import logging
 
-from videoserve.jobs import schema
+from videoserve.jobs import characters, schema
 from videoserve.jobs.accounts import AccountService
+from videoserve.jobs.characters import Characters
 from videoserve.jobs.database import Database
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.service import JobService
 from videoserve.jobs.store import JobStore, Policy
+from videoserve.jobs.video_ops import VideoOperations
 from videoserve.jobs.workers import WorkerRegistry
 from videoserve.models.registry import ModelRegistry
 from videoserve.moderation import BlocklistModerator, Moderator
@@ -50,7 +52,7 @@ class Runtime:
         self.database = Database(
             settings.resolved_database_url(),
             pool_size=settings.database_pool_size,
-            migrations=(schema.MIGRATIONS, webhook_tables.MIGRATIONS),
+            migrations=(schema.MIGRATIONS, characters.MIGRATIONS, webhook_tables.MIGRATIONS),
         )
         self.store = JobStore(
             self.database,
@@ -73,7 +75,9 @@ class Runtime:
             moderator or BlocklistModerator(settings.blocklist),
         )
         self.accounts = AccountService(self.store)
-        self.maintenance = Maintenance(settings, self.store, self.service)
+        self.characters = Characters(settings, self.database, self.blobs)
+        self.video_ops = VideoOperations(self.service)
+        self.maintenance = Maintenance(settings, self.store, self.service, self.characters)
         self.webhooks = WebhookDispatcher(
             settings, self.store, blobs=self.blobs, signer=self.signer
         )

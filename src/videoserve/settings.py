@@ -138,6 +138,22 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     fetch_timeout_seconds: float = 15.0
 
+    # --- video inputs (edits, extensions, characters) ------------------------------------
+    # Checked while decoding, never from the container's own claims (a header can lie).
+    max_video_bytes: int = Field(
+        default=20 * 1024 * 1024, gt=0, description="Size cap of a video input (max_body_bytes too)"
+    )
+    max_video_seconds: float = Field(default=30.0, gt=0, description="Decoded duration cap")
+    # A worker holds an edit's or extension's source decoded: pixels x frames x 3 bytes
+    # (1280x720 x 600 frames: 1.7 GB at most).
+    max_video_pixels: int = Field(
+        default=1280 * 720, gt=0, description="Width x height cap of a video input's frames"
+    )
+    max_video_frames: int = Field(default=600, gt=0, description="Decoded frame count cap")
+    character_retention_seconds: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="How long a character is kept"
+    )
+
     # --- webhooks --------------------------------------------------------------------------
     webhook_retry_seconds: float = Field(
         default=3600.0, gt=0, description="How long a failing delivery keeps being retried"

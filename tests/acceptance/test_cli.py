@@ -82,3 +82,23 @@ def test_models_command_lists_availability(processes: Processes, tmp_path) -> No
     assert result.returncode == 0, result.stderr
     assert "tiny-t2v" in result.stdout and "my-wan" in result.stdout
     assert "missing" in result.stdout
+
+
+def test_generate_extend_and_edit_a_video(processes: Processes, tmp_path) -> None:
+    first = tmp_path / "first.mp4"
+    assert processes.run("generate", "a cat", "--duration", "4", "-o", str(first)).returncode == 0
+    longer = tmp_path / "longer.mp4"
+    result = processes.run(
+        "generate", "the cat runs", "--extend", str(first), "--duration", "4", "-o", str(longer)
+    )
+    assert result.returncode == 0, result.stderr
+    edited = tmp_path / "edited.mp4"
+    result = processes.run(
+        "generate", "the cat in snow", "--edit", str(first), "--strength", "0.4", "-o", str(edited)
+    )
+    assert result.returncode == 0, result.stderr
+    for path, seconds in ((longer, 8.0), (edited, 4.0)):
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            frames = sum(1 for _ in container.decode(stream))
+        assert frames / float(stream.average_rate) == seconds

@@ -92,7 +92,8 @@ def test_poll_hint_header_and_content_before_completion(idle_server: LiveServer)
     client = sdk(idle_server)
     created = client.videos.create(prompt=PROMPT, seconds="8", size="1280x720")
     raw = client.videos.with_raw_response.retrieve(created.id)
-    assert raw.headers["openai-poll-after-ms"] == "200"  # the server's poll interval
+    # Queued: twice the floor (250 ms, above the server's 200 ms re-check interval).
+    assert raw.headers["openai-poll-after-ms"] == "500"
     video = raw.parse()
     assert (video.status, video.progress, video.seconds, video.size) == (
         "queued",

@@ -82,7 +82,14 @@ def test_submit_bucket_matches_the_routes_that_create_jobs(tmp_path: Path) -> No
     app = create_app(settings)
     registry = ModelRegistry.from_settings(settings)
     fake_app = SimpleNamespace(state=SimpleNamespace(runtime=SimpleNamespace(registry=registry)))
-    creating = {"/v2/{model}", "/v1/{model}", "/v1/videos", "/v1/videos/{video_id}/remix"}
+    creating = {
+        "/v2/{model}",
+        "/v1/{model}",
+        "/v1/videos",
+        "/v1/videos/{video_id}/remix",
+        "/v1/videos/extensions",
+        "/v1/videos/edits",
+    }
     for path, operations in app.openapi()["paths"].items():
         concrete = path.replace("{model}", "sora-2-pro")
         concrete = re.sub(r"\{[a-z_]+\}", "video_1", concrete)

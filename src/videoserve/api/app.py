@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 
 from videoserve import __version__
 from videoserve.api import errors as api_errors
+from videoserve.api import openai_views
 from videoserve.api.guard import InputGuardMiddleware
 from videoserve.api.limits import BodyLimitMiddleware
 from videoserve.api.ratelimit import RateLimitMiddleware
@@ -22,6 +23,7 @@ from videoserve.api.routes import (
     meta,
     metrics,
     openai,
+    openai_ops,
     segmind,
     ui,
     webhooks,
@@ -73,7 +75,8 @@ def create_app(
         "OpenAI's Videos API over open-weight models.",
         lifespan=lifespan,
     )
-    api_errors.install(app)
+    # Every answer under /v1/videos, unknown routes and wrong methods too, in OpenAI's envelope.
+    api_errors.install(app, dialects={"/v1/videos": openai_views.response_for})
     contract.document(app)
     # Routes are matched in order: the status poll, by far the most frequent request, first.
     app.include_router(segmind.polls)
@@ -86,6 +89,7 @@ def create_app(
     app.include_router(account.router)
     app.include_router(metrics.router)
     # OpenAI's /v1/videos before the Segmind catch-all POST /v1/{model}.
+    app.include_router(openai_ops.router)  # before /v1/videos/{video_id}
     app.include_router(openai.router)
     app.include_router(segmind.router)
     app.add_middleware(InputGuardMiddleware)  # inside the body limit: it reads bounded bodies

@@ -7,6 +7,7 @@ answered 500 without internals.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -66,15 +67,37 @@ def error_response(
 def allowed_methods(request: Request) -> str:
     """Every method the request's path answers to. Starlette's 405 names only the first
     matching route's, so `Allow` missed DELETE on /v1/videos/{id} (RFC 9110 wants them all)."""
+    # Asked method by method through `matches`: included routers (FastAPI 0.165) are routes
+    # that hold no `methods` of their own, so the routes' attributes cannot be read directly.
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.PARTIAL:
-            methods |= getattr(route, "methods", None) or set()
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        for route in request.app.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                methods.add(method)
+                break
     return ", ".join(sorted(methods))
 
 
-def install(app: FastAPI) -> None:
+_METHODS = ("DELETE", "GET", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+EnvelopeFor = Callable[[Request, Exception], JSONResponse]
+
+
+def install(app: FastAPI, *, dialects: Mapping[str, EnvelopeFor] | None = None) -> None:
+    """Map exceptions to answers; `dialects` maps a path prefix to its own error envelope
+    (OpenAI's under `/v1/videos`), used for unknown routes and wrong methods there too."""
+    dialects = dict(dialects or {})
+
+    def dialect_of(request: Request) -> EnvelopeFor | None:
+        path = request.url.path
+        for prefix, envelope in dialects.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return envelope
+        return None
+
     @app.exception_handler(errors.VideoserveError)
     async def _domain(request: Request, exc: errors.VideoserveError) -> JSONResponse:
         status = status_for(exc)
@@ -104,12 +127,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "error"
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404 and message == "Not Found":
             message = f"not found: {request.method} {request.url.path}"
-        headers = getattr(exc, "headers", None)
-        if exc.status_code == 405:
+        elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
-            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+            allowed = allowed_methods(request)
+            headers = {**(headers or {}), "Allow": allowed}
+            if allowed:
+                message += f"; allowed: {allowed}"
+        envelope = dialect_of(request)
+        if envelope is not None:
+            return envelope(request, StarletteHTTPException(exc.status_code, message, headers))
         return error_response(
             exc.status_code, message, headers, code=_HTTP_CODES.get(exc.status_code, "http_error")
         )

@@ -22,7 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from videoserve import errors
 from videoserve.api.errors import status_for
 from videoserve.jobs import text
+from videoserve.jobs.characters import Character
 from videoserve.jobs.failures import FailureCode
+from videoserve.jobs.inputs import JobInputs
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
 
@@ -68,10 +70,20 @@ def failure_code(failure: FailureCode | None) -> str:
     return _FAILURE_CODES.get(failure, "video_generation_failed")
 
 
-def video(job: Job, *, remixed_from: str | None = None) -> dict[str, Any]:
-    """The `video` object for a job, whichever dialect submitted it."""
+def video(
+    job: Job, *, remixed_from: str | None = None, inputs: JobInputs | None = None
+) -> dict[str, Any]:
+    """The `video` object for a job, whichever dialect submitted it.
+
+    An extension's `seconds` is the stitched total (source plus what it adds), an edit's the
+    source's, as OpenAI documents; a completed one reports what the file really holds.
+    """
     params = job.params
     duration = params.get("duration")
+    if inputs is not None and duration is not None:
+        duration = _seconds(inputs.total_seconds(float(duration)))
+    if inputs is not None and job.result is not None:
+        duration = _seconds(job.result.seconds)
     progress = {Status.QUEUED: 0, Status.COMPLETED: 100}.get(job.status, job.progress)
     body: dict[str, Any] = {
         "id": job.id,
@@ -102,6 +114,23 @@ def video(job: Job, *, remixed_from: str | None = None) -> dict[str, Any]:
             "audio_codec": job.result.audio_codec,
         }
     return body
+
+
+def _seconds(value: float) -> str:
+    """`12`, not `12.0`; a fraction only where there is one (`8.5`)."""
+    rounded = round(value, 2)
+    return str(int(rounded)) if rounded.is_integer() else f"{rounded:g}"
+
+
+def character(record: Character) -> dict[str, Any]:
+    """A character as `client.videos.get_character` reads it."""
+    return {
+        "id": record.id,
+        "object": "character",
+        "created_at": int(record.created_at),
+        "name": record.name,
+        "expires_at": int(record.expires_at),
+    }
 
 
 def page(videos: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:

@@ -49,7 +49,8 @@ log = logging.getLogger("videoserve.api")
 Bucket = Literal["submit", "status"]
 
 _MODEL_PATH = re.compile(r"^/v[12]/([^/]+)$")  # POST /v1/{model}, POST /v2/{model}
-_VIDEOS_PATH = re.compile(r"^/v1/videos(/[^/]+/remix)?/?$")  # OpenAI create and remix
+# OpenAI create, remix, extensions and edits: the calls that create a job.
+_VIDEOS_PATH = re.compile(r"^/v1/videos(/[^/]+/remix|/extensions|/edits)?/?$")
 LIMITED_PREFIXES = ("/v1/", "/v2/")
 STORAGE_PAUSE_SECONDS = 5.0
 

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +32,11 @@ def run_generation(
     timeout: float,
     settings: Settings | None,
     console: Console,
+    source: SourceOperation | None = None,
 ) -> dict[str, Any]:
-    """`settings` configure the embedded server; they are only needed when `url` is None."""
+    """Submit (a generation, or an extension or edit of `source`), show progress, save.
+
+    `settings` configure the embedded server; they are only needed when `url` is None."""
     from videoserve.client import Client
 
     with contextlib.ExitStack() as stack:
@@ -41,7 +45,10 @@ def run_generation(
             url = stack.enter_context(embedded_server(settings))
             api_key = api_key or "unused"
         client = stack.enter_context(Client(api_key=api_key, base_url=url, timeout=60.0))
-        job = client.submit_async(model, **params)
+        if source is None:
+            job = client.submit_async(model, **params)
+        else:
+            job = source.submit(client, model, params)
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -62,6 +69,27 @@ def run_generation(
             bar.update(task, completed=100, description="completed")
         job.download(output)
         return result
+
+
+@dataclass(frozen=True)
+class SourceOperation:
+    """`--extend` or `--edit`: continue or edit a video (a video id, or a file)."""
+
+    operation: str  # "extend" or "edit"
+    video: str  # a video id, or the path of a video file
+    strength: float | None = None
+
+    def source(self) -> str | Path:
+        path = Path(self.video)
+        return path if path.is_file() else self.video
+
+    def submit(self, client: Any, model: str, params: dict[str, Any]) -> Any:
+        prompt = params.pop("prompt")
+        extra = {k: v for k, v in params.items() if k not in ("duration", "size")}
+        if self.operation == "extend":
+            seconds = params.get("duration", 4)
+            return client.extend(self.source(), prompt, seconds=seconds, model=model, **extra)
+        return client.edit(self.source(), prompt, strength=self.strength, model=model, **extra)
 
 
 def _free_port() -> int:

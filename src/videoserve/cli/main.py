@@ -157,9 +157,26 @@ def generate(
     api_key: Annotated[str | None, typer.Option(envvar="VIDEOSERVE_API_KEY")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait")] = 900.0,
     data_dir: DataDir = None,
+    extend: Annotated[
+        str | None,
+        typer.Option(help="Continue this video (an id or an MP4 file) by --duration seconds"),
+    ] = None,
+    edit: Annotated[
+        str | None, typer.Option(help="Edit this video (an MP4 file or an id) with the prompt")
+    ] = None,
+    strength: Annotated[
+        float | None, typer.Option(help="With --edit: how far it may move, 0-1 (default 0.6)")
+    ] = None,
 ) -> None:
     """Generate one video and save it, with a progress bar."""
-    from videoserve.cli.generate import run_generation
+    from videoserve.cli.generate import SourceOperation, run_generation
+
+    if extend and edit:
+        err.print("[red]error:[/red] --extend and --edit are alternatives: pass one")
+        raise typer.Exit(2)
+    source = None
+    if extend or edit:
+        source = SourceOperation("extend" if extend else "edit", extend or edit or "", strength)
 
     params: dict[str, Any] = {"prompt": prompt}
     if duration is not None:
@@ -180,6 +197,7 @@ def generate(
             timeout=timeout,
             settings=None if url else _settings(data_dir=data_dir),
             console=err,
+            source=source,
         )
     except Exception as exc:  # the CLI's one place to turn errors into a message and exit 1
         err.print(f"[red]error:[/red] {exc}")

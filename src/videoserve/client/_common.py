@@ -244,6 +244,9 @@ def error_for(response: httpx.Response) -> errors.VideoserveError:
     body = _json_or_none(response)
     fields: dict[str, Any] = body if isinstance(body, dict) else {}
     message = fields.get("error")
+    if isinstance(message, dict):  # OpenAI's envelope, under /v1/videos
+        fields = {**message, **{k: v for k, v in fields.items() if k != "error"}}
+        message = message.get("message")
     if not isinstance(message, str) or not message:
         text = response.text.strip()
         message = f"HTTP {code} {response.reason_phrase}" + (f": {text[:300]}" if text else "")
@@ -481,3 +484,46 @@ class EventStream:
         if not isinstance(body, dict):
             raise ValueError("status event is not a JSON object")
         return body
+
+
+# --- edits, extensions and characters (OpenAI's /v1/videos operations) ----------------------
+
+
+def operation_url(base: str, operation: str) -> str:
+    """`extensions`, `edits` or `characters` under `/v1/videos`."""
+    return f"{base}/v1/videos/{operation}"
+
+
+def operation_request(source: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """httpx arguments for an operation on `source`: a video id as JSON `{"id"}` (the form
+    LiteLLM sends), a file or bytes as a multipart upload (the form the openai SDK sends)."""
+    present = {k: v for k, v in fields.items() if v is not None}
+    if isinstance(source, str):
+        return {"json": {**present, "video": {"id": source}}}
+    if isinstance(source, bytes | bytearray):
+        name, data = "video.mp4", bytes(source)
+    elif isinstance(source, os.PathLike):
+        path = Path(source)
+        name, data = path.name, path.read_bytes()
+    else:
+        raise TypeError(
+            f"video must be a video id (str), a path (os.PathLike) or bytes, not {type(source)}"
+        )
+    form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in present.items()}
+    return {"files": {"video": (name, data, _video_type(name))}, "data": form}
+
+
+def _video_type(name: str) -> str:
+    suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return {"webm": "video/webm", "mkv": "video/x-matroska", "mov": "video/quicktime"}.get(
+        suffix, "video/mp4"
+    )
+
+
+def operation_job_ids(response: httpx.Response, base: str) -> tuple[str, str, str]:
+    """`(request_id, status_url, response_url)` from an operation's OpenAI video object."""
+    body = json_or_raise(response)
+    video_id = body.get("id") if isinstance(body, dict) else None
+    if not isinstance(video_id, str) or not video_id:
+        raise errors.APIError("answer has no video id", status_code=response.status_code, body=body)
+    return video_id, status_url(base, video_id), response_url(base, video_id)

@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from PIL import Image
@@ -22,6 +22,14 @@ from PIL import Image
 from videoserve import errors
 from videoserve.jobs import ledger, listing, text
 from videoserve.jobs.failures import Failure, FailureCode
+from videoserve.jobs.inputs import (
+    InputKind,
+    JobInput,
+    JobInputs,
+    PendingInput,
+    is_manifest,
+    manifest_key,
+)
 from videoserve.jobs.keys import ANONYMOUS
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status, is_terminal
@@ -45,6 +53,14 @@ def new_request_id() -> str:
 def request_hash(model: str, raw: Any) -> str:
     canonical = json.dumps({"model": model, "params": raw}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _hashed(raw: Any, inputs: JobInputs | None, files: Sequence[PendingInput]) -> Any:
+    """What an Idempotency-Key must match: the params, plus the operation and input files."""
+    if inputs is None:
+        return raw
+    digests = [hashlib.sha256(f.data).hexdigest() for f in files]
+    return {"params": raw, "operation": inputs.operation.value, "files": digests}
 
 
 def input_blob_key(job_id: str) -> str:
@@ -109,11 +125,15 @@ class JobService:
         idempotency_key: str | None = None,
         webhook_url: str | None = None,
         stored_input: str | None = None,
+        inputs: JobInputs | None = None,
+        files: Sequence[PendingInput] = (),
     ) -> Job:
         """Validate, moderate, charge and durably queue a request; returns the stored job.
 
         `stored_input` is the blob key of a reference image already checked and stored for
-        another job (a remix): it is copied, never decoded from base64 again.
+        another job (a remix): it is copied, never decoded from base64 again. `inputs` (an
+        edit, an extension, characters) with its `files` are stored under the job's prefix
+        before the job is, and the job's `input_key` names their manifest.
         `InsufficientCredits` when the key cannot pay the price: nothing is stored."""
         text.check_field("Idempotency-Key", idempotency_key, text.MAX_IDEMPOTENCY_KEY_CHARS)
         text.check_tree(raw_params)  # multipart fields and the CLI's too, not only JSON bodies
@@ -157,6 +177,8 @@ class JobService:
         if png is not None and blocked is None:
             input_key = input_blob_key(job_id)
             await self.blobs.put_bytes(input_key, png, "image/png")
+        if inputs is not None and blocked is None:
+            input_key = await self._store_inputs(job_id, inputs, files, input_key)
         price = self.price(key, resolved.served_by, params.duration, limits.steps(steps))
         stored_params = params.model_dump(exclude_none=True)
         if params.input_reference is not None and params.input_reference.startswith("data:"):
@@ -174,7 +196,11 @@ class JobService:
                     max_attempts=self.settings.max_attempts,
                     input_key=input_key,
                     idempotency_key=idempotency_key,
-                    request_hash=request_hash(model, raw_params) if idempotency_key else None,
+                    request_hash=(
+                        request_hash(model, _hashed(raw_params, inputs, files))
+                        if idempotency_key
+                        else None
+                    ),
                     failed_with=Failure(FailureCode.MODERATION, blocked) if blocked else None,
                     retention_seconds=self.settings.retention_seconds,
                     webhook_url=webhook_url,
@@ -197,6 +223,37 @@ class JobService:
         if blocked:
             log.info("request %s blocked: %s", job.id, blocked)
         return job
+
+    async def _store_inputs(
+        self,
+        job_id: str,
+        inputs: JobInputs,
+        files: Sequence[PendingInput],
+        image_key: str | None,
+    ) -> str:
+        """Store the input files and their manifest under the job's prefix; the manifest key."""
+        prefix = job_blob_prefix(job_id)
+        stored = list(inputs.inputs)
+        if image_key is not None:
+            stored.append(JobInput(InputKind.IMAGE, image_key, "image/png"))
+        for pending in files:
+            key = f"{prefix}inputs/{pending.name}"
+            await self.blobs.put_bytes(key, pending.data, pending.content_type)
+            stored.append(JobInput(pending.kind, key, pending.content_type, pending.character_id))
+        manifest = replace(inputs, inputs=tuple(stored))
+        key = manifest_key(prefix)
+        await self.blobs.put_bytes(key, manifest.to_json(), "application/json")
+        return key
+
+    async def inputs_of(self, job: Job) -> JobInputs | None:
+        """A job's input manifest; None for a plain job (no inputs or only an image)."""
+        if not is_manifest(job.input_key):
+            return None
+        assert job.input_key is not None
+        try:
+            return JobInputs.from_json(await self.blobs.get_bytes(job.input_key))
+        except BlobNotFound:
+            return None
 
     def price(
         self, key: ApiKey, model: str, seconds: float, steps: int = 0
@@ -345,6 +402,9 @@ class JobService:
                 f"video '{source.id}' is {source.status.value.lower()}: only a completed video "
                 "can be remixed"
             )
+        if is_manifest(source.input_key):
+            # An edit or an extension: `jobs.video_ops` repeats it on the same source.
+            raise errors.InvalidRequest(f"video '{source.id}' is an edit or an extension")
         raw = {k: v for k, v in source.params.items() if k != "input_reference"}
         raw["prompt"] = prompt
         job = await self.submit(
@@ -354,9 +414,14 @@ class JobService:
             idempotency_key=idempotency_key,
             stored_input=source.input_key,
         )
-        marker = json.dumps({"remixed_from_video_id": source.id}).encode()
-        await self.blobs.put_bytes(remix_marker_key(job.id), marker, "application/json")
+        await self.mark_remix(job.id, source.id)
         return job
+
+    async def mark_remix(self, job_id: str, source_id: str) -> None:
+        """Record that `job_id` was remixed from `source_id` (a blob under the job's prefix,
+        so the one deletion path removes it with the job)."""
+        marker = json.dumps({"remixed_from_video_id": source_id}).encode()
+        await self.blobs.put_bytes(remix_marker_key(job_id), marker, "application/json")
 
     async def remixed_from(self, job_id: str) -> str | None:
         """The id of the video this one was remixed from, if it was."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from videoserve.jobs.characters import Characters
 from videoserve.jobs.service import JobService
 from videoserve.jobs.store import JobStore
 from videoserve.settings import Settings
@@ -17,10 +18,13 @@ log = logging.getLogger("videoserve.maintenance")
 
 
 class Maintenance:
-    def __init__(self, settings: Settings, store: JobStore, service: JobService) -> None:
+    def __init__(
+        self, settings: Settings, store: JobStore, service: JobService, characters: Characters
+    ) -> None:
         self.settings = settings
         self.store = store
         self.service = service
+        self.characters = characters
 
     async def reap(self) -> tuple[int, int]:
         """Requeue (or fail, when out of attempts) jobs whose worker stopped heartbeating."""
@@ -31,6 +35,9 @@ class Maintenance:
         deleted = await self.service.purge_expired()
         if deleted:
             log.info("retention: deleted %d expired requests", deleted)
+        characters = await self.characters.sweep()
+        if characters:
+            log.info("retention: deleted %d expired characters", characters)
         return deleted
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -28,17 +28,20 @@ from PIL import Image
 
 from videoserve import errors
 from videoserve.jobs.failures import CANCELLED_MESSAGE, Failure, FailureCode
+from videoserve.jobs.inputs import InputKind, JobInputs, is_manifest
 from videoserve.jobs.records import Job, JobResult, Lease
 from videoserve.jobs.service import job_blob_prefix
 from videoserve.jobs.store import JobStore
 from videoserve.jobs.workers import WorkerRegistry, WorkerState
 from videoserve.media.encode import choose_encoder, encode_mp4, write_thumbnail
 from videoserve.media.probe import VideoInfo
+from videoserve.media.video_input import video_limits
 from videoserve.models.backends.base import Cancelled, GenerationInputs
 from videoserve.models.registry import ModelRegistry
 from videoserve.observability import logs
 from videoserve.settings import Settings
 from videoserve.storage.base import BlobStore
+from videoserve.worker import operations
 
 log = logging.getLogger("videoserve.worker")
 
@@ -258,8 +261,13 @@ class Worker:
                 f"model '{job.served_by}' is unavailable: {availability.reason}"
             )
         image = None
-        if job.input_key:
-            image = Image.open(io.BytesIO(await self.blobs.get_bytes(job.input_key))).convert("RGB")
+        inputs = await self._inputs(job)
+        image_key = job.input_key if inputs is None else _image_key(job, inputs)
+        operation = None
+        if inputs is not None:
+            operation = await operations.load(inputs, self.blobs, video_limits(self.settings))
+        if image_key and operation is None:
+            image = Image.open(io.BytesIO(await self.blobs.get_bytes(image_key))).convert("RGB")
         params = self.registry.resolve(job.model).schema.model_validate(
             job.params | _image_param(job)
         )
@@ -273,8 +281,11 @@ class Worker:
             logs.quiet_model_libraries()
             resolved.load()
             begun = time.perf_counter()
-            inputs = GenerationInputs(image=image)
-            video = resolved.generate(params, inputs, on_progress, signals.stop.is_set)
+            if operation is not None:
+                video = operation.run(resolved, params, on_progress, signals.stop.is_set)
+            else:
+                inputs = GenerationInputs(image=image)
+                video = resolved.generate(params, inputs, on_progress, signals.stop.is_set)
             return video, time.perf_counter() - begun
 
         video, inference_time = await asyncio.to_thread(generate)
@@ -317,6 +328,13 @@ class Worker:
             inference_time=round(inference_time, 4),
             encode_time=round(encode_time, 4),
         )
+
+    async def _inputs(self, job: Job) -> JobInputs | None:
+        """The job's input manifest (edits, extensions, characters); None for a plain job."""
+        if not is_manifest(job.input_key):
+            return None
+        assert job.input_key is not None
+        return JobInputs.from_json(await self.blobs.get_bytes(job.input_key))
 
     async def _report(self, lease: Lease, signals: _Signals) -> None:
         """Heartbeat every third of a lease, and write progress as it changes (throttled)."""
@@ -376,6 +394,18 @@ def _image_param(job: Job) -> dict[str, Any]:
     # The image is in blob storage under `input_key` (the stored params hold no data URI, and
     # a URL must not be fetched a second time).
     return {"input_reference": None} if job.input_key else {}
+
+
+def _image_key(job: Job, inputs: JobInputs) -> str | None:
+    """A manifest's image input; reference frames reach only a model that takes them."""
+    if inputs.of_kind(InputKind.REFERENCE):
+        # Refused at submit for every model without reference images; this backend
+        # protocol's generate() has no place for them yet (GenerationInputs will).
+        raise errors.InvalidRequest(
+            f"model '{job.served_by}' does not take reference images (characters)"
+        )
+    image = inputs.first(InputKind.IMAGE)
+    return image.key if image else None
 
 
 class _MediaStageError(Exception):

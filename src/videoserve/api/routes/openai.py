@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
@@ -25,9 +26,11 @@ from videoserve.api import openai_views
 from videoserve.api.deps import JsonBody, KeyDep, RuntimeDep, json_body
 from videoserve.api.openai_views import OpenAIRoute
 from videoserve.jobs import listing
+from videoserve.jobs.records import Job
 from videoserve.jobs.service import Variant
-from videoserve.jobs.states import is_terminal
+from videoserve.jobs.states import Status, is_terminal
 from videoserve.runtime import Runtime
+from videoserve.settings import Settings
 from videoserve.storage.base import BlobNotFound
 
 log = logging.getLogger("videoserve.api")
@@ -40,6 +43,7 @@ DEFAULT_SECONDS = "4"
 DEFAULT_SIZE = "720x1280"
 SORA_2_PRO = "sora-2-pro"
 REFERENCE = "input_reference"
+CHARACTERS = "characters"
 
 
 _CREATE_BODY = {
@@ -82,11 +86,34 @@ async def create(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     model, raw = await _create_params(request, runtime)
+    character_ids = _character_ids(raw.pop(CHARACTERS, None))
     try:
-        job = await runtime.service.submit(key, model, raw, idempotency_key=idempotency_key)
+        used = await runtime.video_ops.characters(
+            key, runtime.characters, model, character_ids, raw.get("prompt")
+        )
+        if used is not None:
+            inputs, files = used
+            job = await runtime.service.submit(
+                key, model, raw, idempotency_key=idempotency_key, inputs=inputs, files=files
+            )
+        else:
+            job = await runtime.service.submit(key, model, raw, idempotency_key=idempotency_key)
     except errors.InvalidRequest as exc:
         raise _in_openai_terms(exc) from None
     return openai_views.video(job)
+
+
+def _character_ids(value: Any) -> list[str]:
+    """The `characters` extra: a list of ids (JSON), or repeated form fields."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise errors.InvalidRequest(
+            f"{CHARACTERS}: must be a list of character ids", param=CHARACTERS
+        )
+    return list(dict.fromkeys(value))
 
 
 async def _create_params(request: Request, runtime: Runtime) -> tuple[str, dict[str, Any]]:
@@ -112,7 +139,7 @@ async def _create_params(request: Request, runtime: Runtime) -> tuple[str, dict[
     raw.setdefault("size", DEFAULT_SIZE)
     if raw.get(REFERENCE) is None:
         raw.pop(REFERENCE, None)
-    return _served_name(runtime, model), raw
+    return served_name(runtime, model), raw
 
 
 async def _form_fields(request: Request, runtime: Runtime) -> dict[str, Any]:
@@ -129,6 +156,8 @@ async def _form_fields(request: Request, runtime: Runtime) -> dict[str, Any]:
                 reference[name[len(REFERENCE) + 1 : -1]] = value
             elif isinstance(value, UploadFile):
                 raise errors.InvalidRequest(f"{name}: a file is accepted only as {REFERENCE}")
+            elif name in (CHARACTERS, CHARACTERS + "[]"):
+                fields.setdefault(CHARACTERS, []).append(value)
             else:
                 fields[name] = value
     if reference:
@@ -165,7 +194,7 @@ def _reference_object(reference: dict[str, Any]) -> str:
     )
 
 
-def _served_name(runtime: Runtime, model: str) -> str:
+def served_name(runtime: Runtime, model: str) -> str:
     """`sora-2` is OpenAI's default model; it runs as `sora-2-pro` unless configured itself."""
     if model == DEFAULT_MODEL and model not in runtime.registry.names():
         return SORA_2_PRO
@@ -186,11 +215,13 @@ def _in_openai_terms(exc: errors.InvalidRequest) -> errors.InvalidRequest:
 @router.get("/{video_id}", summary="Retrieve a video's status and metadata")
 async def retrieve(video_id: str, runtime: RuntimeDep, key: KeyDep) -> JSONResponse:
     job = await runtime.service.get(key, video_id)
-    body = openai_views.video(job, remixed_from=await runtime.service.remixed_from(job.id))
+    inputs = await runtime.service.inputs_of(job)
+    remixed_from = await runtime.service.remixed_from(job.id)
+    body = openai_views.video(job, remixed_from=remixed_from, inputs=inputs)
     headers = {}
     if not is_terminal(job.status):
         # The SDK's poll() waits this long between retrieves.
-        headers["openai-poll-after-ms"] = str(_poll_after_ms(runtime))
+        headers["openai-poll-after-ms"] = str(poll_after_ms(job, runtime.settings))
     return JSONResponse(body, headers=headers)
 
 
@@ -204,8 +235,10 @@ async def list_videos(
 ) -> dict[str, Any]:
     jobs, has_more = await runtime.service.list(key, after=after, limit=limit, order=order)
     sources = await asyncio.gather(*(runtime.service.remixed_from(job.id) for job in jobs))
+    manifests = await asyncio.gather(*(runtime.service.inputs_of(job) for job in jobs))
     videos = [
-        openai_views.video(job, remixed_from=src) for job, src in zip(jobs, sources, strict=True)
+        openai_views.video(job, remixed_from=src, inputs=inputs)
+        for job, src, inputs in zip(jobs, sources, manifests, strict=True)
     ]
     return openai_views.page(videos, has_more)
 
@@ -216,9 +249,28 @@ async def delete(video_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, A
     return openai_views.deleted(job.id)
 
 
-def _poll_after_ms(runtime: Runtime) -> int:
-    # As often as the server itself re-checks a job: sooner would only read the same row.
-    return max(100, min(2000, round(runtime.settings.poll_interval_seconds * 1000)))
+POLL_FLOOR_MS = 250  # below this a poll costs more than it could tell
+POLL_CEILING_MS = 5000
+
+
+def poll_after_ms(job: Job, settings: Settings, now: float | None = None) -> int:
+    """When to poll again, from the job's state; never below the floor.
+
+    Queued: nothing changes until a worker claims it, so twice the server's own re-check
+    interval. In progress: a quarter of the time the job's progress so far says is left
+    (elapsed / progress x what remains), so a long job is polled rarely and one about to
+    finish soon. Never sooner than the server itself re-checks a job, nor the floor.
+    """
+    interval_ms = settings.poll_interval_seconds * 1000
+    floor = max(POLL_FLOOR_MS, interval_ms)
+    if job.status == Status.QUEUED:
+        wanted = 2 * floor
+    else:
+        started = job.started_at or job.created_at
+        elapsed_ms = max(0.0, ((now or time.time()) - started) * 1000)
+        progress = max(1, min(job.progress, 99))
+        wanted = elapsed_ms / progress * (100 - progress) / 4
+    return round(max(floor, min(POLL_CEILING_MS, wanted)))
 
 
 # --- content -----------------------------------------------------------------------------------
@@ -270,7 +322,7 @@ async def remix(
             f"unknown parameter(s): {', '.join(unknown)}; a remix takes only prompt",
             param=unknown[0],
         )
-    job = await runtime.service.remix(
+    job, inputs = await runtime.video_ops.remix(
         key, video_id, body.get("prompt"), idempotency_key=idempotency_key
     )
-    return openai_views.video(job, remixed_from=video_id)
+    return openai_views.video(job, remixed_from=video_id, inputs=inputs)

@@ -586,6 +586,76 @@ class DiffusersBackend:
             pipe.maybe_free_model_hooks()
             raise
 
+    # --- edits: video-to-video over the same weights ------------------------------------
+    def edit_refusal(self) -> str | None:
+        """Why this model cannot edit a video, or None when it can; reads configs only."""
+        index = read_model_index(self.path) or {}
+        if index and not self._edits(index):
+            return (
+                f"model '{self.name}' has no video-to-video pipeline over its weights "
+                f"({index.get('_class_name')}); edits need a Wan text-to-video model"
+            )
+        return None
+
+    def run_video_to_video(
+        self,
+        call: dict[str, Any],
+        seed: int,
+        video: list[Image.Image],
+        strength: float,
+        on_progress: ProgressCallback,
+        should_stop: StopCheck,
+    ) -> np.ndarray:
+        """One video-to-video call over the loaded modules: float frames in [0, 1].
+
+        Its own small copy of `_run`'s step loop, so `_run` (whose inputs are changing with
+        the backend protocol) stays untouched; fold the two together once that has landed.
+        """
+        with self._in_use():
+            self.load()
+            with self._lock:
+                if not self.loaded:
+                    self._load()
+                pipe = self._video_pipeline(self._t2v) if self._t2v is not None else None
+                if pipe is None:
+                    raise errors.InvalidRequest(self.edit_refusal() or f"{self.name}: no edits")
+                pipe.set_progress_bar_config(disable=True)
+                if should_stop():
+                    raise Cancelled(f"{self.name}: cancelled before the first step")
+                import torch
+
+                def on_step_end(
+                    pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]
+                ) -> dict[str, Any]:
+                    on_progress(step + 1, pipeline.num_timesteps)
+                    if should_stop():
+                        raise Cancelled(f"{self.name}: cancelled after step {step + 1}")
+                    return {}
+
+                self._hook_offload(pipe)
+                try:
+                    with torch.inference_mode():
+                        output = pipe(
+                            **call,
+                            video=video,
+                            strength=strength,
+                            generator=torch.Generator(self._device).manual_seed(seed),
+                            output_type="np",
+                            callback_on_step_end=on_step_end,
+                        )
+                except Cancelled:
+                    pipe.maybe_free_model_hooks()
+                    raise
+        return np.asarray(output.frames[0])
+
+    def _edits(self, index: Mapping[str, Any]) -> bool:
+        """Whether the family builds a video-to-video pipeline over these weights."""
+        return False
+
+    def _video_pipeline(self, t2v: Any) -> Any:
+        """A video-to-video pipeline over the text pipeline's modules; None if none."""
+        return None
+
     # --- what a family says --------------------------------------------------------------
     makes_audio: ClassVar[bool] = False  # the pipeline returns a waveform with the frames
 

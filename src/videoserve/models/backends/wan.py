@@ -138,6 +138,12 @@ class WanBackend(DiffusersBackend):
         with cfg.batching(pipe, *embeds):
             yield {**rest, "prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
 
+    def _edits(self, index: Mapping[str, Any]) -> bool:
+        return index.get("_class_name") == T2V_CLASS and index.get("boundary_ratio") is None
+
+    def _video_pipeline(self, t2v: Any) -> Any:
+        return _video_pipeline_sharing(t2v)
+
 
 def first_frame_conditions(image: Image.Image, frames: int) -> dict[str, Any]:
     """VACE's `video` and `mask` for image-to-video: frame 0 is the image and is kept (mask
@@ -165,3 +171,27 @@ def _image_pipeline_sharing(t2v: Any) -> Any:
         boundary_ratio=t2v.config.boundary_ratio,
         expand_timesteps=t2v.config.expand_timesteps,
     )
+
+
+def _video_pipeline_sharing(t2v: Any) -> Any:
+    """`WanVideoToVideoPipeline` over the text pipeline's modules (no copy, no dtype cast).
+
+    diffusers 0.42's video-to-video pipeline derives its VAE scale factors from the layer
+    count, which is right for Wan 2.1's VAE and wrong for Wan 2.2's (16x spatial): they are
+    taken from the text pipeline, which reads them from the VAE's config.
+    """
+    from diffusers import WanVideoToVideoPipeline
+    from diffusers.video_processor import VideoProcessor
+
+    parts = t2v.components
+    pipe = WanVideoToVideoPipeline(
+        tokenizer=parts["tokenizer"],
+        text_encoder=parts["text_encoder"],
+        transformer=parts["transformer"],
+        vae=parts["vae"],
+        scheduler=parts["scheduler"],
+    )
+    pipe.vae_scale_factor_spatial = t2v.vae_scale_factor_spatial
+    pipe.vae_scale_factor_temporal = t2v.vae_scale_factor_temporal
+    pipe.video_processor = VideoProcessor(vae_scale_factor=t2v.vae_scale_factor_spatial)
+    return pipe

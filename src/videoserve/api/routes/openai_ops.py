@@ -1,0 +1,195 @@
+"""OpenAI's 2026 video operations: extensions, edits and characters under `/v1/videos`.
+
+The official SDK sends these as multipart with `video` an uploaded file (it cannot send the
+`{"id"}` form in multipart); LiteLLM sends JSON with `"video": {"id": ...}`. Both arrive here as
+a `SourceRef` for the operations service. Included before `openai.router`, whose
+`GET /v1/videos/{video_id}` would otherwise take `/v1/videos/characters`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from starlette.datastructures import UploadFile
+
+from videoserve import errors
+from videoserve.api import openai_views
+from videoserve.api.deps import KeyDep, RuntimeDep, json_body
+from videoserve.api.openai_views import OpenAIRoute
+from videoserve.api.routes.openai import DEFAULT_MODEL, served_name
+from videoserve.jobs.video_ops import PARAM, SourceRef
+from videoserve.runtime import Runtime
+
+router = APIRouter(prefix="/v1/videos", tags=["OpenAI Videos"], route_class=OpenAIRoute)
+
+
+def _body_doc(required: list[str], fields: dict[str, Any]) -> dict[str, Any]:
+    properties = {"prompt": {"type": "string"}, "model": {"type": "string"}, **fields}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": required,
+                        "properties": {
+                            **properties,
+                            PARAM: {"type": "string", "format": "binary"},
+                            f"{PARAM}[id]": {"type": "string"},
+                        },
+                    }
+                },
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": required,
+                        "properties": {
+                            **properties,
+                            PARAM: {
+                                "type": "object",
+                                "required": ["id"],
+                                "properties": {"id": {"type": "string"}},
+                            },
+                        },
+                    }
+                },
+            },
+        }
+    }
+
+
+_SECONDS = {"type": "string", "enum": ["4", "8", "12"], "default": "4"}
+_STRENGTH = {"type": "number", "minimum": 0, "maximum": 1, "default": 0.6}
+
+
+@router.post(
+    "/extensions",
+    openapi_extra=_body_doc(["prompt", PARAM], {"seconds": _SECONDS}),
+    summary="Continue a video from its last frame; one stitched video",
+)
+async def extend(
+    request: Request,
+    runtime: RuntimeDep,
+    key: KeyDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    fields, ref = await source_request(request, runtime)
+    model = fields.pop("model", None)
+    job, inputs = await runtime.video_ops.extend(
+        key,
+        served_name(runtime, model) if model else None,
+        fields.pop("prompt", None),
+        fields.pop("seconds", None),
+        ref,
+        fields,
+        default_model=served_name(runtime, DEFAULT_MODEL),
+        idempotency_key=idempotency_key,
+    )
+    return openai_views.video(job, inputs=inputs)
+
+
+@router.post(
+    "/edits",
+    openapi_extra=_body_doc(["prompt", PARAM], {"strength": _STRENGTH}),
+    summary="Edit a video with a prompt (video-to-video); same duration and aspect",
+)
+async def edit(
+    request: Request,
+    runtime: RuntimeDep,
+    key: KeyDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    fields, ref = await source_request(request, runtime)
+    model = fields.pop("model", None)
+    job, inputs = await runtime.video_ops.edit(
+        key,
+        served_name(runtime, model) if model else None,
+        fields.pop("prompt", None),
+        fields.pop("strength", None),
+        ref,
+        fields,
+        default_model=served_name(runtime, DEFAULT_MODEL),
+        idempotency_key=idempotency_key,
+    )
+    return openai_views.video(job, inputs=inputs)
+
+
+async def source_request(request: Request, runtime: Runtime) -> tuple[dict[str, Any], SourceRef]:
+    """(the other fields, the source) from multipart/form or a JSON body."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        return await _form_request(request, runtime)
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise errors.InvalidRequest("request body must be a JSON object")
+    fields = dict(body)
+    video = fields.pop(PARAM, None)
+    if video is None:
+        return fields, SourceRef()
+    if not isinstance(video, dict) or not isinstance(video.get("id"), str) or not video["id"]:
+        raise errors.InvalidRequest(
+            f'{PARAM}: in JSON must be {{"id": "<a completed video>"}}; upload a file with '
+            "multipart/form-data",
+            param=PARAM,
+        )
+    return fields, SourceRef(video_id=video["id"])
+
+
+async def _form_request(request: Request, runtime: Runtime) -> tuple[dict[str, Any], SourceRef]:
+    fields: dict[str, Any] = {}
+    ref = SourceRef()
+    limit = runtime.settings.max_video_bytes
+    async with request.form(max_part_size=runtime.settings.max_body_bytes) as form:
+        for name, value in form.multi_items():
+            if name == PARAM and isinstance(value, UploadFile):
+                data = await value.read(limit + 1)
+                if len(data) > limit:
+                    raise errors.PayloadTooLarge(
+                        f"{PARAM}: the file is larger than the limit of {limit} bytes",
+                        param=PARAM,
+                    )
+                ref = SourceRef(upload=data, content_type=value.content_type)
+            elif name in (f"{PARAM}[id]", PARAM) and isinstance(value, str):
+                ref = SourceRef(video_id=value)
+            elif isinstance(value, UploadFile):
+                raise errors.InvalidRequest(f"{name}: a file is accepted only as {PARAM}")
+            else:
+                fields[name] = value
+    return fields, ref
+
+
+# --- characters ------------------------------------------------------------------------------
+
+
+@router.post(
+    "/characters",
+    openapi_extra=_body_doc(["name", PARAM], {"name": {"type": "string"}}),
+    summary="Create a character: reference frames taken from a video, under a name",
+)
+async def create_character(request: Request, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
+    fields, ref = await source_request(request, runtime)
+    if ref.video_id is not None:
+        raise errors.InvalidRequest(
+            f"{PARAM}: a character is made from an uploaded video file", param=PARAM
+        )
+    character = await runtime.characters.create(key, fields.get("name"), ref.upload)
+    return openai_views.character(character)
+
+
+@router.get("/characters", summary="List your characters, newest first")
+async def list_characters(runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
+    characters = [openai_views.character(c) for c in await runtime.characters.list(key)]
+    return openai_views.page(characters, has_more=False)
+
+
+@router.get("/characters/{character_id}", summary="Retrieve a character")
+async def get_character(character_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
+    return openai_views.character(await runtime.characters.get(key, character_id))
+
+
+@router.delete("/characters/{character_id}", summary="Delete a character and its frames")
+async def delete_character(character_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
+    character = await runtime.characters.delete(key, character_id)
+    return {"id": character.id, "object": "character.deleted", "deleted": True}

@@ -1,0 +1,271 @@
+"""Edits and extensions of a caller's video: checks, then one ordinary job with its inputs.
+
+The source is an uploaded file or one of the caller's own completed videos (another key's id
+is a 404, like every id). It is decoded here, under the `max_video_*` limits, so a file that is
+not a video is a 400 before anything is queued or charged; the model is asked whether it can
+do the operation at all, so a refusal names the model. The job itself is a normal job whose
+input manifest says what to do (`jobs.inputs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from typing import Any
+
+from videoserve import errors
+from videoserve.jobs.characters import Characters, frames_of
+from videoserve.jobs.inputs import InputKind, JobInputs, Operation, PendingInput
+from videoserve.jobs.records import ApiKey, Job
+from videoserve.jobs.service import JobService
+from videoserve.jobs.states import Status
+from videoserve.media.video_input import DecodedVideo, decode_video, video_limits
+from videoserve.models.backends import continuation
+from videoserve.storage.base import BlobNotFound
+
+PARAM = "video"
+# What the source decides for an edit or an extension; a request that sets them is refused
+# rather than silently overridden.
+_FROM_SOURCE = ("size", "duration", "input_reference")
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where the source comes from: an upload's bytes, or the id of the caller's video."""
+
+    upload: bytes | None = None
+    content_type: str | None = None
+    video_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    data: bytes
+    decoded: DecodedVideo
+    job: Job | None  # the caller's video it came from, when given by id
+
+
+class VideoOperations:
+    """Extensions and edits, over the job service."""
+
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+
+    async def source(self, key: ApiKey, ref: SourceRef) -> Source:
+        """The source's bytes, decoded and checked; 404 for an id that is not the caller's."""
+        job = None
+        if ref.video_id is not None:
+            job = await self.service.get(key, ref.video_id)
+            if job.status != Status.COMPLETED or job.result is None:
+                raise errors.InvalidRequest(
+                    f"{PARAM}: video '{job.id}' is {job.status.value.lower()}; only a "
+                    "completed video can be a source",
+                    param=PARAM,
+                )
+            try:
+                data = await self.service.blobs.get_bytes(job.result.output_key)
+            except BlobNotFound:
+                raise errors.NotFound(f"video '{job.id}' not found (it may have expired)") from None
+        elif ref.upload is not None:
+            data = ref.upload
+        else:
+            raise errors.InvalidRequest(
+                f'{PARAM}: required: an uploaded MP4, MOV or WebM file, or {{"id": ...}} '
+                "of a completed video",
+                param=PARAM,
+            )
+        limits = video_limits(self.service.settings)
+        decoded = await asyncio.to_thread(decode_video, data, limits, what=PARAM)
+        return Source(data, decoded, job)
+
+    async def extend(
+        self,
+        key: ApiKey,
+        model: str | None,
+        prompt: Any,
+        seconds: Any,
+        ref: SourceRef,
+        extra: dict[str, Any],
+        *,
+        default_model: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, JobInputs]:
+        """Queue an extension: `seconds` more of the source, from its last frame."""
+        _refuse_source_fields(extra, "an extension")
+        source = await self.source(key, ref)
+        model = model or (source.job.model if source.job else None) or default_model
+        backend = self.service.registry.resolve(model).backend
+        refusal = continuation.extend_refusal(backend)
+        if refusal:
+            raise errors.InvalidRequest(f"model: {refusal}", param="model")
+        raw = {
+            **extra,
+            "prompt": prompt,
+            "duration": "4" if seconds is None else seconds,
+            "size": continuation.nearest_size(source.decoded.width, source.decoded.height),
+        }
+        inputs = JobInputs(
+            Operation.EXTEND,
+            source_video_id=source.job.id if source.job else None,
+            source_seconds=round(source.decoded.seconds, 3),
+        )
+        return await self._submit(key, model, raw, inputs, source, idempotency_key)
+
+    async def edit(
+        self,
+        key: ApiKey,
+        model: str | None,
+        prompt: Any,
+        strength: Any,
+        ref: SourceRef,
+        extra: dict[str, Any],
+        *,
+        default_model: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, JobInputs]:
+        """Queue an edit: video-to-video on the source, same duration and aspect."""
+        _refuse_source_fields(extra, "an edit")
+        strength = _strength(strength)
+        source = await self.source(key, ref)
+        model = model or (source.job.model if source.job else None) or default_model
+        backend = self.service.registry.resolve(model).backend
+        refusal = continuation.edit_refusal(backend)
+        if refusal:
+            raise errors.InvalidRequest(f"model: {refusal}", param="model")
+        seconds = source.decoded.seconds
+        # The price and the plan's size follow the shortest duration that covers the source.
+        duration = next((d for d in (4, 8, 12) if d >= seconds - 1e-6), 12)
+        raw = {
+            **extra,
+            "prompt": prompt,
+            "duration": duration,
+            "size": continuation.nearest_size(source.decoded.width, source.decoded.height),
+        }
+        continuation.edit_frames(backend, seconds)  # a 400 when over one pass
+        inputs = JobInputs(
+            Operation.EDIT,
+            source_video_id=source.job.id if source.job else None,
+            source_seconds=round(seconds, 3),
+            strength=strength,
+        )
+        return await self._submit(key, model, raw, inputs, source, idempotency_key)
+
+    async def characters(
+        self,
+        key: ApiKey,
+        characters: Characters,
+        model: str,
+        ids: list[str],
+        prompt: Any,
+    ) -> tuple[JobInputs, list[PendingInput]] | None:
+        """The inputs for the characters a create uses (ids and `@Name`s); None if none.
+
+        A model without reference images refuses them, naming itself.
+        """
+        used = await characters.resolve(key, ids, prompt if isinstance(prompt, str) else "")
+        if not used:
+            return None
+        backend = self.service.registry.resolve(model).backend
+        capabilities = getattr(backend, "capabilities", None)
+        if capabilities is None or not capabilities.reference_images:
+            names = ", ".join(c.name for c in used)
+            raise errors.InvalidRequest(
+                f"characters: model '{model}' does not take reference images, so it cannot "
+                f"use characters ({names}); use a model with reference images (Wan VACE)",
+                param="characters",
+            )
+        files = [
+            PendingInput(InputKind.REFERENCE, f"{c.id}-{n}.png", png, "image/png", c.id)
+            for c in used
+            for n, png in enumerate(await frames_of(self.service.blobs, c))
+        ]
+        inputs = JobInputs(Operation.GENERATE, characters=tuple(c.id for c in used))
+        return inputs, files
+
+    async def remix(
+        self, key: ApiKey, source_id: str, prompt: Any, *, idempotency_key: str | None = None
+    ) -> tuple[Job, JobInputs | None]:
+        """A remix of the caller's completed video, and the inputs it repeats (None for a
+        plain one): an edit or an extension is the same operation on the same source, with a
+        new prompt; anything else is the job service's remix."""
+        source = await self.service.get(key, source_id)
+        inputs = await self.service.inputs_of(source)
+        if inputs is None or source.status != Status.COMPLETED:
+            job = await self.service.remix(key, source.id, prompt, idempotency_key=idempotency_key)
+            return job, None
+        job = await self._repeat(key, source, inputs, prompt, idempotency_key)
+        await self.service.mark_remix(job.id, source.id)
+        return job, inputs
+
+    async def _repeat(
+        self,
+        key: ApiKey,
+        source: Job,
+        inputs: JobInputs,
+        prompt: Any,
+        idempotency_key: str | None,
+    ) -> Job:
+        files = []
+        for stored in inputs.inputs:
+            data = await self.service.blobs.get_bytes(stored.key)
+            name = stored.key.rsplit("/", 1)[-1]
+            files.append(
+                PendingInput(stored.kind, name, data, stored.content_type, stored.character_id)
+            )
+        raw = {**source.params, "prompt": prompt}
+        return await self.service.submit(
+            key,
+            source.model,
+            raw,
+            idempotency_key=idempotency_key,
+            inputs=replace(inputs, inputs=()),
+            files=files,
+        )
+
+    async def _submit(
+        self,
+        key: ApiKey,
+        model: str,
+        raw: dict[str, Any],
+        inputs: JobInputs,
+        source: Source,
+        idempotency_key: str | None,
+    ) -> tuple[Job, JobInputs]:
+        name = "source.webm" if source.decoded.container == "webm" else "source.mp4"
+        content_type = "video/webm" if source.decoded.container == "webm" else "video/mp4"
+        job = await self.service.submit(
+            key,
+            model,
+            raw,
+            idempotency_key=idempotency_key,
+            inputs=inputs,
+            files=[PendingInput(InputKind.VIDEO, name, source.data, content_type)],
+        )
+        return job, inputs
+
+
+def _refuse_source_fields(extra: dict[str, Any], what: str) -> None:
+    for name in _FROM_SOURCE:
+        if name in extra:
+            raise errors.InvalidRequest(
+                f"{name}: {what} takes its size and timing from the source video", param=name
+            )
+
+
+def _strength(value: Any) -> float:
+    """An edit's `strength`: a number from 0 to 1 (a form sends it as a string)."""
+    if value is None:
+        return continuation.DEFAULT_STRENGTH
+    if isinstance(value, bool):
+        raise errors.InvalidRequest(f"strength: must be a number (got {value!r})", param="strength")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise errors.InvalidRequest(
+            f"strength: must be a number from 0 to 1 (got {value!r})", param="strength"
+        ) from None
+    if not 0 < number <= 1:
+        raise errors.InvalidRequest(
+            f"strength: must be above 0 and at most 1 (got {value!r})", param="strength"
+        )
+    return number
