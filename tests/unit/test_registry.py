@@ -79,9 +79,9 @@ def test_builtin_tiny_and_sora_fallback(tmp_path: Path, caplog: pytest.LogCaptur
         "text_to_video": True,
         "image_to_video": True,
         "audio": False,
-        "video_to_video": False,
+        "video_to_video": True,  # edits: Wan's video-to-video over the same modules
         "reference_images": False,
-        "extend": False,
+        "extend": True,  # extensions: image-to-video from the last frame
         "durations": [4, 8, 12],  # the tiny grid's passes chain
         "sizes": list(SIZES),
         "parameters": schema_json(DiffusersParams),

@@ -668,10 +668,13 @@ class DiffusersBackend:
     def capabilities(self) -> Capabilities:
         """What these weights can do, from their configs (no weights read)."""
         index = read_model_index(self.path) or {}
+        image_to_video = bool(index) and self._accepts_image(index)
         return Capabilities(
             text_to_video=not index or not self._requires_image(index),
-            image_to_video=bool(index) and self._accepts_image(index),
+            image_to_video=image_to_video,
             audio=self.makes_audio,
+            video_to_video=bool(index) and self._edits(index),
+            extend=image_to_video,  # an extension starts image-to-video from the last frame
         )
 
     def _chains_now(self) -> bool:

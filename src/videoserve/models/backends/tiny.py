@@ -89,8 +89,11 @@ class TinyBackend(WanBackend):
 
     @property
     def capabilities(self) -> Capabilities:
-        # Known before the first build: the Wan 2.2 TI2V layout does text and image to video.
-        return Capabilities(text_to_video=True, image_to_video=True)
+        # Known before the first build: the Wan 2.2 TI2V layout does text and image to video,
+        # and its text pipeline's modules make the video-to-video pipeline edits use.
+        return Capabilities(
+            text_to_video=True, image_to_video=True, video_to_video=True, extend=True
+        )
 
     def load(self) -> None:
         self.pull()
