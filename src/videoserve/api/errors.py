@@ -65,10 +65,15 @@ def error_response(
 
 
 def allowed_methods(request: Request) -> str:
-    """Every method the request's path answers to. Starlette's 405 names only the first
-    matching route's, so `Allow` missed DELETE on /v1/videos/{id} (RFC 9110 wants them all)."""
-    # Asked method by method through `matches`: included routers (FastAPI 0.165) are routes
-    # that hold no `methods` of their own, so the routes' attributes cannot be read directly.
+    """The methods the request's path is documented with. Starlette's 405 names only the first
+    matching route's, so `Allow` missed DELETE on /v1/videos/{id} (RFC 9110 wants them all);
+    and a literal path beats a template (`/v1/videos/extensions` is not a `{video_id}`), as the
+    OpenAPI document says and clients read it."""
+    documented = _documented_methods(request)
+    if documented:
+        return ", ".join(sorted(documented))
+    # Undocumented routes: asked method by method through `matches` (included routers in
+    # FastAPI 0.165 hold no `methods` of their own, so their attributes cannot be read).
     methods: set[str] = set()
     for method in _METHODS:
         scope = {**request.scope, "method": method}
@@ -78,6 +83,27 @@ def allowed_methods(request: Request) -> str:
                 methods.add(method)
                 break
     return ", ".join(sorted(methods))
+
+
+def _documented_methods(request: Request) -> set[str]:
+    """The methods of the OpenAPI path that fits the request best (most literal segments)."""
+    segments = request.url.path.strip("/").split("/")
+    best: tuple[int, set[str]] = (-1, set())
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        parts = template.strip("/").split("/")
+        if len(parts) != len(segments):
+            continue
+        literal = 0
+        for part, segment in zip(parts, segments, strict=True):
+            if part.startswith("{") and part.endswith("}"):
+                continue
+            if part != segment:
+                break
+            literal += 1
+        else:
+            if literal > best[0]:
+                best = (literal, {m.upper() for m in operations if m.upper() in _METHODS})
+    return best[1]
 
 
 _METHODS = ("DELETE", "GET", "OPTIONS", "PATCH", "POST", "PUT")

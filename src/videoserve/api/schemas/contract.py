@@ -59,6 +59,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("delete", "/v1/videos/{video_id}"): Operation(openai.VideoDeleted),
     ("get", "/v1/videos/{video_id}/content"): Operation(),
     ("post", "/v1/videos/{video_id}/remix"): Operation(openai.Video, _SUBMIT),
+    # The source video is a 404 when it is not the caller's (or not there).
+    ("post", "/v1/videos/extensions"): Operation(None, _SUBMIT),
+    ("post", "/v1/videos/edits"): Operation(None, _SUBMIT),
+    ("post", "/v1/videos/characters"): Operation(None, (404,)),
 }
 
 UNAUTHENTICATED = {"/", "/healthz", "/readyz", "/v1/models", "/files/{key}"}
