@@ -75,19 +75,9 @@ async def extend(
     key: KeyDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    fields, ref = await source_request(request, runtime)
-    model = fields.pop("model", None)
-    job, inputs = await runtime.video_ops.extend(
-        key,
-        served_name(runtime, model) if model else None,
-        fields.pop("prompt", None),
-        fields.pop("seconds", None),
-        ref,
-        fields,
-        default_model=served_name(runtime, DEFAULT_MODEL),
-        idempotency_key=idempotency_key,
+    return await _on_source(
+        request, runtime, key, idempotency_key, runtime.video_ops.extend, "seconds"
     )
-    return openai_views.video(job, inputs=inputs)
 
 
 @router.post(
@@ -101,13 +91,28 @@ async def edit(
     key: KeyDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
+    return await _on_source(
+        request, runtime, key, idempotency_key, runtime.video_ops.edit, "strength"
+    )
+
+
+async def _on_source(
+    request: Request,
+    runtime: Runtime,
+    key: Any,
+    idempotency_key: str | None,
+    operation: Any,
+    amount: str,
+) -> dict[str, Any]:
+    """Extensions and edits read the same body: the source, prompt, model and one amount
+    (`seconds` or `strength`); only the operation differs."""
     fields, ref = await source_request(request, runtime)
     model = fields.pop("model", None)
-    job, inputs = await runtime.video_ops.edit(
+    job, inputs = await operation(
         key,
         served_name(runtime, model) if model else None,
         fields.pop("prompt", None),
-        fields.pop("strength", None),
+        fields.pop(amount, None),
         ref,
         fields,
         default_model=served_name(runtime, DEFAULT_MODEL),
