@@ -81,13 +81,13 @@ def extend_refusal(backend: Any) -> str | None:
 
 def edit_refusal(backend: Any) -> str | None:
     """Why `backend` cannot edit a video (video-to-video); None when it can."""
+    refusal = getattr(backend, "edit_refusal", None)
+    if refusal is not None:  # the backend's own reason names its weights' class
+        return refusal()
     capabilities = getattr(backend, "capabilities", None)
     if capabilities is not None and not capabilities.video_to_video:
         return f"model '{backend.name}' cannot edit a video: it has no video-to-video pipeline"
-    refusal = getattr(backend, "edit_refusal", None)
-    if refusal is None:
-        return f"model '{getattr(backend, 'name', '?')}' cannot edit a video"
-    return refusal()
+    return f"model '{getattr(backend, 'name', '?')}' cannot edit a video"
 
 
 def edit_frames(backend: Any, seconds: float) -> int:
