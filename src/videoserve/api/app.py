@@ -14,6 +14,7 @@ from videoserve.api import errors as api_errors
 from videoserve.api import openai_views
 from videoserve.api.guard import InputGuardMiddleware
 from videoserve.api.limits import BodyLimitMiddleware
+from videoserve.api.polls import StatusPolls
 from videoserve.api.ratelimit import RateLimitMiddleware
 from videoserve.api.routes import (
     account,
@@ -92,6 +93,7 @@ def create_app(
     app.include_router(openai_ops.router)  # before /v1/videos/{video_id}
     app.include_router(openai.router)
     app.include_router(segmind.router)
+    app.add_middleware(StatusPolls)  # innermost: the poll answered past every middleware
     app.add_middleware(InputGuardMiddleware)  # inside the body limit: it reads bounded bodies
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitMiddleware, settings=settings)

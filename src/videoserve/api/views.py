@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from videoserve.jobs.records import Job
+from videoserve.jobs.job_status import JobStatus
+from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status
 from videoserve.runtime import Runtime
 
@@ -36,6 +37,12 @@ def submitted(job: Job, base: str) -> dict[str, Any]:
 
 
 async def status(runtime: Runtime, job: Job) -> dict[str, Any]:
+    position = await runtime.service.queue_position(job) if job.status == Status.QUEUED else None
+    return status_body(job, position)
+
+
+def status_body(job: Job | JobStatus, queue_position: int | None) -> dict[str, Any]:
+    """The status answer's body (`queue_position` is shown only for a QUEUED job)."""
     body: dict[str, Any] = {
         "request_id": job.id,
         "status": job.status.value,
@@ -45,7 +52,7 @@ async def status(runtime: Runtime, job: Job) -> dict[str, Any]:
         "completed_at": iso(job.finished_at),
     }
     if job.status == Status.QUEUED:
-        body["queue_position"] = await runtime.service.queue_position(job)
+        body["queue_position"] = queue_position
     if job.status in (Status.PROCESSING, Status.COMPLETED):
         body["progress"] = job.progress
     if job.status == Status.FAILED:
@@ -54,6 +61,16 @@ async def status(runtime: Runtime, job: Job) -> dict[str, Any]:
     if job.expires_at:
         body["expires_at"] = iso(job.expires_at)
     return body
+
+
+async def poll(runtime: Runtime, key: ApiKey, request_id: str) -> tuple[Status, dict[str, Any]]:
+    """A status poll's answer: the job's status and the body. The job is read afresh; a
+    queued one is read whole, as its queue position needs more than a poll's columns."""
+    found = await runtime.service.status(key, request_id)
+    if found.status != Status.QUEUED:
+        return found.status, status_body(found, None)
+    job = await runtime.service.get(key, request_id)
+    return job.status, await status(runtime, job)
 
 
 async def result(runtime: Runtime, job: Job, base: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import logging
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -31,6 +31,7 @@ from videoserve.jobs.sqlite_direct import SqliteWriter, SyncReader
 log = logging.getLogger("videoserve.jobs")
 
 Step = Callable[[Connection], None]
+T = TypeVar("T")
 
 # Lock ids that released versions already used, kept so old and new processes still exclude
 # each other during a rolling upgrade; any other name hashes to its own id.
@@ -117,6 +118,14 @@ class Database:
         async with self.read_engine.connect() as conn:
             return (await conn.execute(query, params)).first()
 
+    def raw_reader(
+        self, query: sa.Select
+    ) -> Callable[[dict[str, Any]], tuple[Any, ...] | None] | None:
+        """On a SQLite file, `query` prepared for the DB-API cursor (see
+        `SyncReader.prepared`): a call runs it in the loop and returns its first row as a tuple.
+        None elsewhere: use `first`."""
+        return self._sync_reader.prepared(query) if self._sync_reader is not None else None
+
     async def write_one(
         self, statement: sa.Executable, params: dict[str, Any] | None = None
     ) -> sa.Row | None:
@@ -127,6 +136,18 @@ class Database:
             row = (await conn.execute(statement, params)).first()
             await conn.commit()  # ends SQLAlchemy's own transaction; the database's is done
         return row
+
+    async def run_transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run `work`'s statements (synchronous, on the connection it is given) as one write
+        transaction, committed when it returns; its result.
+
+        On a SQLite file the whole transaction is one hop to the writer thread (through
+        aiosqlite each statement, BEGIN and COMMIT were hops of their own); elsewhere it runs
+        on the async engine through `run_sync`."""
+        if self._sqlite_writer is not None:
+            return await self._sqlite_writer.transaction(work)
+        async with self.transaction() as conn:
+            return await conn.run_sync(work)
 
     async def ping(self) -> None:
         async with self.read_engine.connect() as conn:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from videoserve import errors
@@ -109,30 +110,57 @@ def insufficient(balance: float | None, charge: Charge) -> errors.InsufficientCr
 
 
 # --- writes: each runs inside the caller's transaction --------------------------------------
-async def charge(conn: AsyncConnection, api_key_id: str, job_id: str, price: Charge) -> bool:
-    """Deduct the price if the key may spend it and record the charge; False when refused."""
-    taken = (
-        await conn.execute(
-            keys.update()
-            .where(keys.c.id == api_key_id)
-            .where(sa.or_(keys.c.unlimited, keys.c.balance >= price.amount))
-            .values(balance=keys.c.balance - price.amount)
-            .returning(keys.c.id)
-        )
-    ).first()
+def charge(conn: Connection, api_key_id: str, job_id: str, price: Charge) -> bool:
+    """Deduct the price if the key may spend it and record the charge; False when refused.
+
+    Synchronous: the submit runs its whole transaction as one unit (`Database.run_transaction`,
+    on SQLite one hop to the writer thread)."""
+    taken = conn.execute(_TAKE, {"key_id": api_key_id, "price": price.amount}).first()
     if taken is None:
         return False
-    await conn.execute(
-        ledger.insert().values(
-            api_key_id=api_key_id,
-            job_id=job_id,
-            kind="charge",
-            amount=-price.amount,
-            note=price.describe(),
-            created_at=clock.now(),
-        )
+    conn.execute(
+        ledger.insert(),
+        {
+            "api_key_id": api_key_id,
+            "job_id": job_id,
+            "kind": "charge",
+            "amount": -price.amount,
+            "note": price.describe(),
+            "created_at": clock.now(),
+        },
     )
     return True
+
+
+# Built once: the charge runs on every submit (see `statements` for why that matters).
+_TAKE = (
+    keys.update()
+    .where(keys.c.id == sa.bindparam("key_id"))
+    .where(sa.or_(keys.c.unlimited, keys.c.balance >= sa.bindparam("price")))
+    .values(balance=keys.c.balance - sa.bindparam("price"))
+    .returning(keys.c.id)
+)
+
+
+def _refund_entry(
+    database: Database, api_key_id: str, job_id: str, cost: float, note: str
+) -> sa.Insert:
+    return (
+        database.insert_ignoring(ledger, conflict=["job_id", "kind"])
+        .values(
+            api_key_id=api_key_id,
+            job_id=job_id,
+            kind="refund",
+            amount=cost,
+            note=note[:500],
+            created_at=clock.now(),
+        )
+        .returning(ledger.c.id)
+    )
+
+
+def _give_back(api_key_id: str, cost: float) -> sa.Update:
+    return keys.update().where(keys.c.id == api_key_id).values(balance=keys.c.balance + cost)
 
 
 async def refund(
@@ -146,25 +174,27 @@ async def refund(
     """Give a failed job's charge back, once; returns the amount refunded (0 if none)."""
     if cost is None:  # nothing was charged (auth off, or a job from before credits existed)
         return 0.0
-    row = (
-        await conn.execute(
-            database.insert_ignoring(ledger, conflict=["job_id", "kind"])
-            .values(
-                api_key_id=api_key_id,
-                job_id=job_id,
-                kind="refund",
-                amount=cost,
-                note=note[:500],
-                created_at=clock.now(),
-            )
-            .returning(ledger.c.id)
-        )
-    ).first()
+    row = (await conn.execute(_refund_entry(database, api_key_id, job_id, cost, note))).first()
     if row is None:  # already refunded
         return 0.0
-    await conn.execute(
-        keys.update().where(keys.c.id == api_key_id).values(balance=keys.c.balance + cost)
-    )
+    await conn.execute(_give_back(api_key_id, cost))
+    return cost
+
+
+def refund_in(
+    database: Database,
+    conn: Connection,
+    api_key_id: str,
+    job_id: str,
+    cost: float | None,
+    note: str,
+) -> float:
+    """`refund` inside a synchronous transaction (`Database.run_transaction`)."""
+    if cost is None:
+        return 0.0
+    if conn.execute(_refund_entry(database, api_key_id, job_id, cost, note)).first() is None:
+        return 0.0
+    conn.execute(_give_back(api_key_id, cost))
     return cost
 
 
@@ -195,11 +225,11 @@ async def grant(conn: AsyncConnection, api_key_id: str, amount: float, note: str
 
 # --- reads -----------------------------------------------------------------------------------
 async def balance(database: Database, api_key_id: str) -> float | None:
-    async with database.connect() as conn:
-        value = (
-            await conn.execute(sa.select(keys.c.balance).where(keys.c.id == api_key_id))
-        ).scalar()
-    return None if value is None else float(value)
+    row = await database.first(_BALANCE, {"key_id": api_key_id})
+    return None if row is None else float(row[0])
+
+
+_BALANCE = sa.select(keys.c.balance).where(keys.c.id == sa.bindparam("key_id"))
 
 
 async def account(database: Database, api_key_id: str) -> Account | None:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from videoserve import errors
-from videoserve.jobs import ledger, listing, text
+from videoserve.jobs import clock, ledger, listing, text
 from videoserve.jobs.failures import Failure, FailureCode
 from videoserve.jobs.inputs import (
     InputKind,
@@ -30,6 +30,7 @@ from videoserve.jobs.inputs import (
     is_manifest,
     manifest_key,
 )
+from videoserve.jobs.job_status import JobStatus, StatusReader
 from videoserve.jobs.keys import ANONYMOUS
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status, is_terminal
@@ -115,6 +116,7 @@ class JobService:
             timeout=settings.fetch_timeout_seconds,
             allow_private=settings.allow_private_urls,
         )
+        self._statuses = StatusReader(store.database)
 
     async def submit(
         self,
@@ -275,6 +277,15 @@ class JobService:
         if job is None or (job.api_key_id != key.id and not key.is_admin):
             raise errors.NotFound(f"request '{job_id}' not found")
         return job
+
+    async def status(self, key: ApiKey, job_id: str) -> JobStatus:
+        """What a poll shows of the caller's job, read afresh; NotFound exactly as `get`."""
+        if not text.could_be_id(job_id):
+            raise errors.NotFound("request not found: no request can have that id")
+        found = await self._statuses.read(job_id, clock.now())
+        if found is None or (found.api_key_id != key.id and not key.is_admin):
+            raise errors.NotFound(f"request '{job_id}' not found")
+        return found
 
     async def wait(self, key: ApiKey, job_id: str, timeout: float) -> Job:
         """Block until the job is COMPLETED or FAILED; RequestTimeout after `timeout` s."""

@@ -1,25 +1,29 @@
-"""SQLite's hot path without aiosqlite: reads in the event loop, one-statement writes in one
-thread.
+"""SQLite's hot path without aiosqlite: reads in the event loop, writes in one thread.
 
 Why: through aiosqlite every statement is several hops to its thread and back (cursor,
 execute, fetch, commit, close), and each hop waits for the GIL while the loop is busy: ~1 ms
 apiece under load, more than the statement itself. Here a read is one call in the loop, and a
-write is one hop to a thread that runs the whole statement.
+write is one hop to a thread that runs the whole statement, or the whole transaction of a
+submit's charge (`SqliteWriter.transaction`: BEGIN IMMEDIATE, the statements, COMMIT).
 
-Only for a SQLite file (`:memory:` would be another database per connection). Transactions of
-several statements (credits, cancellation, migrations) stay on the aiosqlite engine; they and
-this writer queue on SQLite's write lock with the busy timeout, and neither waits in the loop.
+Only for a SQLite file (`:memory:` would be another database per connection). The other
+transactions (cancellation, refunds of the worker's side, migrations) stay on the aiosqlite
+engine; they and this writer queue on SQLite's write lock with the busy timeout, and neither
+waits in the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+
+T = TypeVar("T")
 
 
 def is_sqlite_file(url: str) -> bool:
@@ -46,14 +50,44 @@ class _KeptConnection:
                 cursor.execute(pragma)
             cursor.close()
 
-    def first(self, statement: sa.Executable, params: dict[str, Any] | None) -> sa.Row | None:
+    def _connection(self) -> sa.Connection:
         if self._conn is None:
             self._conn = self.engine.connect()
+        return self._conn
+
+    def dbapi_connection(self) -> Any:
+        """The driver's own connection (a `sqlite3.Connection`) under the kept one."""
+        return self._connection().connection.dbapi_connection
+
+    def first(self, statement: sa.Executable, params: dict[str, Any] | None) -> sa.Row | None:
         try:
-            return self._conn.execute(statement, params).first()
+            return self._connection().execute(statement, params).first()
         except sa.exc.DBAPIError:
             self.close()  # the next statement starts on a fresh connection
             raise
+
+    def transaction(self, work: Callable[[sa.Connection], T]) -> T:
+        """`work`'s statements between BEGIN IMMEDIATE and COMMIT; rolled back if it raises.
+
+        The connection is in autocommit (the driver sends no BEGIN of its own), so the
+        transaction is exactly the one begun here: the write lock is taken at BEGIN, as on
+        the aiosqlite engine, and waits there (busy timeout) rather than failing at COMMIT."""
+        conn = self._connection()
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except sa.exc.DBAPIError:
+            self.close()
+            raise
+        try:
+            result = work(conn)
+            conn.exec_driver_sql("COMMIT")
+        except BaseException:
+            try:
+                conn.exec_driver_sql("ROLLBACK")
+            except sa.exc.DBAPIError:
+                self.close()  # nothing to roll back (COMMIT failed after ending it), or broken
+            raise
+        return result
 
     def close(self) -> None:
         if self._conn is not None:
@@ -83,12 +117,37 @@ class SyncReader:
     def first(self, query: sa.Executable, params: dict[str, Any] | None = None) -> sa.Row | None:
         return self._kept.first(query, params)
 
+    def prepared(self, query: sa.Select) -> Callable[[dict[str, Any]], tuple[Any, ...] | None]:
+        """`query` compiled once to SQL text, run on the DB-API cursor: its first row as a
+        plain tuple.
+
+        Why: SQLAlchemy's execution (parameter processing, result metadata, the Row) costs
+        several times the ~10 us the read itself takes, on a path run for every poll. Only for
+        queries whose columns and parameters need no type conversion on SQLite (strings,
+        numbers): nothing converts them here."""
+        compiled = query.compile(dialect=self._kept.engine.dialect)
+        sql = compiled.string
+        names = tuple(compiled.positiontup or ())
+
+        def run(params: dict[str, Any]) -> tuple[Any, ...] | None:
+            dbapi = self._kept.dbapi_connection()
+            try:
+                row: tuple[Any, ...] | None = dbapi.execute(
+                    sql, [params[name] for name in names]
+                ).fetchone()
+            except Exception:
+                self._kept.close()  # the next read starts on a fresh connection
+                raise
+            return row
+
+        return run
+
     def dispose(self) -> None:
         self._kept.close()
 
 
 class SqliteWriter:
-    """One-statement writes of a SQLite file, each in one hop to a dedicated thread.
+    """Writes of a SQLite file, each statement or transaction in one hop to a dedicated thread.
 
     One thread: SQLite has one writer at a time anyway, and a statement waiting on the write
     lock (another process's transaction, the busy timeout) waits there, not in the loop.
@@ -112,6 +171,12 @@ class SqliteWriter:
         """Run the statement, committed on its own; its first returned row."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self._kept.first, statement, params)
+
+    async def transaction(self, work: Callable[[sa.Connection], T]) -> T:
+        """Run `work` (synchronous statements on the given connection) as one transaction,
+        committed when it returns; its result. One hop, however many statements."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._kept.transaction, work)
 
     def dispose(self) -> None:
         self._thread.submit(self._kept.close).result()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from videoserve.jobs import clock, dialects, ledger, schema, tickets
@@ -219,20 +220,27 @@ class JobStore:
         self, new: NewJob, values: dict[str, Any], topic: str
     ) -> tuple[sa.Row, float]:
         """The submit transaction when credits move: charge, insert, and for a job stored
-        FAILED its refund, all or nothing. Returns the row and the amount refunded."""
-        refunded = 0.0
-        async with self.database.transaction() as conn:
-            if new.charge is not None and not await ledger.charge(
+        FAILED its refund, all or nothing. Returns the row and the amount refunded.
+
+        One synchronous unit (`Database.run_transaction`): on SQLite one hop to the writer
+        thread for the whole transaction. The wake-up rides in the INSERT's RETURNING (on
+        PostgreSQL a `pg_notify`, delivered at commit), so it costs no statement of its own."""
+        if new.failed_with is None:
+            insert = self._hot.insert
+        else:  # never queued: no ticket, no gap in the queue
+            insert = jobs.insert().returning(*jobs.c, *self.notifier.returning(topic))
+        refund_blocked = new.failed_with is not None and self.policy.refund_content_blocks
+
+        def work(conn: Connection) -> tuple[sa.Row, float]:
+            if new.charge is not None and not ledger.charge(
                 conn, new.api_key_id, new.id, new.charge
             ):
                 raise _Declined
-            if new.failed_with is None:
-                insert = self._hot.insert_in_transaction
-            else:  # never queued: no ticket, no gap in the queue
-                insert = jobs.insert().returning(*jobs.c)
-            row = (await conn.execute(insert, values)).one()
-            if new.failed_with is not None and self.policy.refund_content_blocks:
-                refunded = await ledger.refund(
+            row = conn.execute(insert, values).one()
+            refunded = 0.0
+            if refund_blocked:
+                assert new.failed_with is not None
+                refunded = ledger.refund_in(
                     self.database,
                     conn,
                     new.api_key_id,
@@ -240,8 +248,9 @@ class JobStore:
                     row.cost,
                     f"refund: {new.failed_with.message}",
                 )
-            await self.notifier.send(conn, topic)
-        return row, refunded
+            return row, refunded
+
+        return await self.database.run_transaction(work)
 
     @staticmethod
     def _check_same_request(earlier: Job, new: NewJob) -> Job:

@@ -66,8 +66,8 @@ async def submit(
 
 @polls.get("/v2/requests/{request_id}/status", summary="Poll a request's status")
 async def status(request_id: str, runtime: RuntimeDep, key: KeyDep) -> Any:
-    job = await runtime.service.get(key, request_id)
-    return _answer(job.status, await views.status(runtime, job))
+    # Most polls are answered before this route (`api.polls`); it answers the rest.
+    return _answer(*await views.poll(runtime, key, request_id))
 
 
 @polls.get("/v2/requests/{request_id}", summary="Read a request's final response")

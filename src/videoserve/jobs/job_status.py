@@ -1,0 +1,113 @@
+"""A status poll's read: the columns a poll shows, read afresh from the database every time.
+
+Why not `JobStore.get`: a poll shows a job's state and timestamps, never its parameters or its
+result, and decoding those two JSON columns into a `Job` cost more than the read itself. So a
+poll reads only its columns, with one statement built once; on a SQLite file it runs straight
+on the DB-API cursor of the event loop's read connection (`SyncReader.raw_first`), without
+SQLAlchemy's per-execution work, which was most of a poll's database time. Nothing is cached:
+every poll sees the job's current row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from videoserve.jobs import schema
+from videoserve.jobs.database import Database
+from videoserve.jobs.failures import FailureCode
+from videoserve.jobs.states import Status
+
+jobs = schema.jobs
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """What a status poll shows of a job (the same names as on `Job`)."""
+
+    id: str
+    api_key_id: str  # owner; other keys get 404
+    model: str
+    served_by: str
+    status: Status
+    progress: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    expires_at: float | None
+    error: str | None
+    failure: FailureCode | None
+    ticket: int | None
+
+
+_COLUMNS = (
+    jobs.c.id,
+    jobs.c.api_key_id,
+    jobs.c.model,
+    jobs.c.served_by,
+    jobs.c.status,
+    jobs.c.progress,
+    jobs.c.created_at,
+    jobs.c.started_at,
+    jobs.c.finished_at,
+    jobs.c.expires_at,
+    jobs.c.error,
+    jobs.c.failure,
+    jobs.c.ticket,
+)
+# The same liveness rule as `JobStore.get`: an expired job answers 404 before the sweep runs.
+_READ = sa.select(*_COLUMNS).where(
+    jobs.c.id == sa.bindparam("job_id"),
+    sa.or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > sa.bindparam("now")),
+)
+
+
+def _record(row: Any) -> JobStatus:
+    (
+        job_id,
+        owner,
+        model,
+        served_by,
+        status,
+        progress,
+        created,
+        started,
+        finished,
+        expires,
+        error,
+        failure,
+        ticket,
+    ) = row
+    return JobStatus(
+        job_id,
+        owner,
+        model,
+        served_by,
+        Status(status),
+        progress,
+        created,
+        started,
+        finished,
+        expires,
+        error,
+        FailureCode(failure) if failure is not None else None,
+        ticket,
+    )
+
+
+class StatusReader:
+    """Reads one job's `JobStatus` by id."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._raw = database.raw_reader(_READ)
+
+    async def read(self, job_id: str, now: float) -> JobStatus | None:
+        """The job's status columns, unless it does not exist or has expired."""
+        if self._raw is not None:
+            row = self._raw({"job_id": job_id, "now": now})
+        else:
+            row = await self._database.first(_READ, {"job_id": job_id, "now": now})
+        return _record(row) if row is not None else None
