@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -39,6 +44,33 @@ def videoserve_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env |= {"VIDEOSERVE_RATE_LIMIT": "", "VIDEOSERVE_STATUS_RATE_LIMIT": ""}
     env |= extra
     return env
+
+
+@contextlib.contextmanager
+def baseline_source(ref: str | None) -> Iterator[Path | None]:
+    """The `src` folder of git revision `ref`, unpacked into a temporary folder (None: none).
+
+    Why: a figure and its baseline measured side by side in one run, on one loaded machine,
+    are comparable; figures from separate runs are not. A server started with
+    `videoserve_env(..., PYTHONPATH=str(path))` runs that revision's code."""
+    if ref is None:
+        yield None
+        return
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref, "src"], capture_output=True, check=True
+    ).stdout
+    with tempfile.TemporaryDirectory(prefix="videoserve-baseline-") as tmp:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        yield Path(tmp) / "src"
+
+
+CHECKOUT_SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def code_env(src: Path | None) -> dict[str, str]:
+    """Environment entries that make a server run the code in `src` (None: this checkout's)."""
+    return {"PYTHONPATH": str(src or CHECKOUT_SRC)}
 
 
 def create_key(env: dict[str, str]) -> str:

@@ -1,11 +1,19 @@
-"""Store-level queue throughput: submit, claim and complete jobs with no model, on SQLite and
-on PostgreSQL, with 1, 4 and 16 concurrent workers.
+"""Queue throughput on SQLite and on PostgreSQL: the store alone, and submits over HTTP.
 
-Each worker is an asyncio task on its own connection from the pool, looping over: submit one
-job, claim the oldest queued job (the real claim statement), complete it (the real fenced
-update). Throughput is completed jobs per second of wall time.
+Store-level: submit, claim and complete jobs with no model, with 1, 4 and 16 concurrent
+workers. Each worker is an asyncio task on its own connection from the pool, looping over:
+submit one job, claim the oldest queued job (the real claim statement), complete it (the real
+fenced update). Throughput is completed jobs per second of wall time.
+
+HTTP submits (`--http-clients 32`): wrk's connections each POST /v2/tiny-t2v in a loop
+against a `videoserve serve` with no worker (the queue grows, as in a burst), with an
+unlimited key (charged like every key, so each submit runs the charge transaction).
+With `--baseline-ref main` the same run first measures that git revision's code, so the two
+figures come from one run on one machine.
 
     python -m bench.queue --jobs 2000 [--pg postgresql://postgres@127.0.0.1:5432/test]
+    python -m bench.queue --skip-store --http-seconds 10 --baseline-ref main
+Loopback only; bounded in count and time. Needs wrk for the HTTP part.
 """
 
 from __future__ import annotations
@@ -13,11 +21,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import secrets
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from bench._servers import (
+    baseline_source,
+    code_env,
+    create_key,
+    free_port,
+    start_videoserve,
+    videoserve_env,
+)
 from videoserve.jobs.records import JobResult
 from videoserve.jobs.store import JobStore, NewJob
 from videoserve.settings import Settings
@@ -87,12 +105,90 @@ def drop_pg(admin_url: str, name: str) -> None:
     asyncio.run(drop())
 
 
+SUBMIT_LUA = """
+wrk.method = "POST"
+wrk.body = '{"prompt": "a burst of submits", "duration": 4}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["x-api-key"] = "%s"
+"""
+
+
+def http_submits(src: Path | None, database: str, pg: str, clients: int, seconds: int) -> float:
+    """Submits/s over HTTP with `clients` concurrent connections, on a fresh database."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = {"VIDEOSERVE_EMBEDDED_WORKER": "false", **code_env(src)}
+        pg_name = None
+        if database == "postgresql":
+            url, pg_name = fresh_pg(pg)
+            extra["VIDEOSERVE_DATABASE_URL"] = url
+        try:
+            env = videoserve_env(Path(tmp) / "data", **extra)
+            key = create_key(env)
+            port = free_port()
+            server = start_videoserve(env, port, Path(tmp) / "server.log")
+            script = Path(tmp) / "submit.lua"
+            script.write_text(SUBMIT_LUA % key)
+            try:
+                command = ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "-s", str(script)]
+                out = subprocess.run(
+                    [*command, f"http://127.0.0.1:{port}/v2/tiny-t2v"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+        finally:
+            if pg_name is not None:
+                drop_pg(pg, pg_name)
+    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        raise RuntimeError(f"submits failed under load:\n{out}")
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert found is not None, out
+    return float(found.group(1))
+
+
+def http_report(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Submits/s per database: this checkout's code, and the baseline's when asked."""
+    report: dict[str, dict[str, float]] = {}
+    with baseline_source(args.baseline_ref) as baseline:
+        for database in ("sqlite", "postgresql"):
+            figures: dict[str, float] = {}
+            if baseline is not None:
+                figures[f"baseline ({args.baseline_ref})"] = round(
+                    http_submits(baseline, database, args.pg, args.http_clients, args.http_seconds),
+                    1,
+                )
+            figures["this checkout"] = round(
+                http_submits(None, database, args.pg, args.http_clients, args.http_seconds), 1
+            )
+            report[database] = figures
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--workers", default="1,4,16")
+    parser.add_argument("--skip-store", action="store_true", help="only the HTTP submits")
+    parser.add_argument("--http-clients", type=int, default=32, help="0: no HTTP submits")
+    parser.add_argument("--http-seconds", type=int, default=10)
+    parser.add_argument("--baseline-ref", default=None, help="git revision to measure beside")
     args = parser.parse_args()
+    output: dict[str, object] = {}
+    if args.http_clients:
+        output["http_submits_per_second"] = http_report(args)
+        output["http_clients"] = args.http_clients
+    if not args.skip_store:
+        output["jobs_per_second"] = store_report(args)
+        output["jobs"] = args.jobs
+    output["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(json.dumps(output, indent=2))
+
+
+def store_report(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     report: dict[str, dict[str, float]] = {"sqlite": {}, "postgresql": {}}
     for workers in [int(w) for w in args.workers.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +199,7 @@ def main() -> None:
             report["postgresql"][str(workers)] = round(asyncio.run(run(url, args.jobs, workers)), 1)
         finally:
             drop_pg(args.pg, name)
-    print(json.dumps({"jobs_per_second": report, "jobs": args.jobs}, indent=2))
+    return report
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def create_app(
     contract.document(app)
     # Routes are matched in order: the status poll, by far the most frequent request, first.
     app.include_router(segmind.polls)
+    app.include_router(segmind.submits)  # POST /v2/{model}: no other route takes its paths
     app.include_router(ui.router)
     app.include_router(meta.router)
     app.include_router(files.router)
