@@ -9,7 +9,10 @@ Throughput: wrk (or an httpx fallback) against GET /v2/requests/{id}/status of a
 then the same against a bare Starlette JSON endpoint started in the same run: the ratio is
 what the platform keeps of what the framework can do on this machine.
 
-    python -m bench.overhead --jobs 200
+With `--baseline-ref main` the same run first measures that git revision's code (jobs and
+polls), so every figure has its before beside it, from one run on one machine.
+
+    python -m bench.overhead --jobs 200 [--baseline-ref main]
 Loopback only; bounded in count and time.
 """
 
@@ -26,10 +29,19 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from bench._servers import create_key, free_port, start_bare, start_videoserve, videoserve_env
+from bench._servers import (
+    baseline_source,
+    code_env,
+    create_key,
+    free_port,
+    start_bare,
+    start_videoserve,
+    videoserve_env,
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -89,17 +101,12 @@ def httpx_load(url: str, seconds: int, connections: int, key: str | None) -> flo
     return asyncio.run(run())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--poll", type=float, default=0.002, help="status poll interval, s")
-    parser.add_argument("--seconds", type=int, default=10, help="each throughput run")
-    parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
-    load = wrk if shutil.which("wrk") else httpx_load
-
+def measure_server(src: Path | None, args: argparse.Namespace, load) -> dict[str, Any]:
+    """Per-job overhead and the status-poll rate of one revision's `videoserve serve`."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = videoserve_env(Path(tmp) / "data", VIDEOSERVE_POLL_INTERVAL_SECONDS="0.5")
+        env = videoserve_env(
+            Path(tmp) / "data", VIDEOSERVE_POLL_INTERVAL_SECONDS="0.5", **code_env(src)
+        )
         key = create_key(env)
         port = free_port()
         server = start_videoserve(env, port, Path(tmp) / "server.log")
@@ -114,41 +121,62 @@ def main() -> None:
             ).json()["status_url"]
             while httpx.get(status_url, headers={"x-api-key": key}).json()["status"] != "COMPLETED":
                 time.sleep(0.05)
-            ours = load(status_url, args.seconds, args.connections, key)
+            polls = load(status_url, args.seconds, args.connections, key)
         finally:
             server.terminate()
             server.wait(timeout=30)
-        bare_port = free_port()
-        bare = start_bare(bare_port)
-        try:
-            baseline = load(
-                f"http://127.0.0.1:{bare_port}/v2/requests/x/status",
-                args.seconds,
-                args.connections,
-                None,
-            )
-        finally:
-            bare.terminate()
-            bare.wait(timeout=30)
-
-    report = {
-        "jobs": args.jobs,
+    return {
         "overhead_ms": {
-            "p50": percentile(samples["overhead"], 50) * 1000,
-            "p99": percentile(samples["overhead"], 99) * 1000,
+            "p50": round(percentile(samples["overhead"], 50) * 1000, 1),
+            "p99": round(percentile(samples["overhead"], 99) * 1000, 1),
         },
         "plumbing_ms (overhead minus MP4 encode)": {
-            "p50": percentile(samples["plumbing"], 50) * 1000,
-            "p99": percentile(samples["plumbing"], 99) * 1000,
+            "p50": round(percentile(samples["plumbing"], 50) * 1000, 1),
+            "p99": round(percentile(samples["plumbing"], 99) * 1000, 1),
         },
-        "encode_ms": {"p50": percentile(samples["encode"], 50) * 1000},
-        "total_ms_p50": statistics.median(samples["total"]) * 1000,
-        "status_polls_per_s": ours,
-        "bare_starlette_per_s": baseline,
-        "ratio": ours / baseline,
+        "encode_ms": {"p50": round(percentile(samples["encode"], 50) * 1000, 1)},
+        "total_ms_p50": round(statistics.median(samples["total"]) * 1000, 1),
+        "status_polls_per_s": polls,
+    }
+
+
+def bare_polls(args: argparse.Namespace, load) -> float:
+    port = free_port()
+    bare = start_bare(port)
+    try:
+        url = f"http://127.0.0.1:{port}/v2/requests/x/status"
+        return load(url, args.seconds, args.connections, None)
+    finally:
+        bare.terminate()
+        bare.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--poll", type=float, default=0.002, help="status poll interval, s")
+    parser.add_argument("--seconds", type=int, default=10, help="each throughput run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--baseline-ref", default=None, help="git revision to measure beside")
+    args = parser.parse_args()
+    load = wrk if shutil.which("wrk") else httpx_load
+
+    report: dict[str, object] = {"jobs": args.jobs}
+    bare_rates = [bare_polls(args, load)]
+    with baseline_source(args.baseline_ref) as baseline:
+        sides = [(f"baseline ({args.baseline_ref})", baseline)] if baseline else []
+        for name, src in [*sides, ("this checkout", None)]:
+            figures = measure_server(src, args, load)
+            bare_rates.append(bare_polls(args, load))
+            # Against the bare runs just before and after it: the load may drift.
+            bare = statistics.mean(bare_rates[-2:])
+            figures["bare_starlette_per_s"] = round(bare, 1)
+            figures["ratio"] = round(figures["status_polls_per_s"] / bare, 3)
+            report[name] = figures
+    report |= {
         "load_tool": load.__name__,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     print(json.dumps(report, indent=2))
 

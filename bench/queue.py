@@ -149,20 +149,21 @@ def http_submits(src: Path | None, database: str, pg: str, clients: int, seconds
     return float(found.group(1))
 
 
-def http_report(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Submits/s per database: this checkout's code, and the baseline's when asked."""
-    report: dict[str, dict[str, float]] = {}
+def http_report(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Submits/s per database: this checkout's code, and the baseline's when asked, in
+    alternating rounds (baseline, this, baseline, this...) so that a change in the machine's
+    load during the run falls on both."""
+    report: dict[str, dict[str, list[float]]] = {}
     with baseline_source(args.baseline_ref) as baseline:
         for database in ("sqlite", "postgresql"):
-            figures: dict[str, float] = {}
-            if baseline is not None:
-                figures[f"baseline ({args.baseline_ref})"] = round(
-                    http_submits(baseline, database, args.pg, args.http_clients, args.http_seconds),
-                    1,
-                )
-            figures["this checkout"] = round(
-                http_submits(None, database, args.pg, args.http_clients, args.http_seconds), 1
-            )
+            figures: dict[str, list[float]] = {}
+            for _ in range(args.rounds):
+                sides = [(f"baseline ({args.baseline_ref})", baseline)] if baseline else []
+                for name, src in [*sides, ("this checkout", None)]:
+                    rate = http_submits(
+                        src, database, args.pg, args.http_clients, args.http_seconds
+                    )
+                    figures.setdefault(name, []).append(round(rate, 1))
             report[database] = figures
     return report
 
@@ -176,6 +177,7 @@ def main() -> None:
     parser.add_argument("--http-clients", type=int, default=32, help="0: no HTTP submits")
     parser.add_argument("--http-seconds", type=int, default=10)
     parser.add_argument("--baseline-ref", default=None, help="git revision to measure beside")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating HTTP rounds")
     args = parser.parse_args()
     output: dict[str, object] = {}
     if args.http_clients:
