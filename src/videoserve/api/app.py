@@ -94,9 +94,11 @@ def create_app(
     app.include_router(openai_ops.router)  # before /v1/videos/{video_id}
     app.include_router(openai.router)
     app.include_router(segmind.router)
-    app.add_middleware(StatusPolls)  # innermost: the poll answered past every middleware
     app.add_middleware(InputGuardMiddleware)  # inside the body limit: it reads bounded bodies
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Polls answered past FastAPI's routing; inside the request id and the rate limits, and
+    # outside the body limit and the guard, which a plain poll gives nothing to check.
+    app.add_middleware(StatusPolls)
     app.add_middleware(RateLimitMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 or a 429 carries the id
     return app

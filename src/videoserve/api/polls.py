@@ -3,12 +3,15 @@
 
 Why: a poll's own work is a key check (cached, see `KeyStore.authenticate`) and one read of
 the job by its primary key, tens of microseconds; FastAPI's route matching, dependency solving
-and per-route wrappers around it cost several times that. This layer sits inside every
-middleware (request id, rate limits, body limit, input guard), so those behave exactly as for
-any other request, and it answers only the happy path: a known key polling its own job. Every
-other case (no key, a bad or ambiguous key, an unknown id, a database error) falls through to
-the FastAPI route, which answers it as it always has, in the same envelope. The route stays
-registered, so the OpenAPI document is unchanged.
+and per-route wrappers around it cost several times that. It answers only the happy path: a
+known key polling its own job. Every other case (no key, a bad or ambiguous key, an unknown
+id, a database error) falls through to the FastAPI route, which answers it as it always has,
+in the same envelope. The route stays registered, so the OpenAPI document is unchanged.
+
+It sits inside the request id and the rate limits, which apply to every poll, and outside the
+body limit and the input guard, which have nothing to check on a plain poll: a request with a
+query string or a body goes past it to them, and an id they would refuse (control
+characters, too long) is one no job can have, so the route answers it.
 
 The answer is the route's own: the same view (`views.status`), the job read afresh from the
 database on every poll (no row cache), FAILED served as 422.
@@ -37,14 +40,21 @@ class StatusPolls:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
             matched = _STATUS_PATH.match(scope["path"])
-            if matched is not None:
+            if matched is not None and not _has_body(scope):
                 answer = await _answer(scope, matched.group(1))
                 if answer is not None:
                     await answer(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
 
 
 async def _answer(scope: Scope, request_id: str) -> JSONResponse | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,10 @@ from videoserve.jobs.states import Status
 from videoserve.runtime import Runtime
 
 
+@functools.lru_cache(maxsize=8192)
 def iso(ts: float | None) -> str | None:
+    # Cached: a pure function of the timestamp, and a polled job's timestamps repeat on every
+    # poll (formatting them was a tenth of a poll's time).
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
 
 
