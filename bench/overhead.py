@@ -101,6 +101,21 @@ def httpx_load(url: str, seconds: int, connections: int, key: str | None) -> flo
     return asyncio.run(run())
 
 
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def polls_with_cpu(load, url: str, args: argparse.Namespace, key: str | None, pid: int):
+    """(polls/s, server CPU microseconds per poll): the second holds up better than the rate
+    on a machine others share, as it does not count the time the server waited for a core."""
+    before = cpu_seconds(pid)
+    rate = load(url, args.seconds, args.connections, key)
+    spent = cpu_seconds(pid) - before
+    return rate, round(spent / (rate * args.seconds) * 1e6, 1)
+
+
 def measure_server(src: Path | None, args: argparse.Namespace, load) -> dict[str, Any]:
     """Per-job overhead and the status-poll rate of one revision's `videoserve serve`."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +136,7 @@ def measure_server(src: Path | None, args: argparse.Namespace, load) -> dict[str
             ).json()["status_url"]
             while httpx.get(status_url, headers={"x-api-key": key}).json()["status"] != "COMPLETED":
                 time.sleep(0.05)
-            polls = load(status_url, args.seconds, args.connections, key)
+            polls, cpu_per_poll = polls_with_cpu(load, status_url, args, key, server.pid)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -137,15 +152,16 @@ def measure_server(src: Path | None, args: argparse.Namespace, load) -> dict[str
         "encode_ms": {"p50": round(percentile(samples["encode"], 50) * 1000, 1)},
         "total_ms_p50": round(statistics.median(samples["total"]) * 1000, 1),
         "status_polls_per_s": polls,
+        "server_cpu_us_per_poll": cpu_per_poll,
     }
 
 
-def bare_polls(args: argparse.Namespace, load) -> float:
+def bare_polls(args: argparse.Namespace, load) -> tuple[float, float]:
     port = free_port()
     bare = start_bare(port)
     try:
         url = f"http://127.0.0.1:{port}/v2/requests/x/status"
-        return load(url, args.seconds, args.connections, None)
+        return polls_with_cpu(load, url, args, None, bare.pid)
     finally:
         bare.terminate()
         bare.wait(timeout=30)
@@ -169,9 +185,14 @@ def main() -> None:
             figures = measure_server(src, args, load)
             bare_rates.append(bare_polls(args, load))
             # Against the bare runs just before and after it: the load may drift.
-            bare = statistics.mean(bare_rates[-2:])
+            bare = statistics.mean(rate for rate, _cpu in bare_rates[-2:])
+            bare_cpu = statistics.mean(cpu for _rate, cpu in bare_rates[-2:])
             figures["bare_starlette_per_s"] = round(bare, 1)
             figures["ratio"] = round(figures["status_polls_per_s"] / bare, 3)
+            figures["bare_cpu_us_per_poll"] = round(bare_cpu, 1)
+            figures["cpu_ratio (bare CPU per poll / ours)"] = round(
+                bare_cpu / figures["server_cpu_us_per_poll"], 3
+            )
             report[name] = figures
     report |= {
         "load_tool": load.__name__,
