@@ -75,7 +75,8 @@ class VideoOperations:
                 param=PARAM,
             )
         limits = video_limits(self.service.settings)
-        decoded = await asyncio.to_thread(decode_video, data, limits, what=PARAM)
+        # The sound too: a broken audio stream is the caller's 400 now, not a failed job later.
+        decoded = await asyncio.to_thread(decode_video, data, limits, what=PARAM, audio=True)
         return Source(data, decoded, job)
 
     async def extend(
@@ -141,7 +142,7 @@ class VideoOperations:
             "duration": duration,
             "size": continuation.nearest_size(source.decoded.width, source.decoded.height),
         }
-        continuation.edit_frames(backend, seconds)  # a 400 when over one pass
+        continuation.edit_passes(backend, seconds)  # a 400 where the model cannot chain
         inputs = JobInputs(
             Operation.EDIT,
             source_video_id=source.job.id if source.job else None,
