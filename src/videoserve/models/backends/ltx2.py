@@ -171,10 +171,14 @@ class LTX2Backend(DiffusersBackend):
         should_stop: StopCheck,
     ) -> GeneratedVideo:
         self._call.audio = bool(getattr(params, "audio", True))
+        self._call.passes = None
         try:
-            return super().generate_for(profile, params, inputs, on_progress, should_stop)
+            video = super().generate_for(profile, params, inputs, on_progress, should_stop)
         finally:
             del self._call.audio
+        if self._call.passes is not None:  # a continuation plans its own passes
+            video.segments = self._call.passes
+        return video
 
     def _pipeline_for(self, inputs: GenerationInputs) -> Any:
         pipe = super()._pipeline_for(inputs)
@@ -213,6 +217,7 @@ class LTX2Backend(DiffusersBackend):
             later_frames=tuple(counts[1:]),
             out_frames=lead + shape.out_frames,
         )
+        self._call.passes = len(counts)
         video, wave = super()._run_segments(call, planned, seed, inputs, on_progress, should_stop)
         video = video[lead - 1 :]
         if wave is not None:
