@@ -10,6 +10,7 @@ input manifest says what to do (`jobs.inputs`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,6 +44,16 @@ class Source:
     data: bytes
     decoded: DecodedVideo
     job: Job | None  # the caller's video it came from, when given by id
+
+    @property
+    def video_id(self) -> str | None:
+        return self.job.id if self.job else None
+
+    def raw_params(self, extra: dict[str, Any], prompt: Any, duration: Any) -> dict[str, Any]:
+        """The job's parameters: the caller's extras, the prompt, and the duration and size
+        that the source decides."""
+        size = continuation.nearest_size(self.decoded.width, self.decoded.height)
+        return {**extra, "prompt": prompt, "duration": duration, "size": size}
 
 
 class VideoOperations:
@@ -91,23 +102,14 @@ class VideoOperations:
         default_model: str,
         idempotency_key: str | None = None,
     ) -> tuple[Job, JobInputs]:
-        """Queue an extension: `seconds` more of the source, from its last frame."""
+        """Queue an extension: `seconds` more of the source, from its end."""
         _refuse_source_fields(extra, "an extension")
         source = await self.source(key, ref)
-        model = model or (source.job.model if source.job else None) or default_model
-        backend = self.service.registry.resolve(model).backend
-        refusal = continuation.extend_refusal(backend)
-        if refusal:
-            raise errors.InvalidRequest(f"model: {refusal}", param="model")
-        raw = {
-            **extra,
-            "prompt": prompt,
-            "duration": "4" if seconds is None else seconds,
-            "size": continuation.nearest_size(source.decoded.width, source.decoded.height),
-        }
+        model = self._model(source, model, default_model, continuation.extend_refusal)
+        raw = source.raw_params(extra, prompt, "4" if seconds is None else seconds)
         inputs = JobInputs(
             Operation.EXTEND,
-            source_video_id=source.job.id if source.job else None,
+            source_video_id=source.video_id,
             source_seconds=round(source.decoded.seconds, 3),
         )
         return await self._submit(key, model, raw, inputs, source, idempotency_key)
@@ -128,28 +130,35 @@ class VideoOperations:
         _refuse_source_fields(extra, "an edit")
         strength = _strength(strength)
         source = await self.source(key, ref)
-        model = model or (source.job.model if source.job else None) or default_model
-        backend = self.service.registry.resolve(model).backend
-        refusal = continuation.edit_refusal(backend)
-        if refusal:
-            raise errors.InvalidRequest(f"model: {refusal}", param="model")
+        model = self._model(source, model, default_model, continuation.edit_refusal)
         seconds = source.decoded.seconds
         # The price and the plan's size follow the shortest duration that covers the source.
         duration = next((d for d in (4, 8, 12) if d >= seconds - 1e-6), 12)
-        raw = {
-            **extra,
-            "prompt": prompt,
-            "duration": duration,
-            "size": continuation.nearest_size(source.decoded.width, source.decoded.height),
-        }
+        raw = source.raw_params(extra, prompt, duration)
+        backend = self.service.registry.resolve(model).backend
         continuation.edit_passes(backend, seconds)  # a 400 where the model cannot chain
         inputs = JobInputs(
             Operation.EDIT,
-            source_video_id=source.job.id if source.job else None,
+            source_video_id=source.video_id,
             source_seconds=round(seconds, 3),
             strength=strength,
         )
         return await self._submit(key, model, raw, inputs, source, idempotency_key)
+
+    def _model(
+        self,
+        source: Source,
+        model: str | None,
+        default_model: str,
+        refusal: Callable[[Any], str | None],
+    ) -> str:
+        """The model asked for, else the source video's, else the default; a 400 naming it
+        when it cannot do the operation (`refusal` says why)."""
+        model = model or (source.job.model if source.job else None) or default_model
+        reason = refusal(self.service.registry.resolve(model).backend)
+        if reason:
+            raise errors.InvalidRequest(f"model: {reason}", param="model")
+        return model
 
     async def characters(
         self,
