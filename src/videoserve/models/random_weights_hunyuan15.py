@@ -95,6 +95,9 @@ def build_pipeline(*, seed: int = 0, image_to_video: bool = False) -> Any:
                 num_attention_heads=2,
                 num_key_value_heads=1,
                 max_position_embeddings=2048,
+                bos_token_id=None,
+                eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                pad_token_id=tok.pad_token_id,
                 # Qwen2.5-VL's multimodal RoPE split 16:24:24 of a 64-wide half head, scaled
                 rope_parameters={
                     "rope_type": "default",
