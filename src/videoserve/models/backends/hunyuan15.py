@@ -84,7 +84,7 @@ def detect_grid(folder: Path | None) -> grids.FamilyGrid:
 
 
 @functools.cache
-def steps_and_guidance(class_name: str) -> type:
+def steps_and_guidance(class_name: str) -> Any:
     """The diffusers pipeline class `class_name`, taking `callback_on_step_end` (called after
     each scheduler step) and `guidance_scale` (the guider's, for this call) like the others."""
     import diffusers
