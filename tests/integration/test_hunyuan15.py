@@ -178,6 +178,48 @@ def test_siglip_parts_beside_a_text_folder_give_image_to_video_and_chaining(
     assert model._i2v.transformer is model._t2v.transformer  # one set of weights
 
 
+def placeholder_folder(folder: Path, class_name: str, absent: str | None = None) -> Path:
+    """A folder that passes the startup checks (they read configs only): every component of
+    `class_name` but `absent`, each an empty subfolder named in `model_index.json`."""
+    folder.mkdir()
+    parts = {}
+    for part in hunyuan15.CLASS_COMPONENTS[class_name]:
+        if part != absent:
+            (folder / part).mkdir()
+            parts[part] = ["diffusers", "Placeholder"]
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name, **parts}))
+    return folder
+
+
+def registry_for(tmp_path: Path, folder: str) -> ModelRegistry:
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models.hy]\nbackend = "diffusers"\npath = "{folder}"\n')
+    return ModelRegistry.from_settings(Settings(data_dir=tmp_path / "data", models=models))
+
+
+@pytest.mark.parametrize("class_name", hunyuan15.SUPPORTED_CLASSES)
+def test_the_family_is_read_from_model_index(tmp_path: Path, class_name: str) -> None:
+    folder = placeholder_folder(tmp_path / "hy", class_name)
+    (folder / "transformer" / "config.json").write_text(json.dumps({"target_size": 960}))
+    model = registry_for(tmp_path, "hy").backend("hy")
+    assert type(model) is HunyuanVideo15Backend
+    assert model.grid == FAMILY_GRIDS["hunyuan-1.5-720p"]  # type: ignore[attr-defined]
+    i2v = class_name == hunyuan15.I2V_CLASS
+    able = model.capabilities
+    assert (able.text_to_video, able.image_to_video, able.audio) == (not i2v, i2v, False)
+
+
+def test_an_unknown_class_is_refused_naming_these_too(tmp_path: Path) -> None:
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "model_index.json").write_text('{"_class_name": "HunyuanVideoPipeline"}')
+    with pytest.raises(ValueError) as caught:
+        registry_for(tmp_path, "sd")
+    assert "holds a 'HunyuanVideoPipeline' pipeline, which videoserve does not serve" in str(
+        caught.value
+    )
+    assert f"{hunyuan15.T2V_CLASS}, {hunyuan15.I2V_CLASS}" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("class_name", "absent"),
     [
@@ -189,18 +231,9 @@ def test_siglip_parts_beside_a_text_folder_give_image_to_video_and_chaining(
 def test_a_folder_lacking_a_component_fails_at_startup(
     tmp_path: Path, class_name: str, absent: str
 ) -> None:
-    folder = tmp_path / "hy"
-    folder.mkdir()
-    parts = {}
-    for part in hunyuan15.CLASS_COMPONENTS[class_name]:
-        if part != absent:
-            (folder / part).mkdir()
-            parts[part] = ["diffusers", "Placeholder"]
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name, **parts}))
-    models = tmp_path / "models.toml"
-    models.write_text('[models.hy]\nbackend = "diffusers"\npath = "hy"\n')
+    folder = placeholder_folder(tmp_path / "hy", class_name, absent)
     with pytest.raises(ValueError) as caught:
-        ModelRegistry.from_settings(Settings(data_dir=tmp_path / "data", models=models))
+        registry_for(tmp_path, "hy")
     assert str(caught.value) == (
         f"model 'hy': {folder} holds a {class_name!r} pipeline without its {absent} component "
         "(model_index.json must name each, with its subfolder)"
