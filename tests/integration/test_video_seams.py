@@ -177,6 +177,19 @@ def test_an_edit_over_one_pass_is_edited_pass_by_pass(
     ).json()
     assert (result["segments"], result["served_by"]) == (2, "short")
 
+    # Its 2 steps at strength 0.4 would denoise int(0.8) = 0 of them: a 400, not a crash.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.videos.edit(
+            prompt="in winter",
+            video=("clip.mp4", clip(tmp_path), "video/mp4"),
+            extra_body={"model": "short", "strength": 0.4},
+        )
+    assert caught.value.body["param"] == "strength"
+    assert caught.value.body["message"] == (
+        "strength: 0.4 of 2 steps denoises none (an edit runs int(steps x strength) of them): "
+        "use strength >= 0.5 or num_inference_steps >= 3"
+    )
+
 
 def test_edit_passes_follow_the_chaining_rule() -> None:
     class Short:

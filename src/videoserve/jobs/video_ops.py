@@ -10,6 +10,7 @@ input manifest says what to do (`jobs.inputs`).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -137,6 +138,7 @@ class VideoOperations:
         raw = source.raw_params(extra, prompt, duration)
         backend = self.service.registry.resolve(model).backend
         continuation.edit_passes(backend, seconds)  # a 400 where the model cannot chain
+        _refuse_empty_denoise(extra.get("num_inference_steps"), backend, strength)
         inputs = JobInputs(
             Operation.EDIT,
             source_video_id=source.video_id,
@@ -260,6 +262,24 @@ def _refuse_source_fields(extra: dict[str, Any], what: str) -> None:
             raise errors.InvalidRequest(
                 f"{name}: {what} takes its size and timing from the source video", param=name
             )
+
+
+def _refuse_empty_denoise(steps: Any, backend: Any, strength: float) -> None:
+    """A 400 when the edit would denoise no step: video-to-video runs `int(steps * strength)`
+    of its steps, and none is a crash inside the pipeline, not an edit."""
+    if isinstance(steps, str) and steps.strip().isdigit():
+        steps = int(steps)
+    if steps is None:
+        steps = getattr(backend, "default_steps", None)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        return  # the schema's own check answers a bad value
+    if int(steps * strength) < 1:
+        raise errors.InvalidRequest(
+            f"strength: {strength:g} of {steps} step{'s' if steps > 1 else ''} denoises none "
+            f"(an edit runs int(steps x strength) of them): use strength >= {1 / steps:g} "
+            f"or num_inference_steps >= {math.ceil(1 / strength)}",
+            param="strength",
+        )
 
 
 def _strength(value: Any) -> float:
