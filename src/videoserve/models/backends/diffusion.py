@@ -462,7 +462,7 @@ class DiffusersBackend:
                 frames, waveform = self._run_segments(
                     call, shape, seed, inputs, on_progress, should_stop
                 )
-        frames = to_uint8(frames[: shape.out_frames])
+        frames = to_uint8(frames[: shape.out_frames + int(inputs.continues)])
         if frames.shape[1:3] != (shape.out_height, shape.out_width):
             frames = np.stack(
                 [
