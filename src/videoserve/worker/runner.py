@@ -145,7 +145,9 @@ class Worker:
             waits = {asyncio.ensure_future(self._news.wait())}
             if not stop.is_set():
                 waits.add(asyncio.ensure_future(stop.wait()))
-            await asyncio.wait(waits, timeout=self.settings.heartbeat_seconds)
+            await asyncio.wait(
+                waits, timeout=self.settings.heartbeat_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
             for waiter in waits:
                 waiter.cancel()
 
