@@ -256,6 +256,8 @@ class Worker:
             except asyncio.CancelledError:
                 await self._hand_back(attempt)
                 raise
+            except Exception:  # deleting a lost attempt's files, say: the slot goes on
+                log.exception("job %s: the media stage failed", job.id)
             finally:
                 await self._close(attempt)
 
