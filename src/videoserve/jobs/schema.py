@@ -81,6 +81,9 @@ workers = sa.Table(
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("last_heartbeat", sa.Float, nullable=False),
     sa.Column("draining", sa.Boolean, nullable=False, default=False),
+    # Migration 7: cold start. False while the worker loads its models; what it loaded, when.
+    sa.Column("ready", sa.Boolean, nullable=False, default=True),
+    sa.Column("loaded_models", sa.JSON, nullable=True),  # [{model, load_seconds, ...}]
 )
 
 credit_ledger = sa.Table(
@@ -109,6 +112,7 @@ sa.Index("ix_credit_ledger_key", credit_ledger.c.api_key_id, credit_ledger.c.cre
 
 _ADDED_AFTER_V1 = {"webhook_url", "cost", "failure", "ticket"}
 _KEY_COLUMNS_AFTER_V1 = {"balance", "unlimited"}
+_WORKER_COLUMNS_AFTER_V3 = {"ready", "loaded_models"}
 _V1_INDEXES = {"ix_jobs_queue", "ix_jobs_expires", "ix_jobs_lease", "ix_jobs_key_created"}
 
 sa.Index("ix_jobs_queue", jobs.c.status, jobs.c.created_at)
@@ -125,7 +129,12 @@ def _v2_webhook_url(conn: Connection) -> None:
 
 
 def _v3_workers(conn: Connection) -> None:
-    workers.create(conn, checkfirst=True)
+    # The table as version 3 had it: later columns arrive through their own migrations.
+    sa.Table(
+        "workers",
+        sa.MetaData(),
+        *(c.copy() for c in workers.columns if c.name not in _WORKER_COLUMNS_AFTER_V3),
+    ).create(conn, checkfirst=True)
 
 
 def _v4_credits(conn: Connection) -> None:
@@ -152,6 +161,12 @@ def _v6_queue_tickets(conn: Connection) -> None:
     from videoserve.jobs import tickets
 
     tickets.migrate(conn)
+
+
+def _v7_worker_loads(conn: Connection) -> None:
+    true = sa.true().compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+    conn.execute(sa.text(f"ALTER TABLE workers ADD COLUMN ready BOOLEAN NOT NULL DEFAULT {true}"))
+    conn.execute(sa.text("ALTER TABLE workers ADD COLUMN loaded_models JSON"))
 
 
 def _v1_initial(conn: Connection) -> None:
@@ -183,6 +198,7 @@ MIGRATIONS = Migrations(
         (4, _v4_credits),
         (5, _v5_failure_codes),
         (6, _v6_queue_tickets),
+        (7, _v7_worker_loads),
     ),
     # Versions 1-4 are the shared counter's (the webhook tables of its version 2 moved out).
     from_legacy=lambda version: version,

@@ -123,6 +123,7 @@ class DiffusersBackend:
 
     family: ClassVar[str] = ""  # "wan", "ltx": what `families.family_of` maps classes to
     pipeline_classes: ClassVar[tuple[str, ...]] = ()  # the `_class_name`s this family loads
+    takes_loras: ClassVar[bool] = True  # its pipelines have diffusers' `load_lora_weights`
     required_components: ClassVar[tuple[str, ...]] = ()  # checked at startup, named if absent
     default_grid: ClassVar[grids.FamilyGrid]
     DEFAULT_STEPS: ClassVar[int] = 40
@@ -462,7 +463,7 @@ class DiffusersBackend:
                 frames, waveform = self._run_segments(
                     call, shape, seed, inputs, on_progress, should_stop
                 )
-        frames = to_uint8(frames[: shape.out_frames])
+        frames = to_uint8(frames[: shape.out_frames + int(inputs.continues)])
         if frames.shape[1:3] != (shape.out_height, shape.out_width):
             frames = np.stack(
                 [
@@ -542,7 +543,7 @@ class DiffusersBackend:
     ) -> Any:
         """One pipeline call under the lock, with progress and cancellation between steps."""
         image = inputs.image
-        pipe = self._i2v if image is not None else self._t2v
+        pipe = self._pipeline_for(inputs)
         if pipe is None:
             needs = "does not accept" if image is not None else "needs"
             raise errors.InvalidRequest(
@@ -676,6 +677,12 @@ class DiffusersBackend:
             video_to_video=bool(index) and self._edits(index),
             extend=image_to_video,  # an extension starts image-to-video from the last frame
         )
+
+    def _pipeline_for(self, inputs: GenerationInputs) -> Any:
+        """The loaded pipeline one pass runs on (None where there is none for these inputs):
+        image-to-video for an input image, else text-to-video. A family may choose others
+        (LTX-2's frame conditioning for a source's last frames)."""
+        return self._i2v if inputs.image is not None else self._t2v
 
     def _chains_now(self) -> bool:
         """Whether this generation may chain passes: where there is an image pipeline (the
