@@ -15,11 +15,9 @@ passes it. A job handed back to the queue (lost lease, draining worker) goes in 
 head, as the claim order puts it there.
 
 Tickets are per model (`served_by`) because a worker serves some models and positions are
-per model. On SQLite the writer is alone, so the next ticket is `max(ticket) + 1` of the
-model's jobs, inside the INSERT. On PostgreSQL concurrent inserts would read the same
-maximum, so the ticket comes from a per-model counter row (`job_queues`) bumped in a
-data-modifying CTE of the same INSERT: the row lock serialises one model's submits for the
-length of one statement.
+per model. How the INSERT takes the next ticket safely differs between the databases (a
+counter row on PostgreSQL, the model's highest ticket on SQLite): `Database.numbered_insert`
+and `Database.reserve_numbers` hold that difference, as the database seam holds the others.
 """
 
 from __future__ import annotations
@@ -27,10 +25,10 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from videoserve.jobs import schema
+from videoserve.jobs.database import Counter, Database
 from videoserve.jobs.states import Status
 
 jobs = schema.jobs
@@ -43,28 +41,24 @@ QUEUE_PARAM = "queue_of"
 _QUEUED = Status.QUEUED.value
 
 
-def insert(*, postgres: bool) -> sa.Insert:
+# A model's tickets: `jobs.ticket` counted per `served_by` (PostgreSQL's counters: job_queues).
+COUNTER = Counter(
+    number=jobs.c.ticket,
+    group=jobs.c.served_by,
+    key=job_queues.c.served_by,
+    last=job_queues.c.last_ticket,
+)
+
+
+def insert(database: Database) -> sa.Insert:
     """An INSERT of a queued job that takes its model's next ticket (pass `QUEUE_PARAM`)."""
-    if postgres:
-        counter = (
-            postgresql.insert(job_queues)
-            .values(served_by=sa.bindparam(QUEUE_PARAM), last_ticket=1)
-            .on_conflict_do_update(
-                index_elements=[job_queues.c.served_by],
-                set_={"last_ticket": job_queues.c.last_ticket + 1},
-            )
-            .returning(job_queues.c.last_ticket)
-            .cte("next_ticket")
-        )
-        ticket = sa.select(counter.c.last_ticket).scalar_subquery()
-        return jobs.insert().add_cte(counter).values(ticket=ticket)
-    prior = jobs.alias("prior")
-    ticket = (
-        sa.select(sa.func.coalesce(sa.func.max(prior.c.ticket), 0) + 1)
-        .where(prior.c.served_by == sa.bindparam(QUEUE_PARAM))
-        .scalar_subquery()
-    )
-    return jobs.insert().values(ticket=ticket)
+    return database.numbered_insert(COUNTER, QUEUE_PARAM)
+
+
+async def reserve(database: Database, conn: Any, served_by: str, count: int) -> int:
+    """The first of `count` consecutive tickets of `served_by`'s queue, taken in `conn`'s
+    transaction (for a bulk enqueue)."""
+    return await database.reserve_numbers(conn, COUNTER, served_by, count)
 
 
 def requeued() -> sa.ColumnElement[Any]:
@@ -96,8 +90,8 @@ def position(ticket: int, head: int | None) -> int:
 def migrate(conn: Connection) -> None:
     """Migration 5: the ticket column and its index, the PostgreSQL counters, and tickets for
     the jobs queued now (in claim order)."""
-    bigint = "BIGINT" if conn.dialect.name == "postgresql" else "INTEGER"
-    conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN ticket {bigint}"))
+    column_type = jobs.c.ticket.type.compile(dialect=conn.dialect)  # BIGINT, or SQLite's INTEGER
+    conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN ticket {column_type}"))
     for index in jobs.indexes:
         if index.name == "ix_jobs_ticket":
             index.create(conn, checkfirst=True)
@@ -116,3 +110,12 @@ def migrate(conn: Connection) -> None:
             "FROM jobs WHERE ticket IS NOT NULL GROUP BY served_by"
         )
     )
+
+
+def index_by_model(conn: Connection) -> None:
+    """Migration 7: an index of (served_by, ticket), so a model's highest ticket (SQLite's
+    next ticket at every submit, and a requeue's fallback) is one seek, not a walk over every
+    status of the model's jobs (10 ms a submit behind 100,000 on SQLite)."""
+    for index in jobs.indexes:
+        if index.name == "ix_jobs_model_ticket":
+            index.create(conn, checkfirst=True)
