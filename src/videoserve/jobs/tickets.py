@@ -61,24 +61,35 @@ async def reserve(database: Database, conn: Any, served_by: str, count: int) -> 
     return await database.reserve_numbers(conn, COUNTER, served_by, count)
 
 
+def _end_of_queue(table: Any, *where: sa.ColumnElement[bool], last: bool = False) -> sa.Select:
+    """The lowest (or highest) ticket of `table`'s rows matching `where`, as an index walk
+    that stops at its first row.
+
+    Why not `min(ticket)`: PostgreSQL rewrites min/max into this walk only when its
+    statistics say the rows are many; right after a bulk insert (before autovacuum analyses
+    the table) it believes there is one row and aggregates every queued job's index entry
+    instead: 8.7 ms a poll behind 10,000 queued, against 0.06 ms for the walk."""
+    ticket = table.c.ticket
+    return (
+        sa.select(ticket)
+        .where(*where, ticket.is_not(None))
+        .order_by(ticket.desc() if last else ticket)
+        .limit(1)
+    )
+
+
 def requeued() -> sa.ColumnElement[Any]:
     """The ticket of a job handed back to the queue: just in front of its model's head (the
     claim takes it next), or the model's last ticket when nothing else is queued."""
     ahead = jobs.alias("ahead")
     same_model = ahead.c.served_by == jobs.c.served_by
-    front = (
-        sa.select(sa.func.min(ahead.c.ticket) - 1)
-        .where(same_model, ahead.c.status == _QUEUED)
-        .scalar_subquery()
-    )
-    last = sa.select(sa.func.max(ahead.c.ticket)).where(same_model).scalar_subquery()
-    return sa.func.coalesce(front, last)
+    head = _end_of_queue(ahead, same_model, ahead.c.status == _QUEUED).scalar_subquery()
+    last = _end_of_queue(ahead, same_model, last=True).scalar_subquery()
+    return sa.func.coalesce(head - 1, last)
 
 
 # The head of a model's queue: one seek on ix_jobs_ticket.
-HEAD = sa.select(sa.func.min(jobs.c.ticket)).where(
-    jobs.c.served_by == sa.bindparam("served_by"), jobs.c.status == _QUEUED
-)
+HEAD = _end_of_queue(jobs, jobs.c.served_by == sa.bindparam("served_by"), jobs.c.status == _QUEUED)
 
 
 def position(ticket: int, head: int | None) -> int:
