@@ -140,13 +140,12 @@ def main() -> None:
     for width, height, frames, fps in CLIPS:
         results.append(compare(width, height, frames, fps, args))
         print(json.dumps(asdict(results[-1])), flush=True)
-    print(
-        f"{'clip':<15}{'ours s':>8}{'cli s':>8}{'wall x':>8}{'ours cpu':>9}{'cli cpu':>9}{'cpu x':>7}"
-    )
+    header = ("ours s", "cli s", "wall x", "ours cpu", "cli cpu", "cpu x")
+    print(f"{'clip':<15}" + "".join(f"{name:>9}" for name in header))
     for r in results:
         print(
-            f"{r.clip:<15}{r.ours_wall_s:>8.3f}{r.cli_wall_s:>8.3f}{r.wall_ratio:>8.2f}"
-            f"{r.ours_cpu_s:>9.3f}{r.cli_cpu_s:>9.3f}{r.cpu_ratio:>7.2f}"
+            f"{r.clip:<15}{r.ours_wall_s:>9.3f}{r.cli_wall_s:>9.3f}{r.wall_ratio:>9.2f}"
+            f"{r.ours_cpu_s:>9.3f}{r.cli_cpu_s:>9.3f}{r.cpu_ratio:>9.2f}"
         )
     print(
         json.dumps(

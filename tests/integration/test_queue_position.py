@@ -191,3 +191,34 @@ def test_cancelled_behind_a_bulk_backlog_leaves_one_gap(queue) -> None:
     assert positions(server, [ids[0], ids[1], ids[3], mine]) == [1, 2, 4, 5]
     assert [claimer.claim().job_id for _ in range(2)] == ids[:2]
     assert positions(server, [ids[3], mine]) == [1, 2]  # the head passed the gap: exact
+
+
+def test_jobs_requeued_in_one_sweep_stay_within_the_documented_bound(queue) -> None:
+    # docs/api.md: k jobs handed back by one sweep read positions 1..k (in any order), and the
+    # jobs behind them read at most k - 1 too few, never more than the truth; exact again
+    # once those k are claimed.
+    server, claimer = queue
+    ids = submit(server, 5)
+    for _ in range(2):  # two workers die: their leases expire at once
+        assert claimer._run(claimer.store.claim("dead-worker", None, -1.0)) is not None
+    assert claimer._run(claimer.store.reap_expired_leases(3600)) == (2, 0)
+    lost, behind = ids[:2], ids[2:]
+    assert sorted(p or 0 for p in positions(server, lost)) in ([1, 1], [1, 2])
+    for truth, read in zip([3, 4, 5], positions(server, behind), strict=True):
+        assert read is not None and truth - 1 <= read <= truth
+    assert sorted([claimer.claim().job_id, claimer.claim().job_id]) == sorted(lost)
+    assert positions(server, behind) == [1, 2, 3]
+
+
+def test_postgres_sessions_plan_each_statement_for_its_parameters(queue) -> None:
+    # A generic plan made while the table was tiny (a sequential scan) must not serve polls
+    # behind a large backlog (see jobs/dialects.py): every session plans afresh.
+    server, claimer = queue
+    if not server.settings.resolved_database_url().startswith("postgresql"):
+        pytest.skip("PostgreSQL only: SQLite has no plan cache across statements")
+
+    async def setting() -> str:
+        async with claimer.store.database.connect() as conn:
+            return str((await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar())
+
+    assert claimer._run(setting()) == "force_custom_plan"

@@ -182,7 +182,7 @@ class Database:
         group's highest number + 1, as one writer runs at a time."""
         table = counter.number.table
         assert isinstance(table, sa.Table)
-        group = sa.bindparam(group_param)
+        group: sa.BindParameter[Any] = sa.bindparam(group_param)
         if self.postgres:
             bumped = (
                 postgresql.insert(counter.key.table)

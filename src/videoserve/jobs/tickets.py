@@ -12,7 +12,9 @@ Exact while a model's jobs are claimed in the order they were queued (the claim 
 oldest). A job that leaves the queue out of order (cancelled while queued, skipped by the
 per-key running cap) leaves a gap: the jobs behind it read one too many until the head
 passes it. A job handed back to the queue (lost lease, draining worker) goes in front of the
-head, as the claim order puts it there.
+head, as the claim order puts it there; k jobs handed back by one statement share or split
+the places in front, so those behind read up to k - 1 too few until the k are claimed.
+docs/api.md states these bounds to users.
 
 Tickets are per model (`served_by`) because a worker serves some models and positions are
 per model. How the INSERT takes the next ticket safely differs between the databases (a
