@@ -7,7 +7,8 @@ queue (position = size), and wrk (or an httpx fallback) polls its status with 16
 The rate and latency at each size are reported beside their ratio to the 50-job rate of the
 same server in the same run: the goal is >= 0.80 behind 10,000 (issue 15).
 
-    python -m bench.backlog [--sizes 50,10000,100000] [--seconds 5] [--databases sqlite,postgresql]
+    python -m bench.backlog [--sizes 50,10000,100000] [--seconds 5] [--rounds 3]
+        [--databases sqlite,postgresql]
 
 Loopback only; bounded in time (each load run `--seconds`).
 """
@@ -150,37 +151,50 @@ def measure(
     ]
 
 
+def one_database(database: str, sizes: list[int], args: argparse.Namespace) -> list[Polls]:
+    """One round on a fresh database: a new SQLite file, or a new PostgreSQL database."""
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        if database == "sqlite":
+            url = f"sqlite:///{tmp / 'backlog.db'}"
+            return measure(database, url, sizes, args.seconds, args.connections, tmp)
+        url, created = fresh_pg(args.pg)
+        try:
+            return measure(database, url, sizes, args.seconds, args.connections, tmp)
+        finally:
+            drop_pg(args.pg, created)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="50,10000,100000")
     parser.add_argument("--seconds", type=float, default=5.0, help="each load run")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=1, help="fresh databases per dialect")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     report: list[Polls] = []
-    for database in args.databases.split(","):
-        with tempfile.TemporaryDirectory() as name:
-            tmp = Path(name)
-            if database == "sqlite":
-                url = f"sqlite:///{tmp / 'backlog.db'}"
-                report += measure(database, url, sizes, args.seconds, args.connections, tmp)
-                continue
-            url, created = fresh_pg(args.pg)
-            try:
-                report += measure(database, url, sizes, args.seconds, args.connections, tmp)
-            finally:
-                drop_pg(args.pg, created)
+    for _ in range(args.rounds):  # rounds alternate the databases, so load drifts hit both
+        for database in args.databases.split(","):
+            report += one_database(database, sizes, args)
+    print(f"medians over {args.rounds} round(s); ratio range in brackets")
     print(
-        f"{'database':<11}{'queued':>8}{'position':>9}{'polls/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'vs first':>9}"
+        f"{'database':<11}{'queued':>8}{'polls/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'vs first':>9}"
+        "  range"
     )
-    for run in report:
-        print(
-            f"{run.database:<11}{run.queued:>8}{run.position:>9}{run.polls_per_s:>9.0f}"
-            f"{run.p50_ms:>8.2f}{run.p99_ms:>8.2f}{run.ratio_vs_first:>9.2f}"
-        )
+    for database in args.databases.split(","):
+        for size in sizes:
+            runs = [r for r in report if r.database == database and r.queued == size]
+            ratios = [r.ratio_vs_first for r in runs]
+            print(
+                f"{database:<11}{size:>8}"
+                f"{statistics.median(r.polls_per_s for r in runs):>9.0f}"
+                f"{statistics.median(r.p50_ms for r in runs):>8.2f}"
+                f"{statistics.median(r.p99_ms for r in runs):>8.2f}"
+                f"{statistics.median(ratios):>9.2f}  [{min(ratios):.2f}-{max(ratios):.2f}]"
+            )
     print(
         json.dumps(
             {
