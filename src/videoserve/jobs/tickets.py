@@ -28,6 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from videoserve.jobs import schema
 from videoserve.jobs.database import Counter, Database
@@ -57,9 +58,10 @@ def insert(database: Database) -> sa.Insert:
     return database.numbered_insert(COUNTER, QUEUE_PARAM)
 
 
-async def reserve(database: Database, conn: Any, served_by: str, count: int) -> int:
+async def reserve(database: Database, conn: AsyncConnection, served_by: str, count: int) -> int:
     """The first of `count` consecutive tickets of `served_by`'s queue, taken in `conn`'s
-    transaction (for a bulk enqueue)."""
+    transaction (for a bulk enqueue). On PostgreSQL the model's counter row stays locked until
+    that transaction ends: the model's submits wait for the bulk insert to commit."""
     return await database.reserve_numbers(conn, COUNTER, served_by, count)
 
 
