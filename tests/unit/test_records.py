@@ -59,3 +59,5 @@ def test_an_inline_image_shows_as_a_note_and_a_url_as_sent() -> None:
     by_url = job(input_key="jobs/video_1/input.png", params={"prompt": "a", "input_reference": url})
     assert by_url.shown_params()["input_reference"] == url
     assert "input_reference" not in job().shown_params()
+    # An edit's, an extension's or a character's inputs are a manifest, not an image.
+    assert "input_reference" not in job(input_key="jobs/video_1/inputs.json").shown_params()

@@ -244,7 +244,10 @@ class AsyncClient:
         """Continue `video` (a video id, a file path or MP4 bytes) by `seconds`: one stitched
         video, whose job this returns at once. The model defaults to the source video's."""
         fields = {"prompt": prompt, "seconds": str(seconds), "model": model, **params}
-        return await self._operation("extensions", video, fields, idempotency_key)
+        call = _common.operation_call(
+            self.base_url, self.api_key, "extensions", video, fields, idempotency_key
+        )
+        return AsyncJob(self, *_common.operation_job_ids(await self._post(call), self.base_url))
 
     async def edit(
         self,
@@ -259,42 +262,20 @@ class AsyncClient:
         """Edit `video` (a video id, a file path or MP4 bytes) with `prompt`; same duration
         and aspect. `strength` (0-1, server default 0.6) says how far it may move."""
         fields = {"prompt": prompt, "strength": strength, "model": model, **params}
-        return await self._operation("edits", video, fields, idempotency_key)
+        call = _common.operation_call(
+            self.base_url, self.api_key, "edits", video, fields, idempotency_key
+        )
+        return AsyncJob(self, *_common.operation_job_ids(await self._post(call), self.base_url))
 
     async def create_character(self, name: str, video: os.PathLike[str] | bytes) -> dict[str, Any]:
         """A character from a video file: `{id, object, created_at, name, expires_at}`."""
-        if isinstance(video, str):
-            raise TypeError("a character is made from a file: pass a Path or bytes")
-        request = _common.operation_request(video, {"name": name})
-        response = await self._http.request(
-            "POST",
-            _common.operation_url(self.base_url, "characters"),
-            headers=_common.api_headers(self.api_key),
-            timeout=self.timeout,
-            **request,
-        )
-        return _common.json_or_raise(response)
+        call = _common.character_call(self.base_url, self.api_key, name, video)
+        return _common.json_or_raise(await self._post(call))
 
-    async def _operation(
-        self,
-        operation: str,
-        video: str | os.PathLike[str] | bytes,
-        fields: dict[str, Any],
-        idempotency_key: str | None,
-    ) -> AsyncJob:
-        # One attempt: an upload is not worth re-sending blind. Pass `idempotency_key` to
-        # make a retry of the same call safe (the server matches it with the file's digest).
-        request = _common.operation_request(video, fields)
-        response = await self._http.request(
-            "POST",
-            _common.operation_url(self.base_url, operation),
-            headers=_common.api_headers(
-                self.api_key, idempotency_key or _common.new_idempotency_key()
-            ),
-            timeout=self.timeout,
-            **request,
+    async def _post(self, call: _common.OperationCall) -> httpx.Response:
+        return await self._http.request(
+            "POST", call.url, headers=call.headers, timeout=self.timeout, **call.body
         )
-        return AsyncJob(self, *_common.operation_job_ids(response, self.base_url))
 
     # --- I/O ----------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -487,6 +488,45 @@ class EventStream:
 
 
 # --- edits, extensions and characters (OpenAI's /v1/videos operations) ----------------------
+
+
+@dataclass(frozen=True)
+class OperationCall:
+    """One POST of an operation, built without I/O; either client sends it as it is."""
+
+    url: str
+    headers: dict[str, str]
+    body: dict[str, Any]  # httpx's `json=`, or `files=` and `data=` for an upload
+
+
+def character_call(base: str, api_key: str | None, name: str, video: Any) -> OperationCall:
+    """`POST /v1/videos/characters`: a character named `name` from a video file or bytes."""
+    if isinstance(video, str):
+        raise TypeError("a character is made from a file: pass a Path or bytes")
+    return OperationCall(
+        operation_url(base, "characters"),
+        api_headers(api_key),
+        operation_request(video, {"name": name}),
+    )
+
+
+def operation_call(
+    base: str,
+    api_key: str | None,
+    operation: str,
+    video: Any,
+    fields: Mapping[str, Any],
+    idempotency_key: str | None,
+) -> OperationCall:
+    """`POST /v1/videos/{operation}` (`extensions`, `edits`) of `video` (an id, a path or
+    bytes) with `fields`."""
+    # Sent once: an upload is not worth re-sending blind. A caller's `idempotency_key` makes
+    # a retry of the same call safe (the server matches it with the file's digest).
+    return OperationCall(
+        operation_url(base, operation),
+        api_headers(api_key, idempotency_key or new_idempotency_key()),
+        operation_request(video, fields),
+    )
 
 
 def operation_url(base: str, operation: str) -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from videoserve.jobs.failures import FailureCode
+from videoserve.jobs.inputs import is_manifest
 from videoserve.jobs.states import Status
 
 # How views name a reference image that arrived inline (a data URI or an upload).
@@ -97,8 +98,13 @@ class Job:
 
     def shown_params(self) -> dict[str, Any]:
         """The parameters as views show them: an inline image (stored as a blob, never in the
-        row) appears as a short note rather than megabytes of base64."""
-        if self.input_key is None or "input_reference" in self.params:
+        row) appears as a short note rather than megabytes of base64. A manifest (edits,
+        extensions, characters) is not an image: its operation's own fields say what it used."""
+        if (
+            self.input_key is None
+            or "input_reference" in self.params
+            or is_manifest(self.input_key)
+        ):
             return self.params
         return {**self.params, "input_reference": INLINE_IMAGE_NOTE}
 

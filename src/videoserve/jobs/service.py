@@ -26,6 +26,7 @@ from videoserve.jobs.inputs import (
     InputKind,
     JobInput,
     JobInputs,
+    Operation,
     PendingInput,
     is_manifest,
     manifest_key,
@@ -162,7 +163,10 @@ class JobService:
         checked = params
         if stored_input is not None:
             checked = params.model_copy(update={"input_reference": "stored"})
-        resolved.backend.check(checked)
+        # An edit's `duration` is only its price bucket: its passes follow the source
+        # (`continuation.edit_passes`, checked by `VideoOperations.edit`), chained or not.
+        if inputs is None or inputs.operation != Operation.EDIT:
+            resolved.backend.check(checked)
         job_id = new_request_id()
         png: bytes | None = None
         image: Image.Image | None = None

@@ -10,6 +10,8 @@ input manifest says what to do (`jobs.inputs`).
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,6 +46,16 @@ class Source:
     decoded: DecodedVideo
     job: Job | None  # the caller's video it came from, when given by id
 
+    @property
+    def video_id(self) -> str | None:
+        return self.job.id if self.job else None
+
+    def raw_params(self, extra: dict[str, Any], prompt: Any, duration: Any) -> dict[str, Any]:
+        """The job's parameters: the caller's extras, the prompt, and the duration and size
+        that the source decides."""
+        size = continuation.nearest_size(self.decoded.width, self.decoded.height)
+        return {**extra, "prompt": prompt, "duration": duration, "size": size}
+
 
 class VideoOperations:
     """Extensions and edits, over the job service."""
@@ -75,7 +87,8 @@ class VideoOperations:
                 param=PARAM,
             )
         limits = video_limits(self.service.settings)
-        decoded = await asyncio.to_thread(decode_video, data, limits, what=PARAM)
+        # The sound too: a broken audio stream is the caller's 400 now, not a failed job later.
+        decoded = await asyncio.to_thread(decode_video, data, limits, what=PARAM, audio=True)
         return Source(data, decoded, job)
 
     async def extend(
@@ -90,23 +103,14 @@ class VideoOperations:
         default_model: str,
         idempotency_key: str | None = None,
     ) -> tuple[Job, JobInputs]:
-        """Queue an extension: `seconds` more of the source, from its last frame."""
+        """Queue an extension: `seconds` more of the source, from its end."""
         _refuse_source_fields(extra, "an extension")
         source = await self.source(key, ref)
-        model = model or (source.job.model if source.job else None) or default_model
-        backend = self.service.registry.resolve(model).backend
-        refusal = continuation.extend_refusal(backend)
-        if refusal:
-            raise errors.InvalidRequest(f"model: {refusal}", param="model")
-        raw = {
-            **extra,
-            "prompt": prompt,
-            "duration": "4" if seconds is None else seconds,
-            "size": continuation.nearest_size(source.decoded.width, source.decoded.height),
-        }
+        model = self._model(source, model, default_model, continuation.extend_refusal)
+        raw = source.raw_params(extra, prompt, "4" if seconds is None else seconds)
         inputs = JobInputs(
             Operation.EXTEND,
-            source_video_id=source.job.id if source.job else None,
+            source_video_id=source.video_id,
             source_seconds=round(source.decoded.seconds, 3),
         )
         return await self._submit(key, model, raw, inputs, source, idempotency_key)
@@ -127,28 +131,36 @@ class VideoOperations:
         _refuse_source_fields(extra, "an edit")
         strength = _strength(strength)
         source = await self.source(key, ref)
-        model = model or (source.job.model if source.job else None) or default_model
-        backend = self.service.registry.resolve(model).backend
-        refusal = continuation.edit_refusal(backend)
-        if refusal:
-            raise errors.InvalidRequest(f"model: {refusal}", param="model")
+        model = self._model(source, model, default_model, continuation.edit_refusal)
         seconds = source.decoded.seconds
         # The price and the plan's size follow the shortest duration that covers the source.
         duration = next((d for d in (4, 8, 12) if d >= seconds - 1e-6), 12)
-        raw = {
-            **extra,
-            "prompt": prompt,
-            "duration": duration,
-            "size": continuation.nearest_size(source.decoded.width, source.decoded.height),
-        }
-        continuation.edit_frames(backend, seconds)  # a 400 when over one pass
+        raw = source.raw_params(extra, prompt, duration)
+        backend = self.service.registry.resolve(model).backend
+        continuation.edit_passes(backend, seconds)  # a 400 where the model cannot chain
+        _refuse_empty_denoise(extra.get("num_inference_steps"), backend, strength)
         inputs = JobInputs(
             Operation.EDIT,
-            source_video_id=source.job.id if source.job else None,
+            source_video_id=source.video_id,
             source_seconds=round(seconds, 3),
             strength=strength,
         )
         return await self._submit(key, model, raw, inputs, source, idempotency_key)
+
+    def _model(
+        self,
+        source: Source,
+        model: str | None,
+        default_model: str,
+        refusal: Callable[[Any], str | None],
+    ) -> str:
+        """The model asked for, else the source video's, else the default; a 400 naming it
+        when it cannot do the operation (`refusal` says why)."""
+        model = model or (source.job.model if source.job else None) or default_model
+        reason = refusal(self.service.registry.resolve(model).backend)
+        if reason:
+            raise errors.InvalidRequest(f"model: {reason}", param="model")
+        return model
 
     async def characters(
         self,
@@ -250,6 +262,24 @@ def _refuse_source_fields(extra: dict[str, Any], what: str) -> None:
             raise errors.InvalidRequest(
                 f"{name}: {what} takes its size and timing from the source video", param=name
             )
+
+
+def _refuse_empty_denoise(steps: Any, backend: Any, strength: float) -> None:
+    """A 400 when the edit would denoise no step: video-to-video runs `int(steps * strength)`
+    of its steps, and none is a crash inside the pipeline, not an edit."""
+    if isinstance(steps, str) and steps.strip().isdigit():
+        steps = int(steps)
+    if steps is None:
+        steps = getattr(backend, "default_steps", None)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        return  # the schema's own check answers a bad value
+    if int(steps * strength) < 1:
+        raise errors.InvalidRequest(
+            f"strength: {strength:g} of {steps} step{'s' if steps > 1 else ''} denoises none "
+            f"(an edit runs int(steps x strength) of them): use strength >= {1 / steps:g} "
+            f"or num_inference_steps >= {math.ceil(1 / strength)}",
+            param="strength",
+        )
 
 
 def _strength(value: Any) -> float:

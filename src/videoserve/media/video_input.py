@@ -6,13 +6,17 @@ first limit crossed. Only MP4/MOV and WebM/Matroska are opened, recognised from 
 bytes, and the demuxer is named explicitly, so FFmpeg never guesses a format (a playlist
 format would make it open URLs). Every failure is a `VideoInputInvalid` whose message names
 what was wrong; the API answers it as a 400.
+
+The source's sound (when asked for) is decoded too, to float32 planar mono or stereo at its own
+rate through FFmpeg's resampler (a file with more channels is downmixed to stereo: the AAC track
+we write has one or two); its length is capped like the pictures'.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import av
@@ -24,6 +28,7 @@ from videoserve import errors
 # ISO base media (MP4, MOV) boxes that may open a file; the EBML magic opens WebM/Matroska.
 _ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+MAX_SAMPLE_RATE = 192_000  # the highest rate a real recording uses; more is a hostile header
 
 
 def video_limits(settings: Any) -> VideoLimits:
@@ -61,6 +66,10 @@ class DecodedVideo:
     seconds: float  # frames / fps
     kept: np.ndarray  # the frames asked for, at the size asked for
     container: str  # "mp4" or "webm"
+    audio: np.ndarray | None = (
+        None  # float32 (channels, samples) in [-1, 1], when asked and present
+    )
+    audio_sample_rate: int | None = None
 
     @property
     def last_frame(self) -> np.ndarray:
@@ -83,10 +92,12 @@ def decode_video(
     what: str = "video",
     keep: Callable[[int], bool] | None = None,
     size: tuple[int, int] | None = None,
+    audio: bool = False,
 ) -> DecodedVideo:
     """Decode every frame of `data` within `limits`; keep those `keep(index)` selects.
 
-    `keep` None keeps nothing but the last frame; `size` (width, height) scales kept frames.
+    `keep` None keeps nothing but the last frame; `size` (width, height) scales kept frames;
+    `audio` also decodes the first audio stream, if there is one.
     """
     if not data:
         raise VideoInputInvalid(f"{what}: the file is empty", param=what)
@@ -103,7 +114,13 @@ def decode_video(
         )
     demuxer = "mov" if container == "mp4" else "matroska"
     try:
-        return _decode(data, demuxer, container, limits, what, keep, size)
+        decoded = _decode(data, demuxer, container, limits, what, keep, size)
+        if not audio:
+            return decoded
+        sound = _decode_audio(data, demuxer, limits, what)
+        if sound is None:
+            return decoded
+        return replace(decoded, audio=sound[0], audio_sample_rate=sound[1])
     except (av.error.FFmpegError, ValueError, IndexError) as exc:
         if isinstance(exc, errors.VideoserveError):
             raise
@@ -175,6 +192,62 @@ def _decode(
         kept=np.stack(kept),
         container=container_name,
     )
+
+
+def _decode_audio(
+    data: bytes, demuxer: str, limits: VideoLimits, what: str
+) -> tuple[np.ndarray, int] | None:
+    """The first audio stream as float32 (channels, samples) and its rate; None if it has none.
+
+    A stream that is there but yields no samples counts as none: a silent source.
+    """
+    with av.open(io.BytesIO(data), mode="r", format=demuxer) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        rate = int(stream.codec_context.sample_rate or 0)
+        if not 0 < rate <= MAX_SAMPLE_RATE:
+            raise VideoInputInvalid(
+                f"{what}: the audio stream's sample rate ({rate} Hz) is not one of 1 to "
+                f"{MAX_SAMPLE_RATE} Hz",
+                param=what,
+            )
+        layout = "mono" if stream.codec_context.channels == 1 else "stereo"
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        cap = int((limits.max_seconds + 1) * rate)  # a second of slack: encoder padding
+        chunks: list[np.ndarray] = []
+        samples = 0
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray())
+                samples += chunks[-1].shape[1]
+            if samples > cap:
+                raise VideoInputInvalid(
+                    f"{what}: its audio is longer than the limit of {limits.max_seconds:g} seconds",
+                    param=what,
+                )
+        chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+    if not chunks:
+        return None
+    wave = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+    if not np.isfinite(wave).all():
+        raise VideoInputInvalid(f"{what}: its audio decodes to non-finite samples", param=what)
+    return np.clip(wave, -1.0, 1.0), rate
+
+
+def resample_audio(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """`wave` (channels, samples) at `rate` as float32 at `target`, through FFmpeg's resampler
+    (band-limited, unlike interpolating in numpy, so a 48 kHz source keeps no aliasing at 24)."""
+    wave = np.ascontiguousarray(wave, dtype=np.float32)
+    if rate == target or wave.shape[1] == 0:
+        return wave
+    layout = "mono" if wave.shape[0] == 1 else "stereo"
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=target)
+    frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout=layout)
+    frame.sample_rate = rate
+    chunks = [out.to_ndarray() for out in resampler.resample(frame)]
+    chunks += [out.to_ndarray() for out in resampler.resample(None)]
+    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
 
 
 def _rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:

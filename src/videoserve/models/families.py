@@ -20,6 +20,7 @@ from videoserve.models.backends.diffusion import (
     RuntimeOptions,
     read_model_index,
 )
+from videoserve.models.backends.hunyuan15 import HunyuanVideo15Backend
 from videoserve.models.backends.ltx import LTXBackend
 from videoserve.models.backends.ltx2 import LTX2Backend
 from videoserve.models.backends.wan import WanBackend
@@ -30,6 +31,7 @@ BACKENDS: dict[str, type[DiffusersBackend]] = {
     "wan": WanBackend,
     "ltx": LTXBackend,
     "ltx2": LTX2Backend,
+    "hunyuan15": HunyuanVideo15Backend,
 }
 
 # `_class_name` in model_index.json -> family
@@ -48,6 +50,8 @@ GRID_FAMILIES: dict[str, str | None] = {
     "wan2.2-ti2v": "wan",
     "ltx-video": "ltx",
     "ltx-2": "ltx2",
+    "hunyuan-1.5-480p": "hunyuan15",
+    "hunyuan-1.5-720p": "hunyuan15",
 }
 assert set(GRID_FAMILIES) == set(grids.FAMILY_GRIDS), "every grid needs its family"
 
@@ -98,7 +102,10 @@ def check_entry(name: str, path: str, options: DiffusersOptions, device: str) ->
         family = PIPELINE_FAMILIES[class_name]
         folder = Weights(path).folder()
         assert folder is not None  # its model_index.json was read
-        missing = missing_components(folder, BACKENDS[family].required_components)
+        backend = BACKENDS[family]
+        # A family whose classes need different parts says so per class (HunyuanVideo 1.5).
+        required = getattr(backend, "class_components", {}).get(class_name)
+        missing = missing_components(folder, required or backend.required_components)
         if missing:
             raise ValueError(
                 f"{prefix}: {path} holds a {class_name!r} pipeline without its "

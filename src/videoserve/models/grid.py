@@ -86,6 +86,26 @@ LTX_VIDEO_GRID = FamilyGrid(
 # pipeline's own `max_seconds` bound): 481 frames. 4, 8 and 12 s all fit one pass.
 LTX2_GRID = FamilyGrid(multiple=32, frame_rule=8, fps=24, max_frames=481)
 
+# HunyuanVideo 1.5: a 16x spatial / 4x temporal VAE with 1x1 patches (sides multiples of 16,
+# frames 4k+1), 24 fps and 121 frames a pass (its README: `--video_length` default 121,
+# `export_to_video(..., fps=24)`). Trained sizes: the pipeline's own buckets around its
+# `target_size` (640 for 480p, 960 for 720p) for the seed's aspect ratios, i.e. what
+# `HunyuanVideo15ImageProcessor.calculate_default_height_width` picks for them.
+HUNYUAN15_480P_GRID = FamilyGrid(
+    multiple=16,
+    frame_rule=4,
+    fps=24,
+    max_frames=121,
+    trained=((848, 480), (480, 848), (832, 480), (480, 832)),
+)
+HUNYUAN15_720P_GRID = FamilyGrid(
+    multiple=16,
+    frame_rule=4,
+    fps=24,
+    max_frames=121,
+    trained=((1280, 720), (720, 1264), (1248, 720), (720, 1248)),
+)
+
 FAMILY_GRIDS: dict[str, FamilyGrid] = {
     "tiny": TINY_GRID,
     "wan2.1": WAN21_GRID,
@@ -94,6 +114,8 @@ FAMILY_GRIDS: dict[str, FamilyGrid] = {
     "wan2.2-ti2v": WAN22_TI2V_GRID,
     "ltx-video": LTX_VIDEO_GRID,
     "ltx-2": LTX2_GRID,
+    "hunyuan-1.5-480p": HUNYUAN15_480P_GRID,
+    "hunyuan-1.5-720p": HUNYUAN15_720P_GRID,
 }
 
 

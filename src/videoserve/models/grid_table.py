@@ -39,6 +39,18 @@ FAMILIES = (
         "Every public duration fits one pass (max {max:.1f} s); over one pass: chained, the "
         "passes' sound crossfaded at the seams.",
     ),
+    (
+        "HunyuanVideo 1.5 at 480p",
+        "hunyuan-1.5-480p",
+        "Over one pass (max {max:.1f} s), a folder with image-to-video (the I2V checkpoints, or "
+        "a T2V one with SigLIP beside it) chains as below; a T2V folder without refuses.",
+    ),
+    (
+        "HunyuanVideo 1.5 at 720p",
+        "hunyuan-1.5-720p",
+        "Over one pass (max {max:.1f} s), a folder with image-to-video chains as below; a T2V "
+        "folder without SigLIP refuses.",
+    ),
     ("tiny-t2v (random weights, for tests)", "tiny", "Over one pass: chained."),
 )
 

@@ -2,6 +2,7 @@
 
 The source was checked when the job was submitted; it is decoded again here (under the same
 limits) because the worker trusts nothing it reads back from storage more than the API did.
+Its sound is decoded too: an extension continues it and an edit keeps it.
 """
 
 from __future__ import annotations
@@ -48,5 +49,10 @@ async def load(inputs: JobInputs, blobs: BlobStore, limits: VideoLimits) -> Sour
     if source is None:
         raise errors.InvalidRequest(f"a {inputs.operation} job has no source video")
     data = await blobs.get_bytes(source.key)
-    decoded = await asyncio.to_thread(decode_video, data, limits, keep=lambda index: True)
-    return SourceOperation(inputs, continuation.SourceVideo(decoded.kept, decoded.fps))
+    decoded = await asyncio.to_thread(
+        decode_video, data, limits, keep=lambda index: True, audio=True
+    )
+    source_video = continuation.SourceVideo(
+        decoded.kept, decoded.fps, decoded.audio, decoded.audio_sample_rate
+    )
+    return SourceOperation(inputs, source_video)

@@ -36,7 +36,7 @@ from videoserve.jobs.workers import WorkerRegistry, WorkerState
 from videoserve.media.encode import choose_encoder, encode_mp4, write_thumbnail
 from videoserve.media.probe import VideoInfo
 from videoserve.media.video_input import video_limits
-from videoserve.models.backends.base import Cancelled, GenerationInputs
+from videoserve.models.backends.base import Cancelled, Capabilities, GenerationInputs
 from videoserve.models.registry import ModelRegistry
 from videoserve.observability import logs
 from videoserve.settings import Settings
@@ -261,13 +261,15 @@ class Worker:
                 f"model '{job.served_by}' is unavailable: {availability.reason}"
             )
         image = None
+        references: tuple[Image.Image, ...] = ()
         inputs = await self._inputs(job)
-        image_key = job.input_key if inputs is None else _image_key(job, inputs)
+        image_key = job.input_key if inputs is None else _image_key(inputs)
         operation = None
         if inputs is not None:
             operation = await operations.load(inputs, self.blobs, video_limits(self.settings))
+            references = await self._references(job, inputs, resolved.capabilities)
         if image_key and operation is None:
-            image = Image.open(io.BytesIO(await self.blobs.get_bytes(image_key))).convert("RGB")
+            image = await self._picture(image_key)
         params = self.registry.resolve(job.model).schema.model_validate(
             job.params | _image_param(job)
         )
@@ -284,7 +286,7 @@ class Worker:
             if operation is not None:
                 video = operation.run(resolved, params, on_progress, signals.stop.is_set)
             else:
-                inputs = GenerationInputs(image=image)
+                inputs = GenerationInputs(image=image, reference_images=references)
                 video = resolved.generate(params, inputs, on_progress, signals.stop.is_set)
             return video, time.perf_counter() - begun
 
@@ -335,6 +337,21 @@ class Worker:
             return None
         assert job.input_key is not None
         return JobInputs.from_json(await self.blobs.get_bytes(job.input_key))
+
+    async def _picture(self, key: str) -> Image.Image:
+        return Image.open(io.BytesIO(await self.blobs.get_bytes(key))).convert("RGB")
+
+    async def _references(
+        self, job: Job, inputs: JobInputs, able: Capabilities
+    ) -> tuple[Image.Image, ...]:
+        """The characters' reference frames, for a model that takes reference images."""
+        frames = inputs.of_kind(InputKind.REFERENCE)
+        if frames and not able.reference_images:
+            # Refused at submit already; a job whose model changed since is refused here too.
+            raise errors.InvalidRequest(
+                f"model '{job.served_by}' does not take reference images (characters)"
+            )
+        return tuple([await self._picture(frame.key) for frame in frames])
 
     async def _report(self, lease: Lease, signals: _Signals) -> None:
         """Heartbeat every third of a lease, and write progress as it changes (throttled)."""
@@ -396,14 +413,8 @@ def _image_param(job: Job) -> dict[str, Any]:
     return {"input_reference": None} if job.input_key else {}
 
 
-def _image_key(job: Job, inputs: JobInputs) -> str | None:
-    """A manifest's image input; reference frames reach only a model that takes them."""
-    if inputs.of_kind(InputKind.REFERENCE):
-        # Refused at submit for every model without reference images; this backend
-        # protocol's generate() has no place for them yet (GenerationInputs will).
-        raise errors.InvalidRequest(
-            f"model '{job.served_by}' does not take reference images (characters)"
-        )
+def _image_key(inputs: JobInputs) -> str | None:
+    """A manifest's image input (first frame / guide), if it has one."""
     image = inputs.first(InputKind.IMAGE)
     return image.key if image else None
 

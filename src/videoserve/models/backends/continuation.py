@@ -1,10 +1,18 @@
 """Extensions and edits of an existing video, over a backend's ordinary pipelines.
 
-An extension continues the source from its last frame with the model's image-to-video, for
-`duration` more seconds, and returns one stitched video at the source's size and frame rate:
-the source's own frames, then the new ones (whose first frame, a re-rendering of the source's
-last, is dropped). An edit runs video-to-video on the source with the prompt and keeps its
-duration and aspect. The refusals say, before a job is queued, why a model cannot do either.
+An extension continues the source for `duration` more seconds and returns one stitched video
+at the source's size and frame rate: the source's own frames, then the new ones. A backend with
+frame conditioning (`continuation_frames`: LTX-2) is handed the source's last frames at its own
+rate; any other continues with image-to-video from the last frame. Either way the new pass's
+first frame re-renders the source's last and is dropped from the pictures; its time is where
+the sound is joined (`_stitched_sound`).
+
+An edit runs video-to-video on the source with the prompt and keeps its duration and aspect; a
+source longer than one pass is edited pass by pass, each pass a window of the source that
+shares its first frame with the previous pass's last (dropped once), as chaining does.
+The source's sound is kept (an edit keeps its timing).
+
+The refusals say, before a job is queued, why a model cannot do either.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ import numpy as np
 from PIL import Image
 
 from videoserve import errors
+from videoserve.media.video_input import resample_audio
 from videoserve.models import grid as grids
+from videoserve.models.backends import seams
 from videoserve.models.backends.base import (
     GeneratedVideo,
     GenerationInputs,
@@ -32,10 +42,13 @@ DEFAULT_STRENGTH = 0.6  # an edit keeps the source's layout and motion, changes 
 
 @dataclass(frozen=True)
 class SourceVideo:
-    """The decoded source: uint8 RGB frames (T, H, W, 3) and their measured rate."""
+    """The decoded source: uint8 RGB frames (T, H, W, 3) and their measured rate, and its
+    sound (float32 (channels, samples)) where it has one."""
 
     frames: np.ndarray
     fps: float
+    audio: np.ndarray | None = None
+    audio_sample_rate: int | None = None
 
     @property
     def seconds(self) -> float:
@@ -90,19 +103,20 @@ def edit_refusal(backend: Any) -> str | None:
     return f"model '{getattr(backend, 'name', '?')}' cannot edit a video"
 
 
-def edit_frames(backend: Any, seconds: float) -> int:
-    """Frames an edit of `seconds` generates in one pass; a 400 when over the model's pass."""
+def edit_passes(backend: Any, seconds: float) -> tuple[int, ...]:
+    """Frame counts of the passes that edit `seconds` of video, consecutive ones sharing a
+    frame (`grid.chain_frames`); a 400 naming the limit where the model's pass is too short
+    to chain (a single frame)."""
     grid = backend.grid
     wanted = max(1, round(seconds * grid.fps))
-    count = math.ceil((wanted - 1) / grid.frame_rule) * grid.frame_rule + 1
-    if count > grid.max_frames:
-        longest = (grid.max_frames - 1) / grid.fps
+    longest = (grid.max_frames - 1) // grid.frame_rule * grid.frame_rule + 1
+    if longest < 2 and wanted > longest:
         raise errors.InvalidRequest(
-            f"video: {seconds:.1f}s is longer than model '{backend.name}' edits in one pass "
-            f"(max {longest:.1f}s)",
+            f"video: {seconds:.1f}s is longer than model '{backend.name}' edits "
+            f"(one pass of {longest} frame)",
             param="video",
         )
-    return count
+    return tuple(grids.chain_frames(wanted, longest, grid.frame_rule))
 
 
 def extend(
@@ -112,9 +126,11 @@ def extend(
     on_progress: ProgressCallback,
     should_stop: StopCheck,
 ) -> GeneratedVideo:
-    """The source, then `params.duration` seconds continued from its last frame: one video."""
-    last = Image.fromarray(source.frames[-1])
-    generated = _generate_from_image(backend, params, last, on_progress, should_stop)
+    """The source, then `params.duration` seconds continued from its end: one video, with
+    sound over all of it where the source or the model has sound."""
+    generated = backend.generate(
+        params, _continuation_inputs(backend, source), on_progress, should_stop
+    )
     width, height = source.size
     added = max(1, round(params.duration * source.fps))
     # Drop the re-rendered seam frame; then pick frames at the source's rate.
@@ -122,12 +138,15 @@ def extend(
     step = generated.fps / source.fps
     picked = [new[min(int(j * step), len(new) - 1)] for j in range(added)]
     fitted = np.stack([_fit(frame, width, height) for frame in picked])
+    sound = _stitched_sound(source, generated, added) if _wants_audio(params) else None
     return GeneratedVideo(
         frames=np.concatenate([source.frames, fitted]),
         fps=source.fps,
         model=generated.model,
         seed=generated.seed,
         segments=generated.segments + 1,
+        audio=None if sound is None else sound[0],
+        audio_sample_rate=None if sound is None else sound[1],
     )
 
 
@@ -139,15 +158,11 @@ def edit(
     on_progress: ProgressCallback,
     should_stop: StopCheck,
 ) -> GeneratedVideo:
-    """Video-to-video on the source: same duration (at the model's rate) and aspect."""
+    """Video-to-video on the source: same duration (at the model's rate), aspect and sound."""
     grid = backend.grid
-    count = edit_frames(backend, source.seconds)
+    passes = edit_passes(backend, source.seconds)
     wanted = max(1, round(source.seconds * grid.fps))
     shape = grids.plan(grid, params.size, params.duration, chain=True)
-    indexes = [min(int(j * source.fps / grid.fps), len(source.frames) - 1) for j in range(count)]
-    video = [
-        Image.fromarray(_fit(source.frames[i], shape.gen_width, shape.gen_height)) for i in indexes
-    ]
     seed = getattr(params, "seed", None)
     seed = secrets.randbits(32) if seed is None else seed
     call = {
@@ -160,23 +175,87 @@ def edit(
         "height": shape.gen_height,
         "width": shape.gen_width,
     }
-    floats = backend.run_video_to_video(call, seed, video, strength, on_progress, should_stop)
+    parts: list[np.ndarray] = []
+    start = 0  # the first output frame of this pass
+    for k, count in enumerate(passes):
+
+        def progress(step: int, total: int, k: int = k) -> None:
+            on_progress(k * total + step, len(passes) * total)
+
+        indexes = [_source_index(source, j, grid.fps) for j in range(start, start + count)]
+        video = [
+            Image.fromarray(_fit(source.frames[i], shape.gen_width, shape.gen_height))
+            for i in indexes
+        ]
+        # seed + k, as chained generation does: one seed still gives one video.
+        floats = backend.run_video_to_video(call, seed + k, video, strength, progress, should_stop)
+        parts.append(floats[1:] if k else floats)
+        start += count - 1
+    floats = np.concatenate(parts)
     frames = (np.clip(floats[:wanted], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     width, height = source.size
     width, height = width - width % 2, height - height % 2
     frames = np.stack([_fit(frame, width, height) for frame in frames])
-    return GeneratedVideo(frames=frames, fps=float(grid.fps), model=backend.name, seed=seed)
+    keep = source.audio is not None and _wants_audio(params)
+    return GeneratedVideo(
+        frames=frames,
+        fps=float(grid.fps),
+        model=backend.name,
+        seed=seed,
+        segments=len(passes),
+        audio=source.audio if keep else None,  # the encoder fits it to the frames' duration
+        audio_sample_rate=source.audio_sample_rate if keep else None,
+    )
 
 
-def _generate_from_image(
-    backend: Any,
-    params: VideoParams,
-    image: Image.Image,
-    on_progress: ProgressCallback,
-    should_stop: StopCheck,
-) -> GeneratedVideo:
-    """The backend's image-to-video; the one place that knows `generate`'s signature."""
-    return backend.generate(params, GenerationInputs(image=image), on_progress, should_stop)
+def _source_index(source: SourceVideo, frame: int, fps: float) -> int:
+    """The source frame shown at output frame `frame` of a video at `fps`."""
+    return min(int(frame * source.fps / fps), len(source.frames) - 1)
+
+
+def _continuation_inputs(backend: Any, source: SourceVideo) -> GenerationInputs:
+    """What the backend continues from: the source's last frames at the model's rate where it
+    conditions on frames, else its last frame as an image-to-video input."""
+    lead = int(getattr(backend, "continuation_frames", 0) or 0)
+    if lead < 2:
+        return GenerationInputs(image=Image.fromarray(source.frames[-1]))
+    fps = float(backend.grid.fps)
+    last = len(source.frames) - 1
+    step = source.fps / fps
+    indexes = [max(0, round(last - (lead - 1 - j) * step)) for j in range(lead)]
+    return GenerationInputs(video=source.frames[indexes], video_fps=fps)
+
+
+def _wants_audio(params: VideoParams) -> bool:
+    """`audio: false` (a sound model's parameter) makes a silent file; anything else keeps it."""
+    return getattr(params, "audio", True) is not False
+
+
+def _stitched_sound(
+    source: SourceVideo, generated: GeneratedVideo, added: int
+) -> tuple[np.ndarray, int] | None:
+    """The extension's sound and its rate, covering the source's frames and `added` more.
+
+    The source's sound (silence where it has none) and the new pass's (silence where the model
+    makes none; it starts at the dropped seam frame) overlap by that one frame's time and are
+    crossfaded there, equal power, as chained passes are (`seams.join_passes`). The rate is the
+    model's when it makes sound (the source's is resampled to it), else the source's.
+    None when neither has sound.
+    """
+    if source.audio is None and generated.audio is None:
+        return None
+    if generated.audio is not None and generated.audio_sample_rate:
+        rate = generated.audio_sample_rate
+        after = generated.audio
+    else:
+        assert source.audio_sample_rate is not None  # decoded sound has its rate
+        rate = source.audio_sample_rate
+        after = np.zeros((1, 0), dtype=np.float32)
+    before = np.zeros((1, 0), dtype=np.float32)
+    if source.audio is not None and source.audio_sample_rate:
+        before = resample_audio(source.audio, source.audio_sample_rate, rate)
+    wave = seams.join_passes([before, after], (len(source.frames), added + 1), source.fps, rate)
+    return wave, rate
 
 
 def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -542,7 +542,7 @@ class DiffusersBackend:
     ) -> Any:
         """One pipeline call under the lock, with progress and cancellation between steps."""
         image = inputs.image
-        pipe = self._i2v if image is not None else self._t2v
+        pipe = self._pipeline_for(inputs)
         if pipe is None:
             needs = "does not accept" if image is not None else "needs"
             raise errors.InvalidRequest(
@@ -676,6 +676,12 @@ class DiffusersBackend:
             video_to_video=bool(index) and self._edits(index),
             extend=image_to_video,  # an extension starts image-to-video from the last frame
         )
+
+    def _pipeline_for(self, inputs: GenerationInputs) -> Any:
+        """The loaded pipeline one pass runs on (None where there is none for these inputs):
+        image-to-video for an input image, else text-to-video. A family may choose others
+        (LTX-2's frame conditioning for a source's last frames)."""
+        return self._i2v if inputs.image is not None else self._t2v
 
     def _chains_now(self) -> bool:
         """Whether this generation may chain passes: where there is an image pipeline (the

@@ -10,23 +10,43 @@ With `upsampler` (an `LTX2LatentUpsamplerModel` folder, e.g. the checkpoint's
 at half the planned size (rounded up to the 32 grid), and `LTX2LatentUpsamplePipeline` doubles
 the frames in latent space; the result is fitted to the delivered size like any other.
 
-The pipeline always decodes both streams (diffusers 0.42 has no switch to skip the audio VAE
-and vocoder), so `audio: false` drops the waveform after the call rather than saving its decode.
+An extension continues a source by frame conditioning (`LTX2ConditionPipeline`, over the same
+modules again): the source's last `CONDITION_FRAMES` frames, at the model's rate, are the first
+frames of the new pass, which the model continues; those re-rendered frames are dropped but the
+last of them (so the result starts like an image-to-video pass, with the source's last frame
+re-rendered: `continuation.extend` crossfades the sound over it). The pipeline conditions the
+pictures only (its `audio_latents` are starting noise, not a condition), so the sound is
+continued by that crossfade, not by the model.
+
+`audio: false` skips the sound's decode: the pipeline has no switch for it, but with
+`output_type="latent"` it stops after denoising, and `_VideoOnly` then decodes the video
+latents alone, exactly as the pipeline would (the audio VAE and the vocoder never run). The
+transformer still denoises the audio latents beside the video's: they are one joint model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from videoserve.models import grid as grids
-from videoserve.models.backends.base import GenerationInputs
-from videoserve.models.backends.diffusion import DiffusersBackend, to_uint8
-from videoserve.models.params import AudioDiffusersParams
+from videoserve.models.backends.base import (
+    GeneratedVideo,
+    GenerationInputs,
+    ProgressCallback,
+    StopCheck,
+)
+from videoserve.models.backends.diffusion import DiffusersBackend, fit_image, to_uint8
+from videoserve.models.backends.lora import Profile
+from videoserve.models.params import AudioDiffusersParams, VideoParams
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +55,10 @@ T2V_CLASS = "LTX2Pipeline"
 I2V_CLASS = "LTX2ImageToVideoPipeline"
 SUPPORTED_CLASSES = (T2V_CLASS, I2V_CLASS)
 MAX_SEQUENCE_LENGTH = 1024  # the pipeline's default prompt length in tokens
+TEMPORAL_RATIO = 8  # the video VAE's: a pass holds 8k+1 frames
+# Frames of the source an extension conditions on: two latent frames of the causal VAE (its
+# first frame alone, then eight), enough to carry the motion, not only the last picture.
+CONDITION_FRAMES = TEMPORAL_RATIO + 1
 # What `model_index.json` of an LTX-2 folder must name, each a subfolder (or the scheduler's).
 COMPONENTS = (
     "scheduler",
@@ -88,10 +112,16 @@ class LTX2Backend(DiffusersBackend):
 
     schema = AudioDiffusersParams
 
+    # `continuation.extend` hands this many of the source's last frames (`GenerationInputs.video`)
+    continuation_frames = CONDITION_FRAMES
+
     def __init__(self, *args: Any, upsampler: Path | str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.upsampler = None if upsampler is None else Path(upsampler)
         self._upsample: Any = None  # LTX2LatentUpsamplePipeline over our VAE, once loaded
+        self._condition: Any = None  # LTX2ConditionPipeline over the same modules, when used
+        # Whether this thread's generation wants sound: `_pipeline_for` reads it mid-call.
+        self._call = threading.local()
 
     @property
     def audio_sample_rate(self) -> int | None:
@@ -129,8 +159,72 @@ class LTX2Backend(DiffusersBackend):
         return pipe
 
     def unload(self) -> None:
-        self._upsample = None
+        self._upsample = self._condition = None
         super().unload()
+
+    def generate_for(
+        self,
+        profile: Profile,
+        params: VideoParams,
+        inputs: GenerationInputs,
+        on_progress: ProgressCallback,
+        should_stop: StopCheck,
+    ) -> GeneratedVideo:
+        self._call.audio = bool(getattr(params, "audio", True))
+        self._call.passes = None
+        try:
+            video = super().generate_for(profile, params, inputs, on_progress, should_stop)
+        finally:
+            del self._call.audio
+        if self._call.passes is not None:  # a continuation plans its own passes
+            video.segments = self._call.passes
+        return video
+
+    def _pipeline_for(self, inputs: GenerationInputs) -> Any:
+        pipe = super()._pipeline_for(inputs)
+        if inputs.image is None and inputs.video is not None and pipe is not None:
+            if self._condition is None:
+                from diffusers import LTX2ConditionPipeline
+
+                self._condition = LTX2ConditionPipeline(**pipe.components)
+                self._condition.set_progress_bar_config(disable=True)
+            pipe = self._condition
+        if pipe is not None and not getattr(self._call, "audio", True):
+            return _VideoOnly(pipe)
+        return pipe
+
+    def _run_segments(
+        self,
+        call: dict[str, Any],
+        shape: grids.GenerationPlan,
+        seed: int,
+        inputs: GenerationInputs,
+        on_progress: ProgressCallback,
+        should_stop: StopCheck,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A continuation of `inputs.video`: its frames, then `shape.out_frames` more (over one
+        pass: chained by image-to-video as usual), returned from the re-rendering of its last
+        frame on, with the sound of that frame on."""
+        if inputs.video is None or inputs.image is not None:
+            return super()._run_segments(call, shape, seed, inputs, on_progress, should_stop)
+        lead = len(inputs.video)
+        rule = math.lcm(self.grid.frame_rule, TEMPORAL_RATIO)
+        longest = (self.grid.max_frames - 1) // rule * rule + 1
+        counts = grids.chain_frames(lead + shape.out_frames, longest, rule)
+        planned = dataclasses.replace(
+            shape,
+            gen_frames=counts[0],
+            later_frames=tuple(counts[1:]),
+            out_frames=lead + shape.out_frames,
+        )
+        self._call.passes = len(counts)
+        video, wave = super()._run_segments(call, planned, seed, inputs, on_progress, should_stop)
+        video = video[lead - 1 :]
+        if wave is not None:
+            rate = self.audio_sample_rate
+            assert rate is not None  # a pipeline that made sound says its rate
+            wave = wave[:, round((lead - 1) * rate / shape.fps) :]
+        return video, wave
 
     def _stage_size(self, shape: grids.GenerationPlan) -> tuple[int, int]:
         if self.upsampler is None:
@@ -170,6 +264,13 @@ class LTX2Backend(DiffusersBackend):
         }
         if inputs.image is not None:
             kwargs["image"] = inputs.image
+        elif inputs.video is not None:
+            from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+
+            width, height = self._stage_size(shape)
+            pictures = [fit_image(Image.fromarray(f), width, height) for f in inputs.video]
+            # Latent index 0: the source's last frames open the new pass, fully kept.
+            kwargs["conditions"] = [LTX2VideoCondition(frames=pictures, index=0, strength=1.0)]
         return kwargs
 
     def _waveform(self, output: Any) -> np.ndarray | None:
@@ -179,3 +280,36 @@ class LTX2Backend(DiffusersBackend):
         first = audio[0]
         waveform = first.float().cpu().numpy() if hasattr(first, "cpu") else np.asarray(first)
         return np.asarray(waveform, dtype=np.float32).reshape(waveform.shape[0], -1)
+
+
+class _VideoOnly:
+    """An LTX-2 pipeline called for its pictures alone: denoised to latents, then only the
+    video VAE decodes them (the audio VAE and vocoder never run). Anything else is the
+    pipeline's own (`maybe_free_model_hooks`, offload hooks)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pipe, name)
+
+    def __call__(self, **kwargs: Any) -> Any:
+        output_type = kwargs.pop("output_type", "np")
+        latents = self.pipe(**kwargs, output_type="latent").frames
+        return SimpleNamespace(frames=decode_video_latents(self.pipe, latents, output_type))
+
+
+def decode_video_latents(pipe: Any, latents: Any, output_type: str = "np") -> Any:
+    """The pipeline's own video decode of its (denormalized) `output_type="latent"` latents.
+
+    With the decode timestep at its default of 0 (we never change it) the pipeline mixes no
+    noise into the latents, so this is its decode step exactly, minus the audio.
+    """
+    import torch
+
+    vae = pipe.vae
+    timestep = None
+    if vae.config.timestep_conditioning:
+        timestep = torch.zeros(latents.shape[0], device=latents.device, dtype=latents.dtype)
+    video = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
+    return pipe.video_processor.postprocess_video(video, output_type=output_type)
