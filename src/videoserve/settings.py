@@ -118,6 +118,16 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(
         default=600.0, ge=0, description="On SIGTERM, how long a worker may finish its job"
     )
+    worker_pipeline: bool = Field(
+        default=True,
+        description="Start the next job's model while the last one's video encodes and "
+        "uploads (one job waits on the media stage per slot at most); false: one at a time",
+    )
+    preload: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models a worker loads before it claims its first job: names, or 'all' "
+        "(every model it serves); empty: each loads on its first job",
+    )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     max_loaded_models: int = Field(
         default=2, ge=1, description="Models a process keeps loaded; another unloads the LRU one"
@@ -235,7 +245,7 @@ class Settings(BaseSettings):
             parse_many(value)  # ValueError names the bad part
         return value
 
-    @field_validator("worker_models", "blocklist", mode="before")
+    @field_validator("worker_models", "blocklist", "preload", mode="before")
     @classmethod
     def _parse_list(cls, value: object) -> object:
         return _split_csv(value)

@@ -170,6 +170,25 @@ def test_bad_adapter_entry_fails_at_startup(
     assert message in str(caught.value)
 
 
+def test_loras_over_a_base_without_a_lora_loader_fail_at_startup(tmp_path: Path) -> None:
+    from videoserve.models import random_weights_hunyuan15
+
+    folder = tmp_path / "hunyuan"
+    random_weights_hunyuan15.build_pipeline(seed=1).save_pretrained(folder)
+    lora = write_safetensors(tmp_path / "l.safetensors", {"transformer.x.lora_A.weight": [4, 8]})
+    (tmp_path / "models.toml").write_text(
+        f'[models.hy]\nbackend = "diffusers"\npath = "{folder}"\nfamily = "tiny"\n'
+        f'[models.styled]\nbackend = "diffusers"\nbase = "hy"\nloras = [{{ path = "{lora}" }}]\n'
+    )
+    settings = Settings(data_dir=tmp_path / "data", models=tmp_path / "models.toml")
+    with pytest.raises(ValueError) as caught:
+        ModelRegistry.from_settings(settings)
+    assert str(caught.value) == (
+        "model 'styled': base 'hy' takes no LoRA adapters (HunyuanVideo15Pipeline has no LoRA "
+        "loader in diffusers)"
+    )
+
+
 def test_lora_repo_not_in_the_cache_is_unavailable(
     tmp_path: Path, weights: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

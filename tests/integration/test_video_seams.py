@@ -316,3 +316,25 @@ def test_ltx2_silent_frames_are_the_pipelines_own_decode(ltx2_backend: Any) -> N
     )
     assert loud.audio is not None and silent.audio is None
     assert np.array_equal(loud.frames, silent.frames)
+
+
+def test_an_extension_ends_on_a_new_frame_not_a_repeat(ltx2_backend: Any, tmp_path: Path) -> None:
+    """The pass's first frame re-renders the source's last and is dropped, so the backend
+    delivers one frame beyond the duration: the extension's last frame is its own, not a copy
+    of the one before (frame conditioning on LTX-2, image-to-video on Wan)."""
+    wan_folder = tmp_path / "wan22"
+    random_weights.build_pipeline(random_weights.TINY["wan2.2-ti2v"], seed=1).save_pretrained(
+        wan_folder
+    )
+    wan = families.create_backend("wan", str(wan_folder), DiffusersOptions(family="tiny"), "cpu")
+    frames = np.random.default_rng(5).integers(0, 255, (16, 48, 64, 3), dtype=np.uint8)
+    source = continuation.SourceVideo(frames, float(FPS))
+    for backend, params in (
+        (ltx2_backend, AudioDiffusersParams(prompt=PROMPT, duration=4, num_inference_steps=2)),
+        (wan, AudioDiffusersParams(prompt=PROMPT, duration=4, num_inference_steps=2)),
+    ):
+        video = continuation.extend(backend, params, source, lambda s, t: None, lambda: False)
+        assert video.frames.shape[0] == 16 + 4 * FPS
+        new = video.frames[16:].astype(np.int16)
+        steps = np.abs(np.diff(new, axis=0)).mean(axis=(1, 2, 3))
+        assert steps[-1] > 0, f"{backend.name}: the last frame repeats the one before"

@@ -81,6 +81,9 @@ workers = sa.Table(
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("last_heartbeat", sa.Float, nullable=False),
     sa.Column("draining", sa.Boolean, nullable=False, default=False),
+    # Migration 7: cold start. False while the worker loads its models; what it loaded, when.
+    sa.Column("ready", sa.Boolean, nullable=False, default=True),
+    sa.Column("loaded_models", sa.JSON, nullable=True),  # [{model, load_seconds, ...}]
 )
 
 credit_ledger = sa.Table(
@@ -109,6 +112,7 @@ sa.Index("ix_credit_ledger_key", credit_ledger.c.api_key_id, credit_ledger.c.cre
 
 _ADDED_AFTER_V1 = {"webhook_url", "cost", "failure", "ticket"}
 _KEY_COLUMNS_AFTER_V1 = {"balance", "unlimited"}
+_WORKER_COLUMNS_AFTER_V3 = {"ready", "loaded_models"}
 _V1_INDEXES = {"ix_jobs_queue", "ix_jobs_expires", "ix_jobs_lease", "ix_jobs_key_created"}
 
 sa.Index("ix_jobs_queue", jobs.c.status, jobs.c.created_at)
@@ -117,7 +121,7 @@ sa.Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_at)
 sa.Index("ix_jobs_key_created", jobs.c.api_key_id, jobs.c.created_at)
 sa.Index("ix_jobs_key_status", jobs.c.api_key_id, jobs.c.status)  # migration 4: the claim cap
 sa.Index("ix_jobs_ticket", jobs.c.served_by, jobs.c.status, jobs.c.ticket)  # migration 5
-sa.Index("ix_jobs_model_ticket", jobs.c.served_by, jobs.c.ticket)  # migration 7: next ticket
+sa.Index("ix_jobs_model_ticket", jobs.c.served_by, jobs.c.ticket)  # migration 8: next ticket
 
 
 def _v2_webhook_url(conn: Connection) -> None:
@@ -126,7 +130,12 @@ def _v2_webhook_url(conn: Connection) -> None:
 
 
 def _v3_workers(conn: Connection) -> None:
-    workers.create(conn, checkfirst=True)
+    # The table as version 3 had it: later columns arrive through their own migrations.
+    sa.Table(
+        "workers",
+        sa.MetaData(),
+        *(c.copy() for c in workers.columns if c.name not in _WORKER_COLUMNS_AFTER_V3),
+    ).create(conn, checkfirst=True)
 
 
 def _v4_credits(conn: Connection) -> None:
@@ -155,7 +164,13 @@ def _v6_queue_tickets(conn: Connection) -> None:
     tickets.migrate(conn)
 
 
-def _v7_tickets_by_model(conn: Connection) -> None:
+def _v7_worker_loads(conn: Connection) -> None:
+    true = sa.true().compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+    conn.execute(sa.text(f"ALTER TABLE workers ADD COLUMN ready BOOLEAN NOT NULL DEFAULT {true}"))
+    conn.execute(sa.text("ALTER TABLE workers ADD COLUMN loaded_models JSON"))
+
+
+def _v8_tickets_by_model(conn: Connection) -> None:
     from videoserve.jobs import tickets
 
     tickets.index_by_model(conn)
@@ -190,7 +205,8 @@ MIGRATIONS = Migrations(
         (4, _v4_credits),
         (5, _v5_failure_codes),
         (6, _v6_queue_tickets),
-        (7, _v7_tickets_by_model),
+        (7, _v7_worker_loads),
+        (8, _v8_tickets_by_model),
     ),
     # Versions 1-4 are the shared counter's (the webhook tables of its version 2 moved out).
     from_legacy=lambda version: version,

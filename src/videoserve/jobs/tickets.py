@@ -128,7 +128,7 @@ def migrate(conn: Connection) -> None:
 
 
 def index_by_model(conn: Connection) -> None:
-    """Migration 7: an index of (served_by, ticket), so a model's highest ticket (SQLite's
+    """Migration 8: an index of (served_by, ticket), so a model's highest ticket (SQLite's
     next ticket at every submit, and a requeue's fallback) is one seek, not a walk over every
     status of the model's jobs (10 ms a submit behind 100,000 on SQLite)."""
     for index in jobs.indexes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +21,9 @@ class WorkerState:
     concurrency: int
     current_jobs: list[str]
     draining: bool = False
+    ready: bool = True  # False while it loads its models (VIDEOSERVE_PRELOAD): it claims nothing
+    # Each model it loaded: {"model", "load_seconds", "preloaded", "error"} (error: it failed).
+    loaded_models: list[dict[str, Any]] = field(default_factory=list)
 
 
 class WorkerRegistry:
@@ -37,6 +40,8 @@ class WorkerRegistry:
             "current_jobs": state.current_jobs,
             "last_heartbeat": now,
             "draining": state.draining,
+            "ready": state.ready,
+            "loaded_models": state.loaded_models,
         }
         async with self._database.transaction() as conn:
             updated = (

@@ -72,6 +72,16 @@ def pipeline_class(weights: Weights) -> str | None:
     return None if index is None else str(index.get("_class_name"))
 
 
+def lora_refusal(weights: Weights) -> str | None:
+    """Why LoRA adapters cannot go over these weights (their pipeline has no LoRA loader);
+    None when they can, or when the weights are not here to tell."""
+    class_name = pipeline_class(weights)
+    family = PIPELINE_FAMILIES.get(class_name or "")
+    if family is None or BACKENDS[family].takes_loras:
+        return None
+    return f"{class_name} has no LoRA loader in diffusers"
+
+
 def missing_components(folder: Path, required: tuple[str, ...]) -> list[str]:
     """The components of `required` that `model_index.json` does not name or has no folder for."""
     index = read_model_index(folder) or {}

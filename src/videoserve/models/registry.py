@@ -381,6 +381,11 @@ class ModelRegistry:
                 )
             base_path = self._entries[base].path
             folder = Weights(base_path).folder() if base_path else None
+            refusal = families.lora_refusal(Weights(base_path)) if base_path else None
+            if refusal and options.loras:  # type: ignore[union-attr]
+                raise ValueError(
+                    f"model '{name}': base '{base}' takes no LoRA adapters ({refusal})"
+                )
             for lora in options.loras:  # type: ignore[union-attr]
                 try:
                     located = lora_files.locate(lora.path)

@@ -33,6 +33,8 @@ async def list_workers(runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
                 "concurrency": r["concurrency"],
                 "current_jobs": r["current_jobs"],
                 "draining": bool(r["draining"]),
+                "ready": bool(r["ready"]),
+                "loaded_models": r["loaded_models"] or [],
                 "started_at": _iso(r["started_at"]),
                 "last_heartbeat": _iso(r["last_heartbeat"]),
             }

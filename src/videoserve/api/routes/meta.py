@@ -22,14 +22,35 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["Health"], summary="The database answers")
+@router.get(
+    "/readyz",
+    tags=["Health"],
+    summary="The database answers, and the embedded worker has loaded its models",
+)
 async def readyz(runtime: RuntimeDep) -> Any:
+    """503 while the database is unreachable or the embedded worker is still preloading
+    (VIDEOSERVE_PRELOAD), or when every model it was to serve failed to load."""
     try:
         await runtime.store.ping()
     except Exception as exc:
-        return JSONResponse(
-            {"status": "unavailable", "error": f"database: {exc}"},
-            status_code=503,
-            headers={"Retry-After": "2"},
-        )
-    return {"status": "ready"}
+        return _unready({"status": "unavailable", "error": f"database: {exc}"})
+    worker = runtime.worker
+    if worker is None:  # an API-only process: no models of its own
+        return {"status": "ready"}
+    loads = worker.loads.all()
+    body: dict[str, Any] = {
+        "models_loaded": [load.to_json() for load in loads if load.error is None],
+        "models_failed": [load.to_json() for load in loads if load.error is not None],
+    }
+    if not worker.ready:
+        loading = ", ".join(worker.preloading)
+        return _unready({"status": "loading", "error": f"loading models: {loading}"} | body)
+    if not worker.served_by:
+        failed = ", ".join(load.model for load in loads if load.error is not None)
+        error = f"no model to serve: every model failed to load ({failed})"
+        return _unready({"status": "unavailable", "error": error} | body)
+    return {"status": "ready"} | body
+
+
+def _unready(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})

@@ -94,8 +94,20 @@ class ModelList(_Open):
     data: list[Model]
 
 
+class ModelLoad(BaseModel):
+    model: str
+    load_seconds: float = Field(description="How long loading took (or failing to load)")
+    preloaded: bool = Field(description="Loaded at startup (VIDEOSERVE_PRELOAD), not on a job")
+    error: str | None = Field(description="Why it failed to load; null when it is loaded")
+
+
 class Health(BaseModel):
     status: str
+    error: str | None = None
+    models_loaded: list[ModelLoad] | None = Field(
+        default=None, description="The embedded worker's loaded models (absent without one)"
+    )
+    models_failed: list[ModelLoad] | None = None
 
 
 class Account(_Open):
@@ -147,6 +159,8 @@ class LiveWorker(_Open):
     concurrency: int
     current_jobs: list[str] | int
     draining: bool
+    ready: bool = Field(description="False while it loads its models; it claims nothing")
+    loaded_models: list[ModelLoad]
     started_at: str
     last_heartbeat: str
 

@@ -49,6 +49,9 @@ class GenerationInputs:
     audio_sample_rate: int | None = None
     reference_images: tuple[Image.Image, ...] = ()  # characters' reference frames
     strength: float | None = None  # edits: how far the result may move from the source
+    # An extension's pass: its first frame re-renders the source's last and is dropped, so
+    # the backend delivers one frame more than the duration (where its pass has it).
+    continues: bool = False
 
 
 @dataclass

@@ -218,12 +218,12 @@ def _continuation_inputs(backend: Any, source: SourceVideo) -> GenerationInputs:
     conditions on frames, else its last frame as an image-to-video input."""
     lead = int(getattr(backend, "continuation_frames", 0) or 0)
     if lead < 2:
-        return GenerationInputs(image=Image.fromarray(source.frames[-1]))
+        return GenerationInputs(image=Image.fromarray(source.frames[-1]), continues=True)
     fps = float(backend.grid.fps)
     last = len(source.frames) - 1
     step = source.fps / fps
     indexes = [max(0, round(last - (lead - 1 - j) * step)) for j in range(lead)]
-    return GenerationInputs(video=source.frames[indexes], video_fps=fps)
+    return GenerationInputs(video=source.frames[indexes], video_fps=fps, continues=True)
 
 
 def _wants_audio(params: VideoParams) -> bool:

@@ -123,6 +123,7 @@ class DiffusersBackend:
 
     family: ClassVar[str] = ""  # "wan", "ltx": what `families.family_of` maps classes to
     pipeline_classes: ClassVar[tuple[str, ...]] = ()  # the `_class_name`s this family loads
+    takes_loras: ClassVar[bool] = True  # its pipelines have diffusers' `load_lora_weights`
     required_components: ClassVar[tuple[str, ...]] = ()  # checked at startup, named if absent
     default_grid: ClassVar[grids.FamilyGrid]
     DEFAULT_STEPS: ClassVar[int] = 40
@@ -462,7 +463,7 @@ class DiffusersBackend:
                 frames, waveform = self._run_segments(
                     call, shape, seed, inputs, on_progress, should_stop
                 )
-        frames = to_uint8(frames[: shape.out_frames])
+        frames = to_uint8(frames[: shape.out_frames + int(inputs.continues)])
         if frames.shape[1:3] != (shape.out_height, shape.out_width):
             frames = np.stack(
                 [

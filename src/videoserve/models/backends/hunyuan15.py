@@ -131,6 +131,7 @@ class HunyuanVideo15Backend(DiffusersBackend):
     default_grid = grids.HUNYUAN15_480P_GRID
     required_components = COMPONENTS
     class_components = CLASS_COMPONENTS  # the I2V class needs its SigLIP parts too
+    takes_loras = False  # diffusers 0.42.1 gives these pipelines no LoRA loader
     # The README's "Optimal Inference Configurations" for the 480p/720p T2V and I2V models:
     # 50 steps, CFG scale 6; its `--negative_prompt` default is empty.
     DEFAULT_STEPS = 50

@@ -1,0 +1,106 @@
+"""The media stage: the frames a model made become an MP4 and a thumbnail in blob storage.
+
+Everything here is CPU and network work that needs no GPU, which is why the pipelined worker
+runs it beside the next job's model. Files go under a key that includes the attempt, so an
+attempt that lost its lease can upload but never replace a newer attempt's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from videoserve.jobs.records import JobResult, Lease
+from videoserve.jobs.service import job_blob_prefix
+from videoserve.media.encode import choose_encoder, encode_mp4, write_thumbnail
+from videoserve.media.probe import VideoInfo
+from videoserve.models.backends.base import GeneratedVideo
+from videoserve.settings import Settings
+from videoserve.storage.base import BlobStore
+
+
+@dataclass(frozen=True)
+class ProducedVideo:
+    """What the model stage hands the media stage: the frames and how long the model took."""
+
+    video: GeneratedVideo
+    inference_time: float
+
+
+class MediaStageError(Exception):
+    """Encoding or storing the video failed (not the model): the job fails as media_error."""
+
+
+class MediaStage:
+    def __init__(self, settings: Settings, blobs: BlobStore) -> None:
+        self._blobs = blobs
+        self._scratch = Path(settings.data_dir) / "tmp"
+        self._encoder = choose_encoder(settings.encoder)
+
+    async def store(self, produced: ProducedVideo, lease: Lease) -> JobResult:
+        """Encode the MP4 and its thumbnail and store both under the attempt's prefix."""
+        try:
+            return await self._store(produced, lease)
+        except Exception as exc:
+            raise MediaStageError(f"media error: {type(exc).__name__}: {exc}") from exc
+
+    async def discard(self, lease: Lease) -> None:
+        """Delete an attempt's files: its lease was taken over, so they must not outlive it."""
+        await self._blobs.delete_prefix(attempt_prefix(lease))
+
+    async def _store(self, produced: ProducedVideo, lease: Lease) -> JobResult:
+        video = produced.video
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self._scratch) as scratch:
+            video_path, thumb_path = Path(scratch) / "video.mp4", Path(scratch) / "thumb.jpg"
+            begun = time.perf_counter()
+            # Scratch files, not fsynced: the blob store makes its copies durable, and both
+            # are stored before the job is marked COMPLETED.
+            info = await asyncio.to_thread(_encode, video, video_path, thumb_path, self._encoder)
+            encode_time = time.perf_counter() - begun
+            prefix = attempt_prefix(lease)
+            await asyncio.gather(
+                self._blobs.put_file(prefix + "thumbnail.jpg", thumb_path, "image/jpeg"),
+                self._blobs.put_file(prefix + "video.mp4", video_path, "video/mp4"),
+            )
+        return JobResult(
+            output_key=prefix + "video.mp4",
+            thumbnail_key=prefix + "thumbnail.jpg",
+            served_by=video.model,
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
+            frames=info.frames,
+            seconds=info.seconds,
+            codec=info.codec,
+            encoder=info.encoder,  # libx264, or h264_nvenc where it ran
+            has_audio=info.has_audio,
+            audio_sample_rate=info.audio_sample_rate,
+            audio_codec=info.audio_codec,
+            seed=getattr(video, "seed", None),
+            segments=getattr(video, "segments", 1),
+            inference_time=round(produced.inference_time, 4),
+            encode_time=round(encode_time, 4),
+        )
+
+
+def _encode(video: GeneratedVideo, video_path: Path, thumb_path: Path, encoder: str) -> VideoInfo:
+    """The MP4 and its thumbnail, in one trip to a thread."""
+    info = encode_mp4(
+        video.frames,
+        video.fps,
+        video_path,
+        durable=False,
+        encoder=encoder,
+        audio=getattr(video, "audio", None),
+        sample_rate=getattr(video, "audio_sample_rate", None),
+    )
+    write_thumbnail(video.frames[0], thumb_path, durable=False)
+    return info
+
+
+def attempt_prefix(lease: Lease) -> str:
+    return f"{job_blob_prefix(lease.job_id)}{lease.attempt}/"
