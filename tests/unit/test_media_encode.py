@@ -274,3 +274,14 @@ def test_forced_nvenc_falls_back_to_libx264_logging_once(
     assert len(fallbacks) == 1 and "encoding with libx264 instead" in fallbacks[0]
     # no temporary file left by the failed attempts
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]
+
+
+def test_libx264_runs_frame_threads_as_the_ffmpeg_cli_does(tmp_path: Path) -> None:
+    # PyAV asks for slice threads by default; x264 then waits on every frame and spends
+    # bits on slice boundaries (bench/encode.py). x264 writes the options it ran with into
+    # the stream (an SEI message): frame threading says `sliced_threads=0`.
+    path = tmp_path / "threads.mp4"
+    encode.encode_mp4(gradient(9, 256, 320), 8, path)
+    data = path.read_bytes()
+    options = data[data.index(b"x264 - core") :][:2000]
+    assert b"sliced_threads=0" in options

@@ -4,7 +4,7 @@ Built once per process (by the runtime, or `JobStore.open`) and handed to every 
 store, keys, the ledger, the worker registry, the listing and the webhook store. Only this
 module and `dialects` (the engine and notifier recipes it uses) know which database is below;
 the stores speak in statements and ask here for what differs: `insert_ignoring`,
-`claim_subquery`, `advisory_lock`.
+`claim_subquery`, `advisory_lock`, `numbered_insert` and `reserve_numbers`.
 
 Migrations are per package: each registers a `Migrations` list (its own tables, its own
 versions), and `migrate` applies the lists it was given under one database-wide lock. So the
@@ -72,6 +72,19 @@ class Migrations:
     @property
     def latest(self) -> int:
         return self.steps[-1][0] if self.steps else 0
+
+
+@dataclass(frozen=True)
+class Counter:
+    """Numbers that count up within a group of rows (a model's queue tickets): `number` of a
+    table's rows, per value of `group`. PostgreSQL keeps each group's last number in a row of
+    a counters table (`key`, `last`); SQLite, whose writer is alone, reads the group's highest
+    number (one seek on an index of (`group`, `number`))."""
+
+    number: sa.Column[Any]
+    group: sa.Column[Any]
+    key: sa.Column[Any]
+    last: sa.Column[Any]
 
 
 def lock_id(name: str) -> int:
@@ -179,6 +192,59 @@ class Database:
         """The oldest-claimable-row SELECT, made safe for concurrent claimers on this dialect:
         `FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers anyway."""
         return select.with_for_update(skip_locked=True) if self.postgres else select
+
+    def numbered_insert(self, counter: Counter, group_param: str) -> sa.Insert:
+        """An INSERT into `counter.number`'s table whose row takes its group's next number,
+        in the statement itself (bind `group_param` to the group).
+
+        PostgreSQL: concurrent inserts would read the same maximum, so the number comes from
+        the group's counter row, bumped in a data-modifying CTE of the same INSERT (the row
+        lock serialises one group's inserts for the length of one statement). SQLite: the
+        group's highest number + 1, as one writer runs at a time."""
+        table = counter.number.table
+        assert isinstance(table, sa.Table)
+        group: sa.BindParameter[Any] = sa.bindparam(group_param)
+        if self.postgres:
+            bumped = (
+                postgresql.insert(counter.key.table)
+                .values({counter.key.name: group, counter.last.name: 1})
+                .on_conflict_do_update(
+                    index_elements=[counter.key], set_={counter.last.name: counter.last + 1}
+                )
+                .returning(counter.last)
+                .cte("next_number")
+            )
+            number = sa.select(bumped.c[counter.last.name]).scalar_subquery()
+            return table.insert().add_cte(bumped).values({counter.number.name: number})
+        prior = table.alias("prior")
+        number = (
+            sa.select(sa.func.coalesce(sa.func.max(prior.c[counter.number.name]), 0) + 1)
+            .where(prior.c[counter.group.name] == group)
+            .scalar_subquery()
+        )
+        return table.insert().values({counter.number.name: number})
+
+    async def reserve_numbers(
+        self, conn: AsyncConnection, counter: Counter, group: Any, count: int
+    ) -> int:
+        """Take the next `count` numbers of `group` inside `conn`'s transaction; returns the
+        first (the rows inserted in that transaction carry first .. first + count - 1)."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        if self.postgres:
+            bumped = (
+                postgresql.insert(counter.key.table)
+                .values({counter.key.name: group, counter.last.name: count})
+                .on_conflict_do_update(
+                    index_elements=[counter.key], set_={counter.last.name: counter.last + count}
+                )
+                .returning(counter.last)
+            )
+            last = (await conn.execute(bumped)).scalar_one()
+            return int(last) - count + 1
+        # The transaction began with BEGIN IMMEDIATE: no other writer until it ends.
+        highest = sa.select(sa.func.max(counter.number)).where(counter.group == group)
+        return int((await conn.execute(highest)).scalar() or 0) + 1
 
     # --- life cycle ----------------------------------------------------------------------------
     async def start(self) -> None:

@@ -121,6 +121,7 @@ sa.Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_at)
 sa.Index("ix_jobs_key_created", jobs.c.api_key_id, jobs.c.created_at)
 sa.Index("ix_jobs_key_status", jobs.c.api_key_id, jobs.c.status)  # migration 4: the claim cap
 sa.Index("ix_jobs_ticket", jobs.c.served_by, jobs.c.status, jobs.c.ticket)  # migration 5
+sa.Index("ix_jobs_model_ticket", jobs.c.served_by, jobs.c.ticket)  # migration 8: next ticket
 
 
 def _v2_webhook_url(conn: Connection) -> None:
@@ -169,6 +170,12 @@ def _v7_worker_loads(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE workers ADD COLUMN loaded_models JSON"))
 
 
+def _v8_tickets_by_model(conn: Connection) -> None:
+    from videoserve.jobs import tickets
+
+    tickets.index_by_model(conn)
+
+
 def _v1_initial(conn: Connection) -> None:
     # The tables as version 1 had them: later columns arrive through their own migrations.
     sa.Table(
@@ -199,6 +206,7 @@ MIGRATIONS = Migrations(
         (5, _v5_failure_codes),
         (6, _v6_queue_tickets),
         (7, _v7_worker_loads),
+        (8, _v8_tickets_by_model),
     ),
     # Versions 1-4 are the shared counter's (the webhook tables of its version 2 moved out).
     from_legacy=lambda version: version,

@@ -56,7 +56,7 @@ class HotStatements:
         self._capped = capped
         self._claims: dict[bool, sa.Update] = {}  # by: restricted to some models
         # A queued job takes its model's next ticket in its INSERT (see `tickets`).
-        queued = tickets.insert(postgres=database.postgres)
+        queued = tickets.insert(database)
         self.insert = queued.returning(*jobs.c, *notifier.returning(QUEUED_TOPIC))
         self.insert_in_transaction = queued.returning(*jobs.c)  # the caller announces it
         self.queue_head = tickets.HEAD

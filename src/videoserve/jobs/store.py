@@ -274,6 +274,35 @@ class JobStore:
             row = await self._first(self._hot.get_owned, params | {"owner": api_key_id})
         return Job.from_row(row) if row else None
 
+    async def enqueue_many(self, new_jobs: Sequence[NewJob]) -> int:
+        """Queue many jobs in one transaction, each with its model's next ticket; returns how
+        many were stored.
+
+        For backlogs made in bulk (benchmarks, imports): jobs to queue only, so nothing is
+        charged, refused or deduplicated here (`create` does that per submit). The jobs of one
+        call share `created_at`, and the claim then takes them in id order: their tickets
+        follow that order, so queue positions stay exact."""
+        if not new_jobs:
+            return 0
+        for new in new_jobs:
+            if new.failed_with is not None or new.charge is not None or new.idempotency_key:
+                raise ValueError(
+                    f"enqueue_many stores queued jobs only: job {new.id} has a failure, a charge "
+                    "or an idempotency key (submit it with create)"
+                )
+        now = clock.now()
+        by_model: dict[str, list[NewJob]] = {}
+        for new in sorted(new_jobs, key=lambda new: new.id):
+            by_model.setdefault(new.served_by, []).append(new)
+        async with self.database.transaction() as conn:
+            for served_by, queued in by_model.items():
+                first = await tickets.reserve(self.database, conn, served_by, len(queued))
+                rows = [_queued_row(new, now, first + i) for i, new in enumerate(queued)]
+                await conn.execute(jobs.insert(), rows)
+            await self.notifier.send(conn, QUEUED_TOPIC)
+        self.notifier.after_commit(QUEUED_TOPIC)
+        return len(new_jobs)
+
     async def queue_position(self, job: Job) -> int:
         """1 for the next job a worker of its model will claim, 2 behind it, and so on.
 
@@ -613,6 +642,27 @@ class JobStore:
 
 DELETED_UNFINISHED = "refund: deleted before it finished"
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+
+
+def _queued_row(new: NewJob, now: float, ticket: int) -> dict[str, Any]:
+    """The row of a job queued in bulk (see `JobStore.enqueue_many`)."""
+    return {
+        "id": new.id,
+        "api_key_id": new.api_key_id,
+        "model": new.model,
+        "served_by": new.served_by,
+        "params": new.params,
+        "input_key": new.input_key,
+        "status": Status.QUEUED.value,
+        "progress": 0,
+        "attempt": 0,
+        "max_attempts": new.max_attempts,
+        "cancel_requested": False,
+        "created_at": now,
+        "request_hash": new.request_hash,
+        "webhook_url": new.webhook_url,
+        "ticket": ticket,
+    }
 
 
 class _Declined(Exception):

@@ -12,14 +12,14 @@ Exact while a model's jobs are claimed in the order they were queued (the claim 
 oldest). A job that leaves the queue out of order (cancelled while queued, skipped by the
 per-key running cap) leaves a gap: the jobs behind it read one too many until the head
 passes it. A job handed back to the queue (lost lease, draining worker) goes in front of the
-head, as the claim order puts it there.
+head, as the claim order puts it there; k jobs handed back by one statement share or split
+the places in front, so those behind read up to k - 1 too few until the k are claimed.
+docs/api.md states these bounds to users.
 
 Tickets are per model (`served_by`) because a worker serves some models and positions are
-per model. On SQLite the writer is alone, so the next ticket is `max(ticket) + 1` of the
-model's jobs, inside the INSERT. On PostgreSQL concurrent inserts would read the same
-maximum, so the ticket comes from a per-model counter row (`job_queues`) bumped in a
-data-modifying CTE of the same INSERT: the row lock serialises one model's submits for the
-length of one statement.
+per model. How the INSERT takes the next ticket safely differs between the databases (a
+counter row on PostgreSQL, the model's highest ticket on SQLite): `Database.numbered_insert`
+and `Database.reserve_numbers` hold that difference, as the database seam holds the others.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from videoserve.jobs import schema
+from videoserve.jobs.database import Counter, Database
 from videoserve.jobs.states import Status
 
 jobs = schema.jobs
@@ -43,28 +44,42 @@ QUEUE_PARAM = "queue_of"
 _QUEUED = Status.QUEUED.value
 
 
-def insert(*, postgres: bool) -> sa.Insert:
+# A model's tickets: `jobs.ticket` counted per `served_by` (PostgreSQL's counters: job_queues).
+COUNTER = Counter(
+    number=jobs.c.ticket,
+    group=jobs.c.served_by,
+    key=job_queues.c.served_by,
+    last=job_queues.c.last_ticket,
+)
+
+
+def insert(database: Database) -> sa.Insert:
     """An INSERT of a queued job that takes its model's next ticket (pass `QUEUE_PARAM`)."""
-    if postgres:
-        counter = (
-            postgresql.insert(job_queues)
-            .values(served_by=sa.bindparam(QUEUE_PARAM), last_ticket=1)
-            .on_conflict_do_update(
-                index_elements=[job_queues.c.served_by],
-                set_={"last_ticket": job_queues.c.last_ticket + 1},
-            )
-            .returning(job_queues.c.last_ticket)
-            .cte("next_ticket")
-        )
-        ticket = sa.select(counter.c.last_ticket).scalar_subquery()
-        return jobs.insert().add_cte(counter).values(ticket=ticket)
-    prior = jobs.alias("prior")
-    ticket = (
-        sa.select(sa.func.coalesce(sa.func.max(prior.c.ticket), 0) + 1)
-        .where(prior.c.served_by == sa.bindparam(QUEUE_PARAM))
-        .scalar_subquery()
+    return database.numbered_insert(COUNTER, QUEUE_PARAM)
+
+
+async def reserve(database: Database, conn: AsyncConnection, served_by: str, count: int) -> int:
+    """The first of `count` consecutive tickets of `served_by`'s queue, taken in `conn`'s
+    transaction (for a bulk enqueue). On PostgreSQL the model's counter row stays locked until
+    that transaction ends: the model's submits wait for the bulk insert to commit."""
+    return await database.reserve_numbers(conn, COUNTER, served_by, count)
+
+
+def _end_of_queue(table: Any, *where: sa.ColumnElement[bool], last: bool = False) -> sa.Select:
+    """The lowest (or highest) ticket of `table`'s rows matching `where`, as an index walk
+    that stops at its first row.
+
+    Why not `min(ticket)`: PostgreSQL rewrites min/max into this walk only when its
+    statistics say the rows are many; right after a bulk insert (before autovacuum analyses
+    the table) it believes there is one row and aggregates every queued job's index entry
+    instead: 8.7 ms a poll behind 10,000 queued, against 0.06 ms for the walk."""
+    ticket = table.c.ticket
+    return (
+        sa.select(ticket)
+        .where(*where, ticket.is_not(None))
+        .order_by(ticket.desc() if last else ticket)
+        .limit(1)
     )
-    return jobs.insert().values(ticket=ticket)
 
 
 def requeued() -> sa.ColumnElement[Any]:
@@ -72,19 +87,13 @@ def requeued() -> sa.ColumnElement[Any]:
     claim takes it next), or the model's last ticket when nothing else is queued."""
     ahead = jobs.alias("ahead")
     same_model = ahead.c.served_by == jobs.c.served_by
-    front = (
-        sa.select(sa.func.min(ahead.c.ticket) - 1)
-        .where(same_model, ahead.c.status == _QUEUED)
-        .scalar_subquery()
-    )
-    last = sa.select(sa.func.max(ahead.c.ticket)).where(same_model).scalar_subquery()
-    return sa.func.coalesce(front, last)
+    head = _end_of_queue(ahead, same_model, ahead.c.status == _QUEUED).scalar_subquery()
+    last = _end_of_queue(ahead, same_model, last=True).scalar_subquery()
+    return sa.func.coalesce(head - 1, last)
 
 
 # The head of a model's queue: one seek on ix_jobs_ticket.
-HEAD = sa.select(sa.func.min(jobs.c.ticket)).where(
-    jobs.c.served_by == sa.bindparam("served_by"), jobs.c.status == _QUEUED
-)
+HEAD = _end_of_queue(jobs, jobs.c.served_by == sa.bindparam("served_by"), jobs.c.status == _QUEUED)
 
 
 def position(ticket: int, head: int | None) -> int:
@@ -96,8 +105,8 @@ def position(ticket: int, head: int | None) -> int:
 def migrate(conn: Connection) -> None:
     """Migration 5: the ticket column and its index, the PostgreSQL counters, and tickets for
     the jobs queued now (in claim order)."""
-    bigint = "BIGINT" if conn.dialect.name == "postgresql" else "INTEGER"
-    conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN ticket {bigint}"))
+    column_type = jobs.c.ticket.type.compile(dialect=conn.dialect)  # BIGINT, or SQLite's INTEGER
+    conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN ticket {column_type}"))
     for index in jobs.indexes:
         if index.name == "ix_jobs_ticket":
             index.create(conn, checkfirst=True)
@@ -116,3 +125,12 @@ def migrate(conn: Connection) -> None:
             "FROM jobs WHERE ticket IS NOT NULL GROUP BY served_by"
         )
     )
+
+
+def index_by_model(conn: Connection) -> None:
+    """Migration 8: an index of (served_by, ticket), so a model's highest ticket (SQLite's
+    next ticket at every submit, and a requeue's fallback) is one seek, not a walk over every
+    status of the model's jobs (10 ms a submit behind 100,000 on SQLite)."""
+    for index in jobs.indexes:
+        if index.name == "ix_jobs_model_ticket":
+            index.create(conn, checkfirst=True)
