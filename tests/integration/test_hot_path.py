@@ -127,6 +127,10 @@ def test_polls_the_fast_path_does_not_answer_get_the_routes_answers(make_server)
     assert unknown.status_code == 404 and "not found" in unknown.json()["error"]
     ambiguous = httpx.get(url, headers={"x-api-key": key, "Authorization": f"Bearer {other}"})
     assert ambiguous.status_code == 400 and "ambiguous" in ambiguous.json()["error"]
+    # A query string goes on to the input guard, as for any other request.
+    unstorable = httpx.get(url, params={"note": "a\x00b"}, headers=headers(key))
+    assert unstorable.status_code == 400 and unstorable.json()["param"] == "note"
+    assert httpx.get(url, params={"note": "fine"}, headers=headers(key)).status_code == 200
 
 
 def test_a_revoked_key_stops_polling_within_the_cache_bound(make_server) -> None:
