@@ -73,6 +73,22 @@ def test_serve_bootstraps_a_first_key_on_a_fresh_install(processes: Processes, t
     assert key.startswith("vs_")
 
 
+def test_a_configuration_mistake_is_one_line_not_a_traceback(
+    processes: Processes, tmp_path
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[models.x]\nbackend = "nope"\n')
+    for command, env, message in (
+        ("worker", {"VIDEOSERVE_PRELOAD": "nope"}, "VIDEOSERVE_PRELOAD: model 'nope' is not"),
+        ("serve", {"VIDEOSERVE_PRELOAD": "nope"}, "VIDEOSERVE_PRELOAD: model 'nope' is not"),
+        ("serve", {"VIDEOSERVE_MODELS": str(bad)}, "model 'x': unknown backend 'nope'"),
+    ):
+        result = processes.run(command, **env)
+        assert result.returncode == 2, (command, env, result.stderr)
+        assert f"configuration error: {message}" in result.stderr
+        assert "Traceback" not in result.stderr and "─" not in result.stderr
+
+
 def test_models_command_lists_availability(processes: Processes, tmp_path) -> None:
     models_file = tmp_path / "models.toml"
     models_file.write_text(

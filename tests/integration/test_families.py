@@ -255,3 +255,51 @@ def test_pool_keeps_two_tiny_models_warm(tmp_path: Path) -> None:
     run(first)  # generating loads it again and makes room: the oldest (tiny-1) goes
     assert first.loaded and not second.loaded and third.loaded
     assert pool.resident() == ["tiny-2", "tiny-0"]
+
+
+# (continues a video, edits a video) per layout: what each family's weights can do.
+OPERATIONS: dict[str, tuple[bool, bool]] = {
+    "wan21": (False, True),  # text only: no image-to-video to continue from
+    "wan21-i2v": (True, False),
+    "wan22-ti2v": (True, True),
+    "wan21-vace": (True, False),
+    "ltx": (True, False),
+    "ltx-condition": (True, False),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_extensions_and_edits_on_each_family(weights: dict[str, Path], name: str) -> None:
+    """At tiny shapes, each layout extends and edits a source where its weights can, and
+    otherwise refuses with the reason the API's 400 carries."""
+    from videoserve.models.backends import continuation
+
+    backend = backend_for(weights, name)
+    extends, edits = OPERATIONS[name]
+    able = backend.capabilities
+    assert (able.extend or able.image_to_video, able.video_to_video) == (extends, edits)
+    frames = np.random.default_rng(4).integers(0, 255, (16, 48, 64, 3), dtype=np.uint8)
+    source = continuation.SourceVideo(frames, 8.0)
+    params = DiffusersParams(prompt="a dog", duration=4, num_inference_steps=2, seed=3)
+
+    def quiet(step: int, total: int) -> None:
+        pass
+
+    if extends:
+        assert continuation.extend_refusal(backend) is None
+        video = continuation.extend(backend, params, source, quiet, lambda: False)
+        assert video.frames.shape == (16 + 32, 48, 64, 3)  # the source, then 4 s at 8 fps
+        assert np.array_equal(video.frames[:16], frames)  # the source's own frames first
+    else:
+        assert f"model '{name}' cannot continue a video" in str(
+            continuation.extend_refusal(backend)
+        )
+    if edits:
+        assert continuation.edit_refusal(backend) is None
+        video = continuation.edit(backend, params, source, 0.6, quiet, lambda: False)
+        assert video.frames.shape == (16, 48, 64, 3)  # same duration and size
+        assert not np.array_equal(video.frames, frames)
+    else:
+        assert f"model '{name}' has no video-to-video pipeline" in str(
+            continuation.edit_refusal(backend)
+        )

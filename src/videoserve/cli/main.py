@@ -21,6 +21,7 @@ from rich.table import Table
 from videoserve.installs import Extra, requirement_message
 
 if TYPE_CHECKING:
+    from videoserve.models.registry import ModelRegistry
     from videoserve.settings import Settings
 
 app = typer.Typer(help="Self-hosted serverless video generation.", no_args_is_help=True)
@@ -75,9 +76,10 @@ def serve(
     from videoserve.api.server import uvicorn_options
 
     _logging(settings)
+    registry = _checked_registry(settings, worker=settings.embedded_worker)
     if settings.auth:
         asyncio.run(_bootstrap_key(settings))
-    app_ = create_app(settings)
+    app_ = create_app(settings, registry=registry)
     err.print(f"videoserve on http://{settings.host}:{settings.port}  (docs at /docs)")
     err.print(f"data folder {settings.data_dir.resolve()}", soft_wrap=True)
     # JSON: uvicorn's own lines go through our handler too, instead of its text config.
@@ -112,6 +114,24 @@ async def _bootstrap_key(settings: Settings) -> None:
         await store.close()
 
 
+def _checked_registry(settings: Settings, *, worker: bool) -> ModelRegistry:
+    """The models this host serves, or exit with the configuration's mistake in one line
+    (a bad models file, a VIDEOSERVE_PRELOAD name) rather than a traceback from startup."""
+    from videoserve.models.registry import ModelRegistry
+
+    try:
+        registry = ModelRegistry.from_settings(settings)
+        if worker:
+            from videoserve.worker import preload
+
+            served = registry.served_models(settings.worker_models or None)
+            preload.models_to_preload(registry, settings.preload, served)
+    except ValueError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    return registry
+
+
 @app.command()
 def worker(data_dir: DataDir = None) -> None:
     """Run a worker that claims jobs from the shared database (SIGTERM drains)."""
@@ -120,8 +140,10 @@ def worker(data_dir: DataDir = None) -> None:
     _logging(settings)
     from videoserve.runtime import Runtime
 
+    registry = _checked_registry(settings, worker=True)
+
     async def main() -> None:
-        runtime = Runtime(settings)
+        runtime = Runtime(settings, registry=registry)
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
