@@ -15,7 +15,8 @@ of the Videos API's creating paths; a POST to an unknown name is a 404 and count
 The caller is identified without a database read: by a hash of the presented key (`x-api-key`
 or `Authorization: Bearer`), else by the client's address. A bad key is limited under its own
 hash until the 401 answers it.
-Counts live in this process's memory, or in Redis with `VIDEOSERVE_REDIS_URL` so that every
+Counts live in this process's memory (`MemoryWindows`, exact moving windows of our own), or in
+Redis with `VIDEOSERVE_REDIS_URL` so that every
 API process shares them. If Redis fails, limiting pauses for a few seconds (logged) rather than
 failing requests: the limits protect capacity, and the job database stays the source of truth.
 
@@ -25,11 +26,13 @@ Every limited answer carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -107,9 +110,10 @@ class RateLimits:
                 connection_pool=self._pool,  # type: ignore[arg-type]
                 key_prefix=settings.rate_limit_prefix,
             )
+            self.limiter: MovingWindowRateLimiter | None = MovingWindowRateLimiter(storage)
         else:
-            storage = storage_from_string("async+memory://")
-        self.limiter = MovingWindowRateLimiter(storage)
+            self.limiter = None
+        self._memory = MemoryWindows()
         self._paused_until = 0.0
 
     @property
@@ -121,6 +125,8 @@ class RateLimits:
         items = self.items[bucket]
         if not items or time.monotonic() < self._paused_until:
             return None
+        if self.limiter is None:
+            return self._memory.hit(items, bucket, identity)
         verdicts = []
         try:
             for item in items:
@@ -141,6 +147,63 @@ class RateLimits:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.disconnect()
+
+
+class MemoryWindows:
+    """Exact moving windows in this process's memory: the call times of each limit and
+    caller in a deque, trimmed as calls leave the window.
+
+    Ours, not `limits`' memory storage: that one inserts each call at the front of a list
+    (O(n) in the calls in the window), takes a lock and builds key strings, twice per call
+    (the hit and the stats): 7-33 us a call at the default 6,000/minute, a third of a poll's
+    whole cost. This is a deque append and a comparison. Callers that stopped calling are
+    swept every `SWEEP_SECONDS`, so memory follows the active callers."""
+
+    SWEEP_SECONDS = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        # (bucket, identity, the limit's place in the bucket's list) -> (the limit's window in
+        # seconds, its calls' times); a bucket's limits are fixed for the process's life.
+        self._calls: dict[tuple[str, str, int], tuple[float, collections.deque[float]]] = {}
+        self._next_sweep = clock() + self.SWEEP_SECONDS
+
+    def hit(self, items: list[RateLimitItem], bucket: str, identity: str) -> Verdict:
+        """Count one call against every limit; the tightest verdict (a refusal counts nothing)."""
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        windows = []
+        for place, item in enumerate(items):
+            key = (bucket, identity, place)
+            window = self._calls.get(key)
+            if window is None:
+                window = self._calls[key] = (float(item.get_expiry()), collections.deque())
+            expiry, calls = window
+            while calls and calls[0] < now - expiry:  # as `limits`: a call at the edge counts
+                calls.popleft()
+            if len(calls) >= item.amount:
+                return Verdict(False, item, 0, calls[0] + expiry)
+            windows.append((item, expiry, calls))
+        verdicts = []
+        for item, expiry, calls in windows:
+            calls.append(now)
+            verdicts.append(Verdict(True, item, item.amount - len(calls), calls[0] + expiry))
+        return min(verdicts, key=lambda v: v.remaining)
+
+    def __len__(self) -> int:
+        """How many (caller, limit) windows are held."""
+        return len(self._calls)
+
+    def _sweep(self, now: float) -> None:
+        stale = [
+            key
+            for key, (expiry, calls) in self._calls.items()
+            if not calls or calls[-1] < now - expiry
+        ]
+        for key in stale:
+            del self._calls[key]
+        self._next_sweep = now + self.SWEEP_SECONDS
 
 
 class RateLimitMiddleware:
