@@ -95,21 +95,35 @@ def start_videoserve(env: dict[str, str], port: int, log: Path) -> subprocess.Po
     return process
 
 
+# The bare endpoint runs under the uvicorn options `videoserve serve` runs with (its http
+# protocol with the slow-client guard, the connection cap, proxy headers, the log level), so
+# that the ratio compares the app and nothing else; `plain` runs it on uvicorn's defaults.
 BARE_APP = """
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 import uvicorn, sys
+options = {}
+if sys.argv[2] == "ours":
+    from videoserve.api.server import uvicorn_options
+    from videoserve.settings import Settings
+    options = uvicorn_options(Settings())
 BODY = {"request_id": "video_0123456789abcdef0123456789abcdef", "status": "COMPLETED",
         "model": "tiny-t2v", "created_at": "2026-11-25T00:00:00Z", "progress": 100}
 async def status(request):
     return JSONResponse(BODY)
 app = Starlette(routes=[Route("/v2/requests/{id}/status", status)])
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+            proxy_headers=True, **options)
 """
 
 
-def start_bare(port: int) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port)])
+def start_bare(port: int, *, plain: bool = False) -> subprocess.Popen:
+    """The bare Starlette endpoint, under our uvicorn options (`plain`: uvicorn's defaults)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOSERVE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", BARE_APP, str(port), "plain" if plain else "ours"],
+        env=env | code_env(None),
+    )
     wait_ready(f"http://127.0.0.1:{port}/v2/requests/x/status", process)
     return process

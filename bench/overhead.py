@@ -6,8 +6,10 @@ few milliseconds until COMPLETED, and subtract the time the model itself ran
 MP4 encoding, storage and the poll that sees the result. Encoding is reported separately too.
 
 Throughput: wrk (or an httpx fallback) against GET /v2/requests/{id}/status of a completed job,
-then the same against a bare Starlette JSON endpoint started in the same run: the ratio is
-what the platform keeps of what the framework can do on this machine.
+then the same against a bare Starlette JSON endpoint started in the same run, under the same
+uvicorn options as `videoserve serve` (its guarded http protocol, connection cap, proxy
+headers): the ratio is what the platform keeps of what the framework can do on this machine.
+The bare endpoint on uvicorn's defaults is measured once too, to show what those options cost.
 
 With `--baseline-ref main` the same run first measures that git revision's code (jobs and
 polls), so every figure has its before beside it, from one run on one machine.
@@ -156,9 +158,9 @@ def measure_server(src: Path | None, args: argparse.Namespace, load) -> dict[str
     }
 
 
-def bare_polls(args: argparse.Namespace, load) -> tuple[float, float]:
+def bare_polls(args: argparse.Namespace, load, *, plain: bool = False) -> tuple[float, float]:
     port = free_port()
-    bare = start_bare(port)
+    bare = start_bare(port, plain=plain)
     try:
         url = f"http://127.0.0.1:{port}/v2/requests/x/status"
         return polls_with_cpu(load, url, args, None, bare.pid)
@@ -178,6 +180,9 @@ def main() -> None:
     load = wrk if shutil.which("wrk") else httpx_load
 
     report: dict[str, object] = {"jobs": args.jobs}
+    # Once on uvicorn's defaults, to show what our server options cost the bare endpoint.
+    plain_rate, plain_cpu = bare_polls(args, load, plain=True)
+    report["bare_on_uvicorn_defaults"] = {"per_s": plain_rate, "cpu_us_per_poll": plain_cpu}
     bare_rates = [bare_polls(args, load)]
     with baseline_source(args.baseline_ref) as baseline:
         sides = [(f"baseline ({args.baseline_ref})", baseline)] if baseline else []
