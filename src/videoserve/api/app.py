@@ -32,6 +32,7 @@ from videoserve.api.routes import (
 from videoserve.api.schemas import contract
 from videoserve.models.registry import ModelRegistry
 from videoserve.moderation import Moderator
+from videoserve.observability import telemetry
 from videoserve.observability.logs import RequestIdMiddleware
 from videoserve.runtime import Runtime
 from videoserve.settings import Settings, is_loopback_host
@@ -75,6 +76,8 @@ def create_app(
         description="Self-hosted video generation: the Segmind serverless contract and "
         "OpenAI's Videos API over open-weight models.",
         lifespan=lifespan,
+        # Off unless OpenTelemetry is in use: its per-request check was a tenth of a poll.
+        telemetry=telemetry.fastapi_telemetry(),
     )
     # Every answer under /v1/videos, unknown routes and wrong methods too, in OpenAI's envelope.
     api_errors.install(app, dialects={"/v1/videos": openai_views.response_for})

@@ -115,10 +115,11 @@ class RateLimits:
             self.limiter = None
         self._memory = MemoryWindows()
         self._paused_until = 0.0
+        self._active = any(self.items.values())  # asked on every request
 
     @property
     def active(self) -> bool:
-        return any(self.items.values())
+        return self._active
 
     async def hit(self, bucket: Bucket, identity: str) -> Verdict | None:
         """Count one call; the tightest limit's verdict, or None when nothing limits it."""

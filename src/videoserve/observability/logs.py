@@ -32,6 +32,7 @@ request_id: ContextVar[str | None] = ContextVar("videoserve_request_id", default
 job_id: ContextVar[str | None] = ContextVar("videoserve_job_id", default=None)
 
 REQUEST_ID_HEADER = "x-request-id"
+_HEADER = REQUEST_ID_HEADER.encode()  # ASGI header names are bytes; encoded once, not per header
 # A client's id is echoed and logged, so only a short token of safe characters is taken.
 _ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
@@ -173,18 +174,18 @@ class RequestIdMiddleware:
             return
         presented = ""
         for name, value in scope.get("headers") or []:
-            if name == REQUEST_ID_HEADER.encode():
+            if name == _HEADER:
                 presented = value.decode("latin-1").strip()
                 break
-        current = presented if _ACCEPTABLE_ID.match(presented) else new_request_id()
+        current = presented if presented and _ACCEPTABLE_ID.match(presented) else new_request_id()
         request_id.set(current)
         encoded = current.encode()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers") or [])
-                if not any(name.lower() == REQUEST_ID_HEADER.encode() for name, _ in headers):
-                    headers.append((b"x-request-id", encoded))
+                if not any(name.lower() == _HEADER for name, _ in headers):
+                    headers.append((_HEADER, encoded))
                     message = {**message, "headers": headers}
             await send(message)
 
