@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +41,19 @@ class MediaStage:
         self._scratch = Path(settings.data_dir) / "tmp"
         self._encoder = choose_encoder(settings.encoder)
 
-    async def store(self, produced: ProducedVideo, lease: Lease) -> JobResult:
-        """Encode the MP4 and its thumbnail and store both under the attempt's prefix."""
+    async def store(
+        self,
+        produced: ProducedVideo,
+        lease: Lease,
+        go_ahead: Callable[[], Awaitable[bool]] | None = None,
+    ) -> JobResult | None:
+        """Encode the MP4 and its thumbnail and store both under the attempt's prefix.
+
+        `go_ahead` (is the attempt still wanted: not cancelled, lease still held?) runs while
+        the frames encode, not before: its database round trip was on every job's critical
+        path. When it says no, nothing is stored and the answer is None."""
         try:
-            return await self._store(produced, lease)
+            return await self._store(produced, lease, go_ahead)
         except Exception as exc:
             raise MediaStageError(f"media error: {type(exc).__name__}: {exc}") from exc
 
@@ -51,16 +61,25 @@ class MediaStage:
         """Delete an attempt's files: its lease was taken over, so they must not outlive it."""
         await self._blobs.delete_prefix(attempt_prefix(lease))
 
-    async def _store(self, produced: ProducedVideo, lease: Lease) -> JobResult:
+    async def _store(
+        self,
+        produced: ProducedVideo,
+        lease: Lease,
+        go_ahead: Callable[[], Awaitable[bool]] | None,
+    ) -> JobResult | None:
         video = produced.video
         self._scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self._scratch) as scratch:
             video_path, thumb_path = Path(scratch) / "video.mp4", Path(scratch) / "thumb.jpg"
-            begun = time.perf_counter()
             # Scratch files, not fsynced: the blob store makes its copies durable, and both
             # are stored before the job is marked COMPLETED.
-            info = await asyncio.to_thread(_encode, video, video_path, thumb_path, self._encoder)
-            encode_time = time.perf_counter() - begun
+            encoding = asyncio.to_thread(_encode, video, video_path, thumb_path, self._encoder)
+            if go_ahead is None:
+                info, encode_time = await encoding
+            else:
+                (info, encode_time), wanted = await asyncio.gather(encoding, go_ahead())
+                if not wanted:
+                    return None
             prefix = attempt_prefix(lease)
             await asyncio.gather(
                 self._blobs.put_file(prefix + "thumbnail.jpg", thumb_path, "image/jpeg"),
@@ -87,8 +106,11 @@ class MediaStage:
         )
 
 
-def _encode(video: GeneratedVideo, video_path: Path, thumb_path: Path, encoder: str) -> VideoInfo:
-    """The MP4 and its thumbnail, in one trip to a thread."""
+def _encode(
+    video: GeneratedVideo, video_path: Path, thumb_path: Path, encoder: str
+) -> tuple[VideoInfo, float]:
+    """The MP4 and its thumbnail, in one trip to a thread; and the seconds they took."""
+    begun = time.perf_counter()
     info = encode_mp4(
         video.frames,
         video.fps,
@@ -99,7 +121,7 @@ def _encode(video: GeneratedVideo, video_path: Path, thumb_path: Path, encoder: 
         sample_rate=getattr(video, "audio_sample_rate", None),
     )
     write_thumbnail(video.frames[0], thumb_path, durable=False)
-    return info
+    return info, time.perf_counter() - begun
 
 
 def attempt_prefix(lease: Lease) -> str:

@@ -236,15 +236,22 @@ class Worker:
         retention = self.settings.retention_seconds
         with logs.job_context(job.id):
             try:
-                await attempt.check_in()  # cancelled or taken over while it waited?
-                if attempt.signals.stop_reason is not None:
-                    await self._end_without_video(attempt, None)
-                    return
+
+                async def still_wanted() -> bool:
+                    # Cancelled or taken over while it waited for the media stage (or since
+                    # the last beat)? Asked while the frames encode; nothing is stored if so.
+                    await attempt.check_in()
+                    return attempt.signals.stop_reason is None
+
                 try:
-                    result = await self._media.store(produced, lease)
+                    stored = await self._media.store(produced, lease, still_wanted)
                 except Exception as exc:
                     await self._end_without_video(attempt, exc)
                     return
+                if stored is None:
+                    await self._end_without_video(attempt, None)
+                    return
+                result = stored
                 result = dataclasses.replace(result, started_at=attempt.started)
                 if await attempt.persist(lambda: self.store.complete(lease, result, retention)):
                     self.completed += 1
