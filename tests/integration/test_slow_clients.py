@@ -5,6 +5,7 @@ answered 408 and closed, a body slower than the floor is dropped, and connection
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,6 +66,41 @@ def test_a_half_sent_head_is_answered_408_and_closed(guarded) -> None:
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     # A client that sends its head at once is untouched by the short timeout.
     assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """One whole answer on a kept-alive connection (head and its Content-Length of body)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed mid-answer: {received!r}"
+        received += chunk
+    head, body = received.split(b"\r\n\r\n", 1)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head
+
+
+def test_a_kept_alive_connection_is_timed_per_head(guarded) -> None:
+    # One timer per connection, re-armed for the head in progress: heads that arrive whole
+    # keep the connection open past the head timeout, and a half-sent head on the same
+    # connection, later, still gets its 408.
+    server = guarded(header_timeout_seconds=1.0)
+    with _connect(server) as sock:
+        opened = time.monotonic()
+        answered = 0
+        while time.monotonic() < opened + 2.5:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert _answer(sock).startswith(b"HTTP/1.1 200 ")
+            answered += 1
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+        assert _read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+    assert answered > 1
 
 
 def test_a_connection_that_sends_nothing_is_closed(guarded) -> None:
