@@ -155,7 +155,7 @@ def http_report(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     load during the run falls on both."""
     report: dict[str, dict[str, list[float]]] = {}
     with baseline_source(args.baseline_ref) as baseline:
-        for database in ("sqlite", "postgresql"):
+        for database in args.databases.split(","):
             figures: dict[str, list[float]] = {}
             for _ in range(args.rounds):
                 sides = [(f"baseline ({args.baseline_ref})", baseline)] if baseline else []
@@ -178,6 +178,9 @@ def main() -> None:
     parser.add_argument("--http-seconds", type=int, default=10)
     parser.add_argument("--baseline-ref", default=None, help="git revision to measure beside")
     parser.add_argument("--rounds", type=int, default=2, help="alternating HTTP rounds")
+    parser.add_argument(
+        "--databases", default="sqlite,postgresql", help="HTTP submits on these (comma-separated)"
+    )
     args = parser.parse_args()
     output: dict[str, object] = {}
     if args.http_clients:
