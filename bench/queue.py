@@ -86,23 +86,27 @@ async def run(url: str, jobs: int, workers: int) -> float:
     return done / elapsed
 
 
-async def charged_submits(url: str, clients: int, jobs: int) -> float:
+async def charged_submits(url: str, clients: int, jobs: int, spread: str = "none") -> float:
     """Charged submits/s of the store alone (`JobStore.create`, no HTTP): `clients` tasks
-    submitting for one unlimited key (charged like every key) and one model."""
+    submitting for one unlimited key (charged like every key) and one model; with `spread`
+    "keys" each task has its own key, with "keys+models" its own key and model (so no two
+    share the key's row or the model's ticket counter row)."""
     store = JobStore.open(Settings(database_url=url).resolved_database_url())
     await store.start()
-    key, _ = await KeyStore(store.database).create("bench")
+    owners = [(await KeyStore(store.database).create(f"bench {i}"))[0].id for i in range(clients)]
     price = ledger.Charge(seconds=4, price_per_second=1)
     quota = jobs // clients
 
-    async def client() -> None:
+    async def client(i: int) -> None:
+        key_id = owners[i] if spread in ("keys", "keys+models") else owners[0]
+        model = f"model-{i}" if spread == "keys+models" else "tiny-t2v"
         for _ in range(quota):
             await store.create(
                 NewJob(
                     id="video_" + secrets.token_hex(16),
-                    api_key_id=key.id,
-                    model="tiny-t2v",
-                    served_by="tiny-t2v",
+                    api_key_id=key_id,
+                    model=model,
+                    served_by=model,
                     params={"prompt": "bench", "duration": 4},
                     max_attempts=3,
                     charge=price,
@@ -110,13 +114,15 @@ async def charged_submits(url: str, clients: int, jobs: int) -> float:
             )
 
     begun = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - begun
     await store.close()
     return quota * clients / elapsed
 
 
-def store_submits(src: Path | None, database: str, pg: str, clients: int, jobs: int) -> float:
+def store_submits(
+    src: Path | None, database: str, pg: str, clients: int, jobs: int, spread: str
+) -> float:
     """`charged_submits` in a fresh process running `src`'s code, on a fresh database."""
     with tempfile.TemporaryDirectory() as tmp:
         pg_name = None
@@ -127,7 +133,7 @@ def store_submits(src: Path | None, database: str, pg: str, clients: int, jobs: 
             path = os.pathsep.join([code_env(src)["PYTHONPATH"], str(Path(__file__).parents[1])])
             command = ["-m", "bench.queue", "--charged-store-url", url, "--jobs", str(jobs)]
             out = subprocess.run(
-                [sys.executable, *command, "--store-clients", str(clients)],
+                [sys.executable, *command, "--store-clients", str(clients), "--spread", spread],
                 env={**os.environ, "PYTHONPATH": path},
                 capture_output=True,
                 text=True,
@@ -148,7 +154,9 @@ def store_submits_report(args: argparse.Namespace) -> dict[str, dict[str, list[f
             for _ in range(args.rounds):
                 sides = [(f"baseline ({args.baseline_ref})", baseline)] if baseline else []
                 for name, src in [*sides, ("this checkout", None)]:
-                    rate = store_submits(src, database, args.pg, args.store_clients, args.jobs)
+                    rate = store_submits(
+                        src, database, args.pg, args.store_clients, args.jobs, args.spread
+                    )
                     figures.setdefault(name, []).append(round(rate, 1))
             report[database] = figures
     return report
@@ -259,10 +267,17 @@ def main() -> None:
         "--store-submits", action="store_true", help="charged store submits/s (no HTTP)"
     )
     parser.add_argument("--store-clients", type=int, default=32)
+    parser.add_argument(
+        "--spread",
+        choices=["none", "keys", "keys+models"],
+        default="none",
+        help="store submits: one key and model for all tasks, a key each, or a key and model each",
+    )
     parser.add_argument("--charged-store-url", help=argparse.SUPPRESS)  # one measurement
     args = parser.parse_args()
     if args.charged_store_url:
-        print(asyncio.run(charged_submits(args.charged_store_url, args.store_clients, args.jobs)))
+        rate = charged_submits(args.charged_store_url, args.store_clients, args.jobs, args.spread)
+        print(asyncio.run(rate))
         return
     output: dict[str, object] = {}
     if args.store_submits:
