@@ -4,7 +4,7 @@ Built once per process (by the runtime, or `JobStore.open`) and handed to every 
 store, keys, the ledger, the worker registry, the listing and the webhook store. Only this
 module and `dialects` (the engine and notifier recipes it uses) know which database is below;
 the stores speak in statements and ask here for what differs: `insert_ignoring`,
-`claim_subquery`, `advisory_lock`, `numbered_insert` and `reserve_numbers`.
+`claim_subquery`, `advisory_lock`, `numbered_insert`, `numbered_for` and `reserve_numbers`.
 
 Migrations are per package: each registers a `Migrations` list (its own tables, its own
 versions), and `migrate` applies the lists it was given under one database-wide lock. So the
