@@ -13,6 +13,8 @@ figures come from one run on one machine.
 
     python -m bench.queue --jobs 2000 [--pg postgresql://postgres@127.0.0.1:5432/test]
     python -m bench.queue --skip-store --http-seconds 10 --baseline-ref main
+    python -m bench.queue --skip-store --http-clients 0 --store-submits --jobs 1500 \
+        --baseline-ref main   # charged submits of the store alone (no HTTP), 32 tasks
 Loopback only; bounded in count and time. Needs wrk for the HTTP part.
 """
 
@@ -21,9 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import secrets
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +40,8 @@ from bench._servers import (
     start_videoserve,
     videoserve_env,
 )
+from videoserve.jobs import ledger
+from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.records import JobResult
 from videoserve.jobs.store import JobStore, NewJob
 from videoserve.settings import Settings
@@ -78,6 +84,82 @@ async def run(url: str, jobs: int, workers: int) -> float:
     await store.close()
     assert done == (jobs // workers) * workers, (done, jobs)
     return done / elapsed
+
+
+async def charged_submits(url: str, clients: int, jobs: int, spread: str = "none") -> float:
+    """Charged submits/s of the store alone (`JobStore.create`, no HTTP): `clients` tasks
+    submitting for one unlimited key (charged like every key) and one model; with `spread`
+    "keys" each task has its own key, with "keys+models" its own key and model (so no two
+    share the key's row or the model's ticket counter row)."""
+    store = JobStore.open(Settings(database_url=url).resolved_database_url())
+    await store.start()
+    owners = [(await KeyStore(store.database).create(f"bench {i}"))[0].id for i in range(clients)]
+    price = ledger.Charge(seconds=4, price_per_second=1)
+    quota = jobs // clients
+
+    async def client(i: int) -> None:
+        key_id = owners[i] if spread in ("keys", "keys+models") else owners[0]
+        model = f"model-{i}" if spread == "keys+models" else "tiny-t2v"
+        for _ in range(quota):
+            await store.create(
+                NewJob(
+                    id="video_" + secrets.token_hex(16),
+                    api_key_id=key_id,
+                    model=model,
+                    served_by=model,
+                    params={"prompt": "bench", "duration": 4},
+                    max_attempts=3,
+                    charge=price,
+                )
+            )
+
+    begun = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    elapsed = time.perf_counter() - begun
+    await store.close()
+    return quota * clients / elapsed
+
+
+def store_submits(
+    src: Path | None, database: str, pg: str, clients: int, jobs: int, spread: str
+) -> float:
+    """`charged_submits` in a fresh process running `src`'s code, on a fresh database."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pg_name = None
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        if database == "postgresql":
+            url, pg_name = fresh_pg(pg)
+        try:
+            path = os.pathsep.join([code_env(src)["PYTHONPATH"], str(Path(__file__).parents[1])])
+            command = ["-m", "bench.queue", "--charged-store-url", url, "--jobs", str(jobs)]
+            out = subprocess.run(
+                [sys.executable, *command, "--store-clients", str(clients), "--spread", spread],
+                env={**os.environ, "PYTHONPATH": path},
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        finally:
+            if pg_name is not None:
+                drop_pg(pg, pg_name)
+    return float(out.strip().splitlines()[-1])
+
+
+def store_submits_report(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Charged store submits/s per database, this checkout beside the baseline, alternating."""
+    report: dict[str, dict[str, list[float]]] = {}
+    with baseline_source(args.baseline_ref) as baseline:
+        for database in args.databases.split(","):
+            figures: dict[str, list[float]] = {}
+            for _ in range(args.rounds):
+                sides = [(f"baseline ({args.baseline_ref})", baseline)] if baseline else []
+                for name, src in [*sides, ("this checkout", None)]:
+                    rate = store_submits(
+                        src, database, args.pg, args.store_clients, args.jobs, args.spread
+                    )
+                    figures.setdefault(name, []).append(round(rate, 1))
+            report[database] = figures
+    return report
 
 
 def fresh_pg(admin_url: str) -> tuple[str, str]:
@@ -155,7 +237,7 @@ def http_report(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     load during the run falls on both."""
     report: dict[str, dict[str, list[float]]] = {}
     with baseline_source(args.baseline_ref) as baseline:
-        for database in ("sqlite", "postgresql"):
+        for database in args.databases.split(","):
             figures: dict[str, list[float]] = {}
             for _ in range(args.rounds):
                 sides = [(f"baseline ({args.baseline_ref})", baseline)] if baseline else []
@@ -178,8 +260,29 @@ def main() -> None:
     parser.add_argument("--http-seconds", type=int, default=10)
     parser.add_argument("--baseline-ref", default=None, help="git revision to measure beside")
     parser.add_argument("--rounds", type=int, default=2, help="alternating HTTP rounds")
+    parser.add_argument(
+        "--databases", default="sqlite,postgresql", help="HTTP submits on these (comma-separated)"
+    )
+    parser.add_argument(
+        "--store-submits", action="store_true", help="charged store submits/s (no HTTP)"
+    )
+    parser.add_argument("--store-clients", type=int, default=32)
+    parser.add_argument(
+        "--spread",
+        choices=["none", "keys", "keys+models"],
+        default="none",
+        help="store submits: one key and model for all tasks, a key each, or a key and model each",
+    )
+    parser.add_argument("--charged-store-url", help=argparse.SUPPRESS)  # one measurement
     args = parser.parse_args()
+    if args.charged_store_url:
+        rate = charged_submits(args.charged_store_url, args.store_clients, args.jobs, args.spread)
+        print(asyncio.run(rate))
+        return
     output: dict[str, object] = {}
+    if args.store_submits:
+        output["store_charged_submits_per_second"] = store_submits_report(args)
+        output["store_clients"] = args.store_clients
     if args.http_clients:
         output["http_submits_per_second"] = http_report(args)
         output["http_clients"] = args.http_clients

@@ -25,7 +25,7 @@ from tests.conftest import LiveServer
 from tests.integration.test_families import generate_over_http, png_data_uri
 from videoserve import errors
 from videoserve.models import families, random_weights_hunyuan15
-from videoserve.models.backends import hunyuan15
+from videoserve.models.backends import continuation, hunyuan15
 from videoserve.models.backends.base import Cancelled, GenerationInputs
 from videoserve.models.backends.hunyuan15 import HunyuanVideo15Backend
 from videoserve.models.grid import FAMILY_GRIDS, plan
@@ -272,3 +272,22 @@ def test_progress_per_step_cancellation_between_steps_and_guidance(
     assert guided.shape == unguided.shape == (32, 90, 160, 3)
     assert not np.array_equal(guided, unguided)
     assert pipe.guider.guidance_scale == 6.0  # the folder's own scale is kept between calls
+
+
+@pytest.mark.parametrize(("name", "extends"), [("t2v", False), ("i2v", True), ("t2v-siglip", True)])
+def test_extensions_where_image_to_video_exists_and_no_edits(
+    folders: dict[str, Path], name: str, extends: bool
+) -> None:
+    """An extension continues from the last frame by image-to-video, where the folder has it;
+    no HunyuanVideo 1.5 pipeline edits a video, and both refusals name the model."""
+    model = backend(folders[name])
+    frames = np.random.default_rng(4).integers(0, 255, (16, 48, 64, 3), dtype=np.uint8)
+    source = continuation.SourceVideo(frames, 8.0)
+    if extends:
+        params = DiffusersParams(prompt="a cat", duration=4, num_inference_steps=2, seed=3)
+        video = continuation.extend(model, params, source, lambda s, t: None, lambda: False)
+        assert video.frames.shape == (16 + 32, 48, 64, 3)
+        assert np.array_equal(video.frames[:16], frames)
+    else:
+        assert "model 'hy' cannot continue a video" in str(continuation.extend_refusal(model))
+    assert "model 'hy' has no video-to-video pipeline" in str(continuation.edit_refusal(model))

@@ -4,7 +4,7 @@ Built once per process (by the runtime, or `JobStore.open`) and handed to every 
 store, keys, the ledger, the worker registry, the listing and the webhook store. Only this
 module and `dialects` (the engine and notifier recipes it uses) know which database is below;
 the stores speak in statements and ask here for what differs: `insert_ignoring`,
-`claim_subquery`, `advisory_lock`, `numbered_insert` and `reserve_numbers`.
+`claim_subquery`, `advisory_lock`, `numbered_insert`, `numbered_for` and `reserve_numbers`.
 
 Migrations are per package: each registers a `Migrations` list (its own tables, its own
 versions), and `migrate` applies the lists it was given under one database-wide lock. So the
@@ -223,6 +223,30 @@ class Database:
             .scalar_subquery()
         )
         return table.insert().values({counter.number.name: number})
+
+    def numbered_for(self, counter: Counter, group_param: str, rows: sa.CTE) -> sa.CTE:
+        """PostgreSQL: a CTE bumping the group's counter once if `rows` (a CTE) has a row,
+        RETURNING the number taken in `counter.last`; with no row it takes nothing (no gap).
+
+        For an INSERT that must happen only when another write of the same statement did
+        (the submit's charge): the job selects its number FROM this CTE."""
+        assert self.postgres, "numbered_for is PostgreSQL's (SQLite: numbered_insert)"
+        group: sa.BindParameter[Any] = sa.bindparam(group_param, type_=counter.key.type)
+        return (
+            postgresql.insert(counter.key.table)
+            .from_select(
+                [counter.key.name, counter.last.name],
+                # WHERE true: without it, PostgreSQL would read ON CONFLICT as a join's ON.
+                sa.select(group, sa.literal(1, type_=counter.last.type))
+                .select_from(rows)
+                .where(sa.true()),
+            )
+            .on_conflict_do_update(
+                index_elements=[counter.key], set_={counter.last.name: counter.last + 1}
+            )
+            .returning(counter.last)
+            .cte("next_number")
+        )
 
     async def reserve_numbers(
         self, conn: AsyncConnection, counter: Counter, group: Any, count: int

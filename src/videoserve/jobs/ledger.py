@@ -21,7 +21,7 @@ prices every sum is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -117,7 +117,18 @@ def charge(conn: Connection, api_key_id: str, job_id: str, price: Charge) -> boo
     on SQLite one hop to the writer thread). On PostgreSQL the deduction and its ledger row
     are one statement (a data-modifying CTE): one round trip less while the key's row is
     locked, which every concurrent submit of that key waits on."""
-    params = {
+    params = charge_params(api_key_id, job_id, price)
+    if conn.dialect.name == "postgresql":
+        return conn.execute(_TAKE_AND_RECORD, params).first() is not None
+    if conn.execute(TAKE, params).first() is None:
+        return False
+    conn.execute(_RECORD, params)
+    return True
+
+
+def charge_params(api_key_id: str, job_id: str, price: Charge) -> dict[str, Any]:
+    """The parameters of the charge's statements (`TAKE` and `recorded`)."""
+    return {
         "key_id": api_key_id,
         "price": price.amount,
         "job_id": job_id,
@@ -125,16 +136,11 @@ def charge(conn: Connection, api_key_id: str, job_id: str, price: Charge) -> boo
         "note": price.describe(),
         "now": clock.now(),
     }
-    if conn.dialect.name == "postgresql":
-        return conn.execute(_TAKE_AND_RECORD, params).first() is not None
-    if conn.execute(_TAKE, params).first() is None:
-        return False
-    conn.execute(_RECORD, params)
-    return True
 
 
 # Built once: the charge runs on every submit (see `statements` for why that matters).
-_TAKE = (
+# TAKE deducts the price where the key may spend it (RETURNING the key's id: no row, refused).
+TAKE = (
     keys.update()
     .where(keys.c.id == sa.bindparam("key_id"))
     .where(sa.or_(keys.c.unlimited, keys.c.balance >= sa.bindparam("price")))
@@ -149,16 +155,16 @@ _RECORD = ledger.insert().values(
     note=sa.bindparam("note"),
     created_at=sa.bindparam("now"),
 )
-_taken = _TAKE.cte("taken")
-# WITH taken AS (UPDATE api_keys ... RETURNING id) INSERT INTO credit_ledger SELECT ... FROM
-# taken: no row (and no ledger entry) when the key may not spend the price.
-_TAKE_AND_RECORD = (
-    ledger.insert()
-    .add_cte(_taken)
-    .from_select(
+
+
+def recorded(taken: sa.CTE) -> sa.Insert:
+    """The charge's ledger row for each row of `taken` (TAKE as a CTE): none when refused.
+
+    PostgreSQL only (a data-modifying CTE); the submit folds it into the job's INSERT."""
+    return ledger.insert().from_select(
         ["api_key_id", "job_id", "kind", "amount", "note", "created_at"],
         sa.select(
-            _taken.c.id,
+            taken.c.id,
             sa.bindparam("job_id", type_=sa.String),
             sa.literal("charge", type_=sa.String),
             sa.bindparam("charged", type_=sa.Float),
@@ -166,8 +172,12 @@ _TAKE_AND_RECORD = (
             sa.bindparam("now", type_=sa.Float),
         ),
     )
-    .returning(ledger.c.id)
-)
+
+
+_taken = TAKE.cte("taken")
+# WITH taken AS (UPDATE api_keys ... RETURNING id) INSERT INTO credit_ledger SELECT ... FROM
+# taken: no row (and no ledger entry) when the key may not spend the price.
+_TAKE_AND_RECORD = recorded(_taken).add_cte(_taken).returning(ledger.c.id)
 
 
 def _refund_entry(

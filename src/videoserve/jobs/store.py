@@ -27,7 +27,9 @@ from videoserve.jobs.records import Job, JobResult, Lease
 from videoserve.jobs.statements import (
     FINISHED_TOPIC,
     HOLDS,
+    NEW_PREFIX,
     QUEUED_TOPIC,
+    SUBMITTED,
     HotStatements,
     holds,
     job_topic,
@@ -190,6 +192,11 @@ class JobStore:
             if new.charge is None and new.failed_with is None:
                 # Nothing to charge or refund: one INSERT, announcing itself (the common case).
                 row = await self._write_one(self._hot.insert, values)
+            elif self._hot.charged_insert is not None and new.failed_with is None:
+                # PostgreSQL: charge, ticket and insert as one statement (see statements).
+                row = await self._write_one(self._hot.charged_insert, _charged(new, values))
+                if row is None:
+                    raise _Declined
             else:
                 row, refunded = await self._create_with_credits(new, values, topic)
         except _Declined:
@@ -663,6 +670,14 @@ def _queued_row(new: NewJob, now: float, ticket: int) -> dict[str, Any]:
         "webhook_url": new.webhook_url,
         "ticket": ticket,
     }
+
+
+def _charged(new: NewJob, values: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of `HotStatements.charged_insert` for a queued, charged submit."""
+    assert new.charge is not None
+    params = {NEW_PREFIX + name: values[name] for name in SUBMITTED}
+    params[tickets.QUEUE_PARAM] = new.served_by
+    return params | ledger.charge_params(new.api_key_id, new.id, new.charge)
 
 
 class _Declined(Exception):

@@ -18,8 +18,9 @@ docs/api.md states these bounds to users.
 
 Tickets are per model (`served_by`) because a worker serves some models and positions are
 per model. How the INSERT takes the next ticket safely differs between the databases (a
-counter row on PostgreSQL, the model's highest ticket on SQLite): `Database.numbered_insert`
-and `Database.reserve_numbers` hold that difference, as the database seam holds the others.
+counter row on PostgreSQL, the model's highest ticket on SQLite): `Database.numbered_insert`,
+`Database.numbered_for` (PostgreSQL's charged submit, whose ticket is taken only when the
+charge is) and `Database.reserve_numbers` hold that difference, as the seam holds the others.
 """
 
 from __future__ import annotations

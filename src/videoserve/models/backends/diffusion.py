@@ -16,6 +16,7 @@ import dataclasses
 import gc
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -85,15 +86,53 @@ class RuntimeOptions:
         return device.startswith("cuda") and not (self.cpu_offload or self.group_offload)
 
 
+# A file's identity for the config cache: it changed if any of these did.
+Stamp = tuple[int, int, int]  # (st_mtime_ns, st_size, st_ino)
+
+# Weights' JSON configs by file, with the stamp they were read at. Why a cache: `check` runs
+# on every submit and read `model_index.json` (open, read, parse) twice per call, a third of
+# the submit service's time; a stat is a tenth of that. Keyed on the stamp rather than loaded
+# once at startup, because weights can arrive or change while serving (`videoserve pull`, the
+# tiny model's first build) and every reader must see the folder as it is now.
+# Keyed by the path's string (building `Path` children cost more than the stat).
+_configs: dict[str, tuple[Stamp, dict[str, Any] | None]] = {}
+
+
+def stamp(file: str | Path) -> Stamp | None:
+    """The file's (mtime, size, inode), or None when it is absent or unreadable."""
+    try:
+        found = os.stat(file)
+    except OSError:
+        return None
+    return (found.st_mtime_ns, found.st_size, found.st_ino)
+
+
+def read_json_config(file: str) -> dict[str, Any] | None:
+    """The JSON object in `file`, or None when it is missing, unreadable or not an object.
+
+    Read again only when the file's stamp changed; the caller gets its own shallow copy."""
+    now = stamp(file)
+    if now is None:
+        _configs.pop(file, None)
+        return None
+    cached = _configs.get(file)
+    if cached is not None and cached[0] == now:
+        return dict(cached[1]) if cached[1] is not None else None
+    try:
+        with open(file, encoding="utf-8") as handle:
+            loaded = json.load(handle)
+    except (OSError, ValueError):
+        loaded = None
+    config = loaded if isinstance(loaded, dict) else None
+    _configs[file] = (now, config)
+    return dict(config) if config is not None else None
+
+
 def read_model_index(path: Path | None) -> dict[str, Any] | None:
     """The folder's `model_index.json`, or None when it is missing or unreadable."""
     if path is None:
         return None
-    try:
-        index = json.loads((path / "model_index.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return index if isinstance(index, dict) else None
+    return read_json_config(os.path.join(path, "model_index.json"))
 
 
 def resolve_device(device: str) -> str:
@@ -169,6 +208,8 @@ class DiffusersBackend:
         self.pool: ModelPool | None = None  # set by the registry: keeps few models in memory
         self._grid = grid
         self._grid_overrides = dict(grid_overrides or {})
+        # (folder, its configs' stamps) -> the grid detected from them (`_detected_grid`).
+        self._grid_seen: tuple[tuple[Any, ...], grids.FamilyGrid] | None = None
         # One lock for load, unload and generate: a pipeline's scheduler keeps per-call state,
         # so two generations on one backend run one after the other.
         self._lock = threading.RLock()
@@ -186,7 +227,7 @@ class DiffusersBackend:
 
     @property
     def grid(self) -> grids.FamilyGrid:
-        base = self._grid or self._detect_grid(self.path)
+        base = self._grid or self._detected_grid()
         return dataclasses.replace(base, **self._grid_overrides) if self._grid_overrides else base
 
     @property
@@ -704,6 +745,23 @@ class DiffusersBackend:
     def _detect_grid(self, folder: Path | None) -> grids.FamilyGrid:
         """The family's grid for these weights (configs only, no weights read)."""
         return self.default_grid
+
+    def _detected_grid(self) -> grids.FamilyGrid:
+        """`_detect_grid` of the weights now, kept while the configs it reads are unchanged
+        (`model_index.json` and the transformer's `config.json`: two stats per call instead
+        of reading and parsing them on every submit's `check`)."""
+        folder = self.path
+        key = (
+            folder,
+            None if folder is None else stamp(os.path.join(folder, "model_index.json")),
+            None if folder is None else stamp(os.path.join(folder, "transformer", "config.json")),
+        )
+        cached = self._grid_seen
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        detected = self._detect_grid(folder)
+        self._grid_seen = (key, detected)
+        return detected
 
     def _from_pretrained(self, folder: Path, class_name: str, dtype: torch.dtype) -> Any:
         """Load the folder's own pipeline class on the CPU."""
