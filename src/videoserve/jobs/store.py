@@ -155,21 +155,8 @@ class JobStore:
         says so."""
         now = clock.now()
         values: dict[str, Any] = {
-            "id": new.id,
-            "api_key_id": new.api_key_id,
-            "model": new.model,
-            "served_by": new.served_by,
-            "params": new.params,
-            "input_key": new.input_key,
-            "status": Status.QUEUED.value,
-            "progress": 0,
-            "attempt": 0,
-            "max_attempts": new.max_attempts,
-            "cancel_requested": False,
-            "created_at": now,
+            **_new_row(new, now),
             "idempotency_key": new.idempotency_key,
-            "request_hash": new.request_hash,
-            "webhook_url": new.webhook_url,
             "cost": new.charge.amount if new.charge is not None else None,
         }
         if new.failed_with is None:
@@ -651,8 +638,8 @@ DELETED_UNFINISHED = "refund: deleted before it finished"
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 
 
-def _queued_row(new: NewJob, now: float, ticket: int) -> dict[str, Any]:
-    """The row of a job queued in bulk (see `JobStore.enqueue_many`)."""
+def _new_row(new: NewJob, now: float) -> dict[str, Any]:
+    """The columns every newly queued job starts with."""
     return {
         "id": new.id,
         "api_key_id": new.api_key_id,
@@ -668,8 +655,12 @@ def _queued_row(new: NewJob, now: float, ticket: int) -> dict[str, Any]:
         "created_at": now,
         "request_hash": new.request_hash,
         "webhook_url": new.webhook_url,
-        "ticket": ticket,
     }
+
+
+def _queued_row(new: NewJob, now: float, ticket: int) -> dict[str, Any]:
+    """The row of a job queued in bulk (see `JobStore.enqueue_many`)."""
+    return {**_new_row(new, now), "ticket": ticket}
 
 
 def _charged(new: NewJob, values: dict[str, Any]) -> dict[str, Any]:
