@@ -37,8 +37,12 @@ def test_schemathesis_finds_no_conformance_failures(tmp_path: Path, model_cache:
         "examples,coverage,fuzzing",
         "--max-examples",
         "5",
+        # One worker thread: with two, CPython 3.11.7's ast module now and then raises
+        # "SystemError: AST constructor recursion depth mismatch" inside schemathesis's
+        # coverage phase (python/cpython#106905, a threading bug fixed after 3.11.7), which
+        # fails the run without any finding about our API.
         "--workers",
-        "2",
+        "1",
         "--max-time",
         str(BUDGET_SECONDS),
     ]
