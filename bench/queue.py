@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench._servers import (
@@ -147,6 +148,20 @@ def store_submits(
 
 def store_submits_report(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     """Charged store submits/s per database, this checkout beside the baseline, alternating."""
+    return alternating_report(
+        args,
+        lambda src, database: store_submits(
+            src, database, args.pg, args.store_clients, args.jobs, args.spread
+        ),
+    )
+
+
+def alternating_report(
+    args: argparse.Namespace, measure: Callable[[Path | None, str], float]
+) -> dict[str, dict[str, list[float]]]:
+    """`measure(src, database)` per database: this checkout's code (src None), and the
+    baseline's when asked, in alternating rounds (baseline, this, baseline, this...) so that a
+    change in the machine's load during the run falls on both."""
     report: dict[str, dict[str, list[float]]] = {}
     with baseline_source(args.baseline_ref) as baseline:
         for database in args.databases.split(","):
@@ -154,10 +169,7 @@ def store_submits_report(args: argparse.Namespace) -> dict[str, dict[str, list[f
             for _ in range(args.rounds):
                 sides = [(f"baseline ({args.baseline_ref})", baseline)] if baseline else []
                 for name, src in [*sides, ("this checkout", None)]:
-                    rate = store_submits(
-                        src, database, args.pg, args.store_clients, args.jobs, args.spread
-                    )
-                    figures.setdefault(name, []).append(round(rate, 1))
+                    figures.setdefault(name, []).append(round(measure(src, database), 1))
             report[database] = figures
     return report
 
@@ -232,22 +244,13 @@ def http_submits(src: Path | None, database: str, pg: str, clients: int, seconds
 
 
 def http_report(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    """Submits/s per database: this checkout's code, and the baseline's when asked, in
-    alternating rounds (baseline, this, baseline, this...) so that a change in the machine's
-    load during the run falls on both."""
-    report: dict[str, dict[str, list[float]]] = {}
-    with baseline_source(args.baseline_ref) as baseline:
-        for database in args.databases.split(","):
-            figures: dict[str, list[float]] = {}
-            for _ in range(args.rounds):
-                sides = [(f"baseline ({args.baseline_ref})", baseline)] if baseline else []
-                for name, src in [*sides, ("this checkout", None)]:
-                    rate = http_submits(
-                        src, database, args.pg, args.http_clients, args.http_seconds
-                    )
-                    figures.setdefault(name, []).append(round(rate, 1))
-            report[database] = figures
-    return report
+    """Submits/s over HTTP per database, this checkout beside the baseline, alternating."""
+    return alternating_report(
+        args,
+        lambda src, database: http_submits(
+            src, database, args.pg, args.http_clients, args.http_seconds
+        ),
+    )
 
 
 def main() -> None:

@@ -111,7 +111,6 @@ class HotStatements:
         # A queued job takes its model's next ticket in its INSERT (see `tickets`).
         queued = tickets.insert(database)
         self.insert = queued.returning(*jobs.c, *notifier.returning(QUEUED_TOPIC))
-        self.insert_in_transaction = queued.returning(*jobs.c)  # the caller announces it
         # PostgreSQL: a charged submit as ONE statement (see `charged_insert`).
         self.charged_insert = (
             charged_insert(database).returning(*jobs.c, *notifier.returning(QUEUED_TOPIC))
