@@ -68,13 +68,10 @@ def status_body(job: Job | JobStatus, queue_position: int | None) -> dict[str, A
 
 
 async def poll(runtime: Runtime, key: ApiKey, request_id: str) -> tuple[Status, dict[str, Any]]:
-    """A status poll's answer: the job's status and the body. The job is read afresh; a
-    queued one is read whole, as its queue position needs more than a poll's columns."""
+    """A status poll's answer: the job's status and the body, the job read afresh (its poll
+    columns hold what a queued job's position needs: its model and ticket)."""
     found = await runtime.service.status(key, request_id)
-    if found.status != Status.QUEUED:
-        return found.status, status_body(found, None)
-    job = await runtime.service.get(key, request_id)
-    return job.status, await status(runtime, job)
+    return found.status, status_body(found, await runtime.service.queue_position(found))
 
 
 async def result(runtime: Runtime, job: Job, base: str) -> dict[str, Any]:

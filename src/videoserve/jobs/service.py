@@ -315,7 +315,7 @@ class JobService:
         True if it changed. Callers re-read the job either way."""
         return await self.store.wait_for_change(job_id, timeout)
 
-    async def queue_position(self, job: Job) -> int | None:
+    async def queue_position(self, job: Job | JobStatus) -> int | None:
         return await self.store.queue_position(job) if job.status == Status.QUEUED else None
 
     async def cancel(self, key: ApiKey, job_id: str) -> Job:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from videoserve.jobs import clock, dialects, ledger, schema, tickets
 from videoserve.jobs.database import Database, Migrations
 from videoserve.jobs.failures import CANCELLED_MESSAGE, Failure, FailureCode
+from videoserve.jobs.job_status import JobStatus
 from videoserve.jobs.records import Job, JobResult, Lease
 from videoserve.jobs.statements import (
     FINISHED_TOPIC,
@@ -297,7 +298,7 @@ class JobStore:
         self.notifier.after_commit(QUEUED_TOPIC)
         return len(new_jobs)
 
-    async def queue_position(self, job: Job) -> int:
+    async def queue_position(self, job: Job | JobStatus) -> int:
         """1 for the next job a worker of its model will claim, 2 behind it, and so on.
 
         From the job's ticket and its queue's head: one index seek (see `tickets` for how far
