@@ -169,6 +169,7 @@ def _pg_ctl() -> list[str] | None:
     return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "restart"]
 
 
+@pytest.mark.alone  # restarts the PostgreSQL every other test uses
 def test_postgres_restart_loses_no_accepted_job(pg: Processes) -> None:
     command = _pg_ctl()
     if command is None or os.geteuid() != 0:

@@ -15,6 +15,7 @@ from tests.integration.accounting import headers, make_key, submit
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 REFUSAL = re.compile(r"^rate limit exceeded: 3 per 1 minute; retry in (\d+) s$")
+REFUSAL_OF_5 = re.compile(r"^rate limit exceeded: 5 per 1 minute; retry in \d+ s$")
 
 
 def test_submit_limit_is_429_while_status_polls_keep_answering(make_server) -> None:
@@ -66,6 +67,39 @@ def test_status_limit_has_its_own_bucket(make_server) -> None:
     # No submit limit is configured: submitting still works, with no rate-limit headers.
     again = submit(server, key, duration=4)
     assert again.status_code == 200 and "X-RateLimit-Limit" not in again.headers
+
+
+def test_every_poll_counts_once_whoever_answers_it(make_server) -> None:
+    """Polls are answered ahead of the middlewares (`api.polls`) unless something is wrong;
+    the ones passed on to the app (an unknown id, another key's job) must not be counted a
+    second time there, and the refusal keeps the request's id."""
+    server = make_server(embedded_worker=False, status_rate_limit="5/minute", rate_limit="")
+    key = server.api_key
+    other, _ = make_key(server, "other")
+    request_id = submit(server, key, duration=4).json()["request_id"]
+    mine = f"{server.url}/v2/requests/{request_id}/status"
+    unknown = f"{server.url}/v2/requests/video_{'0' * 32}/status"
+    answered = httpx.get(mine, headers={**headers(key), "X-Request-Id": "poll-1"})
+    assert answered.status_code == 200 and answered.json()["status"] == "QUEUED"
+    assert answered.headers["X-RateLimit-Remaining"] == "4"
+    assert answered.headers["X-Request-Id"] == "poll-1"
+    missing = httpx.get(unknown, headers={**headers(key), "X-Request-Id": "poll-2"})
+    assert missing.status_code == 404 and missing.headers["X-RateLimit-Remaining"] == "3"
+    assert missing.headers["X-Request-Id"] == "poll-2"  # the id chosen ahead is kept
+    assert httpx.get(mine, headers=headers(key)).headers["X-RateLimit-Remaining"] == "2"
+    # Another key's poll of this job is that key's call: its own bucket, once.
+    theirs = httpx.get(mine, headers=headers(other))
+    assert theirs.status_code == 404 and theirs.headers["X-RateLimit-Remaining"] == "4"
+    assert [httpx.get(mine, headers=headers(key)).status_code for _ in range(3)] == [
+        200,
+        200,
+        429,
+    ]
+    refused = httpx.get(mine, headers={**headers(key), "X-Request-Id": "poll-9"})
+    assert refused.status_code == 429
+    assert REFUSAL_OF_5.match(refused.json()["error"])
+    assert refused.headers["X-Request-Id"] == "poll-9"
+    assert refused.headers["X-RateLimit-Remaining"] == "0" and int(refused.headers["Retry-After"])
 
 
 @pytest.fixture

@@ -308,6 +308,22 @@ async def test_failed_put_file_leaves_no_object(store: BlobStore, tmp_path: Path
     assert not await store.exists("jobs/c/1/video.mp4")
 
 
+async def test_move_file_stores_it_and_takes_the_source(store: BlobStore, tmp_path: Path) -> None:
+    await store.put_bytes("jobs/m/1/video.mp4", b"an older attempt's bytes", "video/mp4")
+    source = tmp_path / "video.mp4"
+    data = os.urandom(64 * 1024)
+    source.write_bytes(data)
+    await store.move_file("jobs/m/1/video.mp4", source, "video/mp4")
+    assert await store.get_bytes("jobs/m/1/video.mp4") == data  # replaced, whole
+    assert not source.exists()  # taken: the caller has nothing left to clean up
+
+
+async def test_failed_move_file_leaves_no_object(store: BlobStore, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        await store.move_file("jobs/n/1/video.mp4", tmp_path / "missing.mp4", "video/mp4")
+    assert not await store.exists("jobs/n/1/video.mp4")
+
+
 async def test_large_file_round_trips_byte_identical(backend: Backend, tmp_path: Path) -> None:
     """Above the multipart threshold (set to S3's 5 MiB minimum part here), S3 gets parts."""
     store = backend.make_store("big", multipart_chunk_bytes=MIN_PART_BYTES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,40 @@ async def test_put_get_exists_round_trip(store: LocalBlobStore, tmp_path: Path) 
     assert store.local_path("videos/a/video.mp4") == store.root / "videos" / "a" / "video.mp4"
     assert await store.presigned_get_url("videos/a/video.mp4", 60) is None
     await store.close()
+
+
+async def test_move_file_renames_the_file_in_without_copying(
+    store: LocalBlobStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "scratch" / "video.mp4"
+    source.parent.mkdir()
+    source.write_bytes(b"mp4 bytes" * 1000)
+    inode = source.stat().st_ino
+    await store.move_file("videos/a/video.mp4", source, "video/mp4")
+    stored = store.root / "videos" / "a" / "video.mp4"
+    assert stored.stat().st_ino == inode  # the same file, renamed: no copy was made
+    assert stored.stat().st_mode & 0o777 == 0o644  # readable by the server, as puts are
+    assert not source.exists()
+    assert files_under(store.root) == ["videos/a/video.mp4"]
+
+
+def _on_another_filesystem(folder: Path, than: Path) -> bool:
+    return folder.is_dir() and folder.stat().st_dev != than.stat().st_dev
+
+
+async def test_move_file_across_filesystems_copies_then_deletes(tmp_path: Path) -> None:
+    """/dev/shm is another filesystem here: the rename fails with EXDEV and the store copies."""
+    shm = Path("/dev/shm")
+    if not _on_another_filesystem(shm, tmp_path):
+        pytest.skip("needs /dev/shm on another filesystem than the test's folder")
+    store = LocalBlobStore(tmp_path / "blobs")
+    with tempfile.TemporaryDirectory(dir=shm) as scratch:
+        source = Path(scratch) / "video.mp4"
+        source.write_bytes(b"from another filesystem" * 100)
+        await store.move_file("videos/b/video.mp4", source, "video/mp4")
+        assert not source.exists()
+    assert await store.get_bytes("videos/b/video.mp4") == b"from another filesystem" * 100
+    assert files_under(store.root) == ["videos/b/video.mp4"]
 
 
 async def test_put_replaces_and_leaves_no_temp_files(store: LocalBlobStore) -> None:

@@ -15,7 +15,7 @@ from videoserve.api import openai_views
 from videoserve.api.guard import InputGuardMiddleware
 from videoserve.api.limits import BodyLimitMiddleware
 from videoserve.api.polls import StatusPolls
-from videoserve.api.ratelimit import RateLimitMiddleware
+from videoserve.api.ratelimit import RateLimitMiddleware, RateLimits
 from videoserve.api.routes import (
     account,
     admin,
@@ -99,9 +99,11 @@ def create_app(
     app.include_router(segmind.router)
     app.add_middleware(InputGuardMiddleware)  # inside the body limit: it reads bounded bodies
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    # Polls answered past FastAPI's routing; inside the request id and the rate limits, and
-    # outside the body limit and the guard, which a plain poll gives nothing to check.
-    app.add_middleware(StatusPolls)
-    app.add_middleware(RateLimitMiddleware, settings=settings)
-    app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 or a 429 carries the id
+    limits = RateLimits(settings)
+    app.add_middleware(RateLimitMiddleware, limits=limits)
+    app.add_middleware(RequestIdMiddleware)  # even a 413 or a 429 carries the id
+    # Polls answered before all of the above, doing the request id's and the rate limits'
+    # part themselves; off where OpenTelemetry is in use, so that every poll is traced.
+    if not telemetry.opentelemetry_in_use():
+        app.add_middleware(StatusPolls, limits=limits)
     return app

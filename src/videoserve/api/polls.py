@@ -1,53 +1,107 @@
-"""The status poll without FastAPI's routing and dependency solving: a pure-ASGI answer to
-`GET /v2/requests/{id}/status`, the most frequent request by far.
+"""The status poll without FastAPI's routing: a pure-ASGI answer to
+`GET /v2/requests/{id}/status`, the most frequent request by far, in the outermost of our
+middlewares (only Starlette's error layer and FastAPI's body limit run before it).
 
 Why: a poll's own work is a key check (cached, see `KeyStore.authenticate`) and one read of
-the job by its primary key, tens of microseconds; FastAPI's route matching, dependency solving
-and per-route wrappers around it cost several times that. It answers only the happy path: a
-known key polling its own job. Every other case (no key, a bad or ambiguous key, an unknown
-id, a database error) falls through to the FastAPI route, which answers it as it always has,
-in the same envelope. The route stays registered, so the OpenAPI document is unchanged.
+the job by its primary key, tens of microseconds. Around it, FastAPI's routing and dependency
+solving, and our request-id and rate-limit middlewares, each wrapping `send`, cost more than
+that. So this layer does what those would do for a poll itself: it takes the request's id,
+counts the call in the rate limiter's `status` bucket, and answers with both in its headers.
 
-It sits inside the request id and the rate limits, which apply to every poll, and outside the
-body limit and the input guard, which have nothing to check on a plain poll: a request with a
-query string or a body goes past it to them, and an id they would refuse (control
-characters, too long) is one no job can have, so the route answers it.
+It answers only the happy path: a known key polling its own job, within its rate limit. Every
+other case (no key, a bad or ambiguous key, an unknown id, a database error, a spent limit)
+goes on to the app, which answers it as it always has, in the same envelope; the id chosen and
+the call counted here are handed on in the scope's state, so the call is counted once
+(`ratelimit.COUNTED`) and keeps its id (`logs.STATE_KEY`). A request with a query string or a
+body goes on to the app too (the body limit and the input guard have something to check).
+Where OpenTelemetry is in use, this layer is not installed, so that every poll is traced.
 
-The answer is the route's own: the same view (`views.status`), the job read afresh from the
-database on every poll (no row cache), FAILED served as 422.
+The answer is the route's own: the same view (`views.status_body`), the job read afresh from
+the database on every poll (no row cache), FAILED served as 422, the body encoded as
+Starlette's `JSONResponse` encodes it.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from videoserve import errors
-from videoserve.api import credentials, views
+from videoserve.api import credentials, ratelimit, views
 from videoserve.jobs.keys import ANONYMOUS
 from videoserve.jobs.states import Status
-from videoserve.runtime import Runtime
+from videoserve.observability import logs
 
 _STATUS_PATH = re.compile(r"^/v2/requests/([^/]+)/status$")
+_JSON = (b"content-type", b"application/json")
+_REQUEST_ID = logs.REQUEST_ID_HEADER.encode()
 
 
 class StatusPolls:
     """Answers a poll of the caller's own job; passes everything else to the app."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, limits: ratelimit.RateLimits) -> None:
         self.app = app
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
-            matched = _STATUS_PATH.match(scope["path"])
-            if matched is not None and not _has_body(scope):
-                answer = await _answer(scope, matched.group(1))
-                if answer is not None:
-                    await answer(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or not await self._answer(scope, send):
+            await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Scope, send: Send) -> bool:
+        """True when this layer answered the request; False: the app must answer it."""
+        if scope["method"] != "GET" or scope["query_string"]:
+            return False
+        matched = _STATUS_PATH.match(scope["path"])
+        if matched is None or _has_body(scope):
+            return False
+        # scope["app"] is the FastAPI app, set before any middleware runs.
+        runtime = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
+        if runtime is None:  # before the lifespan started it
+            return False
+        request_id = logs.choose_request_id(scope)
+        try:
+            presented = credentials.presented_key(scope["headers"])
+        except errors.InvalidRequest:
+            return False  # ambiguous: the app words the 400 (and counts it by address)
+        headers = [(b"", b""), _JSON]  # content-length first, as Starlette sends it
+        if self.limits.active:
+            verdict = await self.limits.hit("status", ratelimit.identity(scope, presented))
+            scope["state"][ratelimit.COUNTED] = verdict
+            if verdict is not None:
+                if not verdict.allowed:
+                    return False  # the app's rate limiter answers the 429 with this verdict
+                headers += verdict.header_pairs()
+        try:
+            if runtime.settings.auth:
+                if presented is None:
+                    return False
+                key = await runtime.keys.authenticate(presented)
+                if key is None:
+                    return False
+                scope["state"]["api_key"] = key  # as `deps.current_key` leaves it
+            else:
+                key = ANONYMOUS
+            job_status, payload = await views.poll(runtime, key, matched.group(1))
+        except Exception:
+            return False  # the route words it (401, 404, 503...) exactly as before
+        body = _encode(payload)
+        headers[0] = (b"content-length", str(len(body)).encode())
+        headers.append((_REQUEST_ID, request_id.encode()))
+        status = 422 if job_status == Status.FAILED else 200
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return True
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    # Starlette's JSONResponse.render, byte for byte, without building a Response.
+    return json.dumps(
+        payload, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
 
 
 def _has_body(scope: Scope) -> bool:
@@ -55,27 +109,3 @@ def _has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
             return True
     return False
-
-
-async def _answer(scope: Scope, request_id: str) -> JSONResponse | None:
-    """The poll's answer, or None when the route should answer (an error of any kind)."""
-    runtime: Runtime | None = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
-    if runtime is None:
-        return None
-    try:
-        if runtime.settings.auth:
-            presented = credentials.presented_key(scope["headers"])
-            if presented is None:
-                return None
-            key = await runtime.keys.authenticate(presented)
-            if key is None:
-                return None
-            scope.setdefault("state", {})["api_key"] = key  # as `deps.current_key` leaves it
-        else:
-            key = ANONYMOUS
-        job_status, body = await views.poll(runtime, key, request_id)
-    except errors.VideoserveError:
-        return None  # the route words it (401, 404, ...) exactly as before
-    except Exception:
-        return None
-    return JSONResponse(body, status_code=422 if job_status == Status.FAILED else 200)

@@ -81,6 +81,10 @@ class Verdict:
             headers["Retry-After"] = str(self.retry_after)
         return headers
 
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """`headers`, as ASGI header pairs."""
+        return [(name.lower().encode(), value.encode()) for name, value in self.headers().items()]
+
     def message(self) -> str:
         return f"rate limit exceeded: {self.item}; retry in {self.retry_after} s"
 
@@ -207,12 +211,17 @@ class MemoryWindows:
         self._next_sweep = now + self.SWEEP_SECONDS
 
 
+# Where a layer that counted the call already (`api.polls`) leaves its verdict (None: nothing
+# limited it), so that a call it passes on is counted once, not twice.
+COUNTED = "videoserve.rate_limit_verdict"
+
+
 class RateLimitMiddleware:
     """Counts each API call in its bucket; 429 once a limit is spent."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, limits: RateLimits) -> None:
         self.app = app
-        self.limits = RateLimits(settings)
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -225,12 +234,16 @@ class RateLimitMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        try:
-            identity = _identity(scope)
-        except errors.InvalidRequest as exc:
-            await guard.refuse(scope, receive, send, 400, exc.message, None)
-            return
-        verdict = await self.limits.hit(_bucket(scope), identity)
+        state = scope.get("state") or {}
+        if COUNTED in state:
+            verdict = state[COUNTED]
+        else:
+            try:
+                caller = identity(scope)
+            except errors.InvalidRequest as exc:
+                await guard.refuse(scope, receive, send, 400, exc.message, None)
+                return
+            verdict = await self.limits.hit(_bucket(scope), caller)
         if verdict is None:
             await self.app(scope, receive, send)
             return
@@ -245,7 +258,7 @@ class RateLimitMiddleware:
             )
             await response(scope, receive, send)
             return
-        extra = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+        extra = verdict.header_pairs()
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -280,9 +293,11 @@ def _bucket(scope: Scope) -> Bucket:
     return "submit" if named.group(1) in runtime.registry.names() else "status"
 
 
-def _identity(scope: Scope) -> str:
-    """Who is counted: the same key that authentication will read (`credentials`)."""
-    presented = credentials.presented_key(scope.get("headers") or [])
+def identity(scope: Scope, presented: str | Literal[False] | None = False) -> str:
+    """Who is counted: the same key that authentication will read (`credentials`); pass
+    `presented` when it has been read already."""
+    if presented is False:
+        presented = credentials.presented_key(scope.get("headers") or [])
     if presented:
         # Salted, so the names in Redis are not the stored key hashes.
         salted = b"videoserve-rate-limit:" + presented.encode("latin-1")

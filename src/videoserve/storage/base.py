@@ -32,6 +32,12 @@ class BlobStore(Protocol):
         """Store a copy of the file `source` under `key`, replacing any previous object."""
         ...
 
+    async def move_file(self, key: str, source: Path, content_type: str) -> None:
+        """Store the file `source` under `key` and take it: `source` is gone afterwards, the
+        object replacing any previous one. A local folder renames it in where it can (no
+        copy); other stores upload it and delete it."""
+        ...
+
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         """Store `data` under `key`, replacing any previous object."""
         ...

@@ -121,6 +121,10 @@ class S3BlobStore:
         size = (await asyncio.to_thread(source.stat)).st_size
         await self._put(path, source, size, content_type)
 
+    async def move_file(self, key: str, source: Path, content_type: str) -> None:
+        await self.put_file(key, source, content_type)
+        await asyncio.to_thread(Path(source).unlink)
+
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         path = self._path(validate_key(key))
         await self._put(path, data, len(data), content_type)

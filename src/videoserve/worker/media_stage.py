@@ -71,8 +71,8 @@ class MediaStage:
         self._scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self._scratch) as scratch:
             video_path, thumb_path = Path(scratch) / "video.mp4", Path(scratch) / "thumb.jpg"
-            # Scratch files, not fsynced: the blob store makes its copies durable, and both
-            # are stored before the job is marked COMPLETED.
+            # Scratch files, not fsynced here: the blob store makes them durable as it takes
+            # them (`move_file`), and both are stored before the job is marked COMPLETED.
             encoding = asyncio.to_thread(_encode, video, video_path, thumb_path, self._encoder)
             if go_ahead is None:
                 info, encode_time = await encoding
@@ -82,8 +82,8 @@ class MediaStage:
                     return None
             prefix = attempt_prefix(lease)
             await asyncio.gather(
-                self._blobs.put_file(prefix + "thumbnail.jpg", thumb_path, "image/jpeg"),
-                self._blobs.put_file(prefix + "video.mp4", video_path, "video/mp4"),
+                self._blobs.move_file(prefix + "thumbnail.jpg", thumb_path, "image/jpeg"),
+                self._blobs.move_file(prefix + "video.mp4", video_path, "video/mp4"),
             )
         return JobResult(
             output_key=prefix + "video.mp4",
