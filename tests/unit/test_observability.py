@@ -122,3 +122,25 @@ def test_multiprocess_mode_sums_every_process(tmp_path: Path) -> None:
         text=True,
     )
     assert "videoserve_credits_spent_total 12.0" in scrape.stdout.splitlines()
+
+
+def test_request_ids_do_not_follow_a_seeded_random_or_repeat_in_a_forked_child() -> None:
+    import os
+    import random
+
+    from videoserve.observability.logs import new_request_id
+
+    random.seed(7)  # a model seeding the module's generator for reproducibility
+    first = new_request_id()
+    random.seed(7)
+    assert new_request_id() != first
+    assert len(first) == 32 and int(first, 16) >= 0
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, through the pipe
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    assert len(child) == 32 and child != new_request_id()

@@ -151,11 +151,16 @@ def quiet_model_libraries() -> None:
         library.set_verbosity_error()
 
 
+# A generator of its own, seeded by the OS, and again in a forked child so that processes do
+# not repeat each other's ids; not the module's, which a model may seed for reproducibility.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
 def new_request_id() -> str:
-    # 32 hex digits from `random`, not `secrets`: the id only tells requests apart in logs and
-    # guards nothing, and the urandom call was a twentieth of a status poll's CPU. `random`
-    # seeds itself from the OS and again in a forked child, so processes do not repeat ids.
-    return f"{random.getrandbits(128):032x}"
+    # 32 hex digits from a PRNG, not `secrets`: the id only tells requests apart in logs and
+    # guards nothing, and the urandom call was a twentieth of a status poll's CPU.
+    return f"{_ids.getrandbits(128):032x}"
 
 
 # Where a layer that already chose the request's id (`api.polls`) leaves it for this one.

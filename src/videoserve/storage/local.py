@@ -155,7 +155,7 @@ def _write_atomic(target: Path, write: Callable[[BinaryIO], object]) -> None:
 
 def _rename_durably(source: Path, target: Path) -> bool:
     """fsync `source`, then rename it over `target`; False when it is on another filesystem
-    (nothing changed then)."""
+    (it is left where it is)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with source.open("rb") as data:
         os.fsync(data.fileno())  # the data durable before it has the object's name
