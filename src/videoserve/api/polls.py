@@ -69,7 +69,7 @@ class StatusPolls:
             return False  # ambiguous: the app words the 400 (and counts it by address)
         headers = [(b"", b""), _JSON]  # content-length first, as Starlette sends it
         if self.limits.active:
-            verdict = await self.limits.hit("status", ratelimit.identity(scope, presented))
+            verdict = await self.limits.hit("status", ratelimit.identity_of(presented, scope))
             scope["state"][ratelimit.COUNTED] = verdict
             if verdict is not None:
                 if not verdict.allowed:

@@ -293,11 +293,13 @@ def _bucket(scope: Scope) -> Bucket:
     return "submit" if named.group(1) in runtime.registry.names() else "status"
 
 
-def identity(scope: Scope, presented: str | Literal[False] | None = False) -> str:
-    """Who is counted: the same key that authentication will read (`credentials`); pass
-    `presented` when it has been read already."""
-    if presented is False:
-        presented = credentials.presented_key(scope.get("headers") or [])
+def identity(scope: Scope) -> str:
+    """Who is counted: the same key that authentication will read (`credentials`)."""
+    return identity_of(credentials.presented_key(scope.get("headers") or []), scope)
+
+
+def identity_of(presented: str | None, scope: Scope) -> str:
+    """`identity`, for a caller whose presented key has been read already."""
     if presented:
         # Salted, so the names in Redis are not the stored key hashes.
         salted = b"videoserve-rate-limit:" + presented.encode("latin-1")
