@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from videoserve import errors
 from videoserve.api import credentials, ratelimit, views
+from videoserve.api.limits import has_body
 from videoserve.jobs.keys import ANONYMOUS
 from videoserve.jobs.states import Status
 from videoserve.observability import logs
@@ -56,7 +57,7 @@ class StatusPolls:
         if scope["method"] != "GET" or scope["query_string"]:
             return False
         matched = _STATUS_PATH.match(scope["path"])
-        if matched is None or _has_body(scope):
+        if matched is None or has_body(scope["headers"]):
             return False
         # scope["app"] is the FastAPI app, set before any middleware runs.
         runtime = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
@@ -102,10 +103,3 @@ def _encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(
         payload, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
     ).encode("utf-8")
-
-
-def _has_body(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
-            return True
-    return False

@@ -25,6 +25,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from videoserve.api.limits import has_body
 from videoserve.settings import Settings
 
 log = logging.getLogger("videoserve.api")
@@ -60,7 +61,7 @@ class SlowClientGuard(HttpToolsProtocol):
         self._head_begun = None  # the timer, if it fires, finds no head to time
         self._cancel_body_timer()
         super().on_headers_complete()
-        if self.min_body_rate > 0 and self._has_body():
+        if self.min_body_rate > 0 and has_body(self.headers):
             self._body_received = self._body_checked = 0
             self._body_timer = self.loop.call_later(self.head_timeout, self._check_body_rate)
 
@@ -71,12 +72,6 @@ class SlowClientGuard(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._cancel_body_timer()
         super().on_message_complete()
-
-    def _has_body(self) -> bool:
-        for name, value in self.headers:
-            if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
-                return True
-        return False
 
     def _begin_head(self) -> None:
         if self.head_timeout <= 0:
