@@ -15,12 +15,14 @@ With `--baseline-ref main` the same run first measures that git revision's code 
 polls), so every figure has its before beside it, from one run on one machine.
 
     python -m bench.overhead --jobs 200 [--baseline-ref main]
+    python -m bench.overhead --jobs 60 --rounds 3 --baseline-ref main  # jobs in rounds
 Loopback only; bounded in count and time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -30,6 +32,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +121,9 @@ def polls_with_cpu(load, url: str, args: argparse.Namespace, key: str | None, pi
     return rate, round(spent / (rate * args.seconds) * 1e6, 1)
 
 
-def measure_server(src: Path | None, args: argparse.Namespace, load) -> dict[str, Any]:
-    """Per-job overhead and the status-poll rate of one revision's `videoserve serve`."""
+@contextlib.contextmanager
+def serving(src: Path | None) -> Iterator[tuple[str, str, int]]:
+    """A fresh `videoserve serve` of one revision's code: (url, key, pid)."""
     with tempfile.TemporaryDirectory() as tmp:
         env = videoserve_env(
             Path(tmp) / "data", VIDEOSERVE_POLL_INTERVAL_SECONDS="0.5", **code_env(src)
@@ -127,35 +131,71 @@ def measure_server(src: Path | None, args: argparse.Namespace, load) -> dict[str
         key = create_key(env)
         port = free_port()
         server = start_videoserve(env, port, Path(tmp) / "server.log")
-        url = f"http://127.0.0.1:{port}"
         try:
-            measure_jobs(url, key, 5, args.poll)  # warm-up: builds and loads the model
-            samples = measure_jobs(url, key, args.jobs, args.poll)
-            status_url = httpx.post(
-                f"{url}/v2/tiny-t2v",
-                json={"prompt": "poll me", "duration": 4, "num_inference_steps": 1},
-                headers={"x-api-key": key},
-            ).json()["status_url"]
-            while httpx.get(status_url, headers={"x-api-key": key}).json()["status"] != "COMPLETED":
-                time.sleep(0.05)
-            polls, cpu_per_poll = polls_with_cpu(load, status_url, args, key, server.pid)
+            yield f"http://127.0.0.1:{port}", key, server.pid
         finally:
             server.terminate()
             server.wait(timeout=30)
-    return {
+
+
+def job_rounds(
+    sides: list[tuple[str, Path | None]], args: argparse.Namespace
+) -> dict[str, dict[str, list[float]]]:
+    """`--rounds` alternating rounds of `--jobs` jobs per side, each in a fresh server: the
+    per-job figures of both sides then share the machine's drifts in load."""
+    samples: dict[str, dict[str, list[float]]] = {}
+    for _ in range(args.rounds):
+        for name, src in sides:
+            with serving(src) as (url, key, _pid):
+                measure_jobs(url, key, 5, args.poll)  # warm-up: builds and loads the model
+                got = measure_jobs(url, key, args.jobs, args.poll)
+            side = samples.setdefault(name, {"rounds_plumbing_p50": []})
+            side["rounds_plumbing_p50"].append(percentile(got["plumbing"], 50))
+            for figure, values in got.items():
+                side.setdefault(figure, []).extend(values)
+    return samples
+
+
+def job_figures(samples: dict[str, list[float]]) -> dict[str, Any]:
+    ms = 1000
+    figures: dict[str, Any] = {
         "overhead_ms": {
-            "p50": round(percentile(samples["overhead"], 50) * 1000, 1),
-            "p99": round(percentile(samples["overhead"], 99) * 1000, 1),
+            "p50": round(percentile(samples["overhead"], 50) * ms, 1),
+            "p99": round(percentile(samples["overhead"], 99) * ms, 1),
         },
         "plumbing_ms (overhead minus MP4 encode)": {
-            "p50": round(percentile(samples["plumbing"], 50) * 1000, 1),
-            "p99": round(percentile(samples["plumbing"], 99) * 1000, 1),
+            "p50": round(percentile(samples["plumbing"], 50) * ms, 1),
+            "p99": round(percentile(samples["plumbing"], 99) * ms, 1),
         },
-        "encode_ms": {"p50": round(percentile(samples["encode"], 50) * 1000, 1)},
-        "total_ms_p50": round(statistics.median(samples["total"]) * 1000, 1),
-        "status_polls_per_s": polls,
-        "server_cpu_us_per_poll": cpu_per_poll,
+        "encode_ms": {"p50": round(percentile(samples["encode"], 50) * ms, 1)},
+        "total_ms_p50": round(statistics.median(samples["total"]) * ms, 1),
+        "jobs_measured": len(samples["total"]),
     }
+    if "rounds_plumbing_p50" in samples:
+        rounds = [round(value * ms, 1) for value in samples["rounds_plumbing_p50"]]
+        figures["plumbing_p50_per_round_ms"] = rounds
+    return figures
+
+
+def measure_server(
+    src: Path | None, args: argparse.Namespace, load, *, jobs: bool = True
+) -> dict[str, Any]:
+    """Per-job overhead (unless `jobs` is false) and the status-poll rate of one revision's
+    `videoserve serve`."""
+    with serving(src) as (url, key, pid):
+        figures: dict[str, Any] = {}
+        if jobs:
+            measure_jobs(url, key, 5, args.poll)  # warm-up: builds and loads the model
+            figures = job_figures(measure_jobs(url, key, args.jobs, args.poll))
+        status_url = httpx.post(
+            f"{url}/v2/tiny-t2v",
+            json={"prompt": "poll me", "duration": 4, "num_inference_steps": 1},
+            headers={"x-api-key": key},
+        ).json()["status_url"]
+        while httpx.get(status_url, headers={"x-api-key": key}).json()["status"] != "COMPLETED":
+            time.sleep(0.05)
+        polls, cpu_per_poll = polls_with_cpu(load, status_url, args, key, pid)
+    return figures | {"status_polls_per_s": polls, "server_cpu_us_per_poll": cpu_per_poll}
 
 
 def bare_polls(args: argparse.Namespace, load, *, plain: bool = False) -> tuple[float, float]:
@@ -176,6 +216,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="each throughput run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--baseline-ref", default=None, help="git revision to measure beside")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="measure jobs in this many alternating rounds per side (--jobs each), each in "
+        "a fresh server, before the polls; 0: jobs and polls in one server per side",
+    )
     args = parser.parse_args()
     load = wrk if shutil.which("wrk") else httpx_load
 
@@ -185,9 +232,15 @@ def main() -> None:
     report["bare_on_uvicorn_defaults"] = {"per_s": plain_rate, "cpu_us_per_poll": plain_cpu}
     bare_rates = [bare_polls(args, load)]
     with baseline_source(args.baseline_ref) as baseline:
-        sides = [(f"baseline ({args.baseline_ref})", baseline)] if baseline else []
-        for name, src in [*sides, ("this checkout", None)]:
-            figures = measure_server(src, args, load)
+        sides: list[tuple[str, Path | None]] = (
+            [(f"baseline ({args.baseline_ref})", baseline)] if baseline else []
+        )
+        sides.append(("this checkout", None))
+        rounds = job_rounds(sides, args) if args.rounds else {}
+        for name, src in sides:
+            figures = measure_server(src, args, load, jobs=not rounds)
+            if rounds:
+                figures = job_figures(rounds[name]) | figures
             bare_rates.append(bare_polls(args, load))
             # Against the bare runs just before and after it: the load may drift.
             bare = statistics.mean(rate for rate, _cpu in bare_rates[-2:])

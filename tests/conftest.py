@@ -13,7 +13,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'jobs.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+async def open_store(database_url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: `JobStore.open(url, **kwargs)` on the test's database, each closed after it."""
+    from videoserve.jobs.store import JobStore
+
+    url = Settings(database_url=database_url).resolved_database_url()
+    opened: list[JobStore] = []
+
+    def open_(**kwargs: Any) -> JobStore:
+        store = JobStore.open(url, **kwargs)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        await store.close()
 
 
 # --- live servers ----------------------------------------------------------------------------

@@ -10,12 +10,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 
 from tests.conftest import LiveServer, wait_until
 from videoserve.jobs import ledger
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.store import JobStore
-from videoserve.models.backends.base import Availability, Cancelled, VideoBackend
+from videoserve.models.backends.base import (
+    Availability,
+    Cancelled,
+    GeneratedVideo,
+    VideoBackend,
+)
 from videoserve.models.backends.tiny import TINY_NAME
 from videoserve.models.params import VideoParams
 from videoserve.models.registry import BackendSpec, ModelEntry, ModelRegistry, tiny_backend
@@ -113,6 +119,15 @@ class FailingBackend:
 
     def generate(self, params, image, on_progress, should_stop):  # type: ignore[no-untyped-def]
         raise RuntimeError("the GPU caught fire")
+
+
+class UnencodableBackend(FailingBackend):
+    """Makes frames whose thumbnail can be written but whose MP4 cannot (a zero frame rate):
+    the job fails in the media stage, after the thumbnail was made."""
+
+    def generate(self, params, image, on_progress, should_stop):  # type: ignore[no-untyped-def]
+        frames = np.full((9, 64, 64, 3), 128, dtype=np.uint8)
+        return GeneratedVideo(frames=frames, fps=0.0, model=self.name)
 
 
 class StallingBackend(FailingBackend):

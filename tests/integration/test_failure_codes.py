@@ -13,6 +13,7 @@ from tests.integration.accounting import (
     FailingBackend,
     StallingBackend,
     TestRegistry,
+    UnencodableBackend,
     headers,
     make_key,
     submit,
@@ -72,6 +73,18 @@ def test_model_error_and_moderation_codes(make_server, model_cache: Path) -> Non
     body = {"prompt": "a cat", "duration": 4}
     answer = httpx.post(f"{server.url}/v1/broken", json=body, headers=headers(key), timeout=60)
     assert answer.status_code == 422 and answer.json()["code"] == "model_error"
+
+
+def test_a_media_error_is_coded_and_leaves_no_scratch_files(make_server, model_cache: Path) -> None:
+    registry = TestRegistry(model_cache, {"flat": (UnencodableBackend("flat"), 1.0)})
+    server = make_server(registry=registry)
+    key = server.api_key
+    request_id = submit(server, key, model="flat", duration=4).json()["request_id"]
+    failed = wait_for_status(server, key, request_id, "FAILED")
+    assert failed["code"] == "media_error" and "fps must be a positive" in failed["error"]
+    assert openai_video(server, key, request_id)["error"]["failure"] == "media_error"
+    # The thumbnail was made before the encode failed: neither file outlives the attempt.
+    assert list((server.data_dir / "tmp").iterdir()) == []
 
 
 def test_worker_lost_is_coded_by_the_reaper(make_server) -> None:

@@ -318,9 +318,28 @@ async def test_move_file_stores_it_and_takes_the_source(store: BlobStore, tmp_pa
     assert not source.exists()  # taken: the caller has nothing left to clean up
 
 
+async def test_a_prepared_move_stores_it_and_takes_the_source(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    """The worker's way: `prepare_move` on the thread that wrote the file, then the move."""
+    source = tmp_path / "thumb.jpg"
+    data = os.urandom(16 * 1024)
+    source.write_bytes(data)
+    await asyncio.to_thread(store.prepare_move, source)
+    assert source.read_bytes() == data  # preparing leaves the file where and as it was
+    await store.move_file("jobs/p/1/thumbnail.jpg", source, "image/jpeg", prepared=True)
+    assert await store.get_bytes("jobs/p/1/thumbnail.jpg") == data
+    assert not source.exists()
+
+
 async def test_failed_move_file_leaves_no_object(store: BlobStore, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         await store.move_file("jobs/n/1/video.mp4", tmp_path / "missing.mp4", "video/mp4")
+    assert not await store.exists("jobs/n/1/video.mp4")
+    with pytest.raises(FileNotFoundError):
+        await store.move_file(
+            "jobs/n/1/video.mp4", tmp_path / "missing.mp4", "video/mp4", prepared=True
+        )
     assert not await store.exists("jobs/n/1/video.mp4")
 
 

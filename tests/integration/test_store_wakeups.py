@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +18,6 @@ from tests.conftest import stored_result
 from videoserve.jobs.sqlite_direct import SyncReader
 from videoserve.jobs.statements import FINISHED_TOPIC, QUEUED_TOPIC, job_topic
 from videoserve.jobs.store import JobStore, NewJob
-from videoserve.settings import Settings
 
 
 def new_job() -> NewJob:
@@ -31,21 +29,6 @@ def new_job() -> NewJob:
         params={"prompt": "p"},
         max_attempts=2,
     )
-
-
-@pytest.fixture
-async def open_store(database_url: str) -> AsyncIterator[Callable[..., JobStore]]:
-    url = Settings(database_url=database_url).resolved_database_url()
-    opened: list[JobStore] = []
-
-    def open_(**kwargs: int) -> JobStore:
-        store = JobStore.open(url, **kwargs)
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        await store.close()
 
 
 async def started(store: JobStore) -> JobStore:

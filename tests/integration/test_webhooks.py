@@ -532,3 +532,27 @@ async def test_progress_events_are_throttled(stores) -> None:
         )
     )
     assert sorted(racing) == [False] * 4 + [True]
+
+
+async def test_with_no_endpoint_only_jobs_with_their_own_url_await_an_event(stores) -> None:
+    """The dispatcher's cheap round (no endpoint anywhere): the same answer as the full query
+    for jobs with a `?webhook=` URL, and nothing for the others."""
+    jobs, hooks = stores
+    assert not await hooks.has_endpoints()
+    plain = [await finished_job(jobs) for _ in range(3)]
+    first = await finished_job(jobs, webhook_url="http://127.0.0.1:9/a")
+    second = await finished_job(jobs, webhook_url="http://127.0.0.1:9/b")
+    wanted = [first.id, second.id]  # in the order they finished
+    assert [j.id for j in await hooks.jobs_awaiting_final_event(endpoints=False)] == wanted
+    assert [j.id for j in await hooks.jobs_awaiting_final_event()] == wanted
+    assert await hooks.add_final_event(first, events.new_event_id(), "{}", 60)
+    assert [j.id for j in await hooks.jobs_awaiting_final_event(endpoints=False)] == [second.id]
+    # With an endpoint the full query counts again, and only then do plain jobs qualify (none
+    # here: they finished before the endpoint existed).
+    await hooks.create_endpoint("key_a", "http://127.0.0.1:9/e", events.DEFAULT_EVENT_TYPES)
+    assert await hooks.has_endpoints()
+    later = await finished_job(jobs)
+    awaiting = [j.id for j in await hooks.jobs_awaiting_final_event()]
+    assert awaiting == [second.id, later.id]
+    assert not {j.id for j in plain} & set(awaiting)
+    assert await hooks.next_due() is not None  # the first job's delivery waits to be sent

@@ -55,6 +55,20 @@ async def test_move_file_renames_the_file_in_without_copying(
     assert files_under(store.root) == ["videos/a/video.mp4"]
 
 
+async def test_a_prepared_move_is_a_rename_and_keeps_the_file(
+    store: LocalBlobStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "scratch" / "thumb.jpg"
+    source.parent.mkdir()
+    source.write_bytes(b"jpeg bytes" * 100)
+    inode = source.stat().st_ino
+    store.prepare_move(source)  # the fsync, on the caller's thread
+    await store.move_file("videos/c/thumbnail.jpg", source, "image/jpeg", prepared=True)
+    stored = store.root / "videos" / "c" / "thumbnail.jpg"
+    assert stored.stat().st_ino == inode and stored.stat().st_mode & 0o777 == 0o644
+    assert not source.exists()
+
+
 def _on_another_filesystem(folder: Path, than: Path) -> bool:
     return folder.is_dir() and folder.stat().st_dev != than.stat().st_dev
 
@@ -70,8 +84,14 @@ async def test_move_file_across_filesystems_copies_then_deletes(tmp_path: Path) 
         source.write_bytes(b"from another filesystem" * 100)
         await store.move_file("videos/b/video.mp4", source, "video/mp4")
         assert not source.exists()
+        # Prepared or not: across filesystems the move is a durable copy.
+        source.write_bytes(b"prepared" * 100)
+        store.prepare_move(source)
+        await store.move_file("videos/b/thumbnail.jpg", source, "image/jpeg", prepared=True)
+        assert not source.exists()
     assert await store.get_bytes("videos/b/video.mp4") == b"from another filesystem" * 100
-    assert files_under(store.root) == ["videos/b/video.mp4"]
+    assert await store.get_bytes("videos/b/thumbnail.jpg") == b"prepared" * 100
+    assert files_under(store.root) == ["videos/b/thumbnail.jpg", "videos/b/video.mp4"]
 
 
 async def test_put_replaces_and_leaves_no_temp_files(store: LocalBlobStore) -> None:

@@ -36,7 +36,7 @@ class JobResult:
     seed: int | None = None
     segments: int = 1  # passes chained for a duration over one pass
     inference_time: float | None = None  # seconds in the model
-    encode_time: float | None = None  # seconds encoding and storing
+    encode_time: float | None = None  # seconds making the thumbnail and the MP4 (not storing)
     started_at: float | None = None  # when this attempt began producing it
     extra: dict[str, Any] = field(default_factory=dict)
 

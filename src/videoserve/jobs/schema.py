@@ -122,6 +122,15 @@ sa.Index("ix_jobs_key_created", jobs.c.api_key_id, jobs.c.created_at)
 sa.Index("ix_jobs_key_status", jobs.c.api_key_id, jobs.c.status)  # migration 4: the claim cap
 sa.Index("ix_jobs_ticket", jobs.c.served_by, jobs.c.status, jobs.c.ticket)  # migration 5
 sa.Index("ix_jobs_model_ticket", jobs.c.served_by, jobs.c.ticket)  # migration 8: next ticket
+# Migration 9: finished jobs with their own webhook URL (the webhook dispatcher's per-request
+# targets), so that finding those awaiting an event does not walk every finished job.
+sa.Index(
+    "ix_jobs_request_webhook",
+    jobs.c.status,
+    jobs.c.finished_at,
+    sqlite_where=jobs.c.webhook_url.is_not(None),
+    postgresql_where=jobs.c.webhook_url.is_not(None),
+)
 
 
 def _v2_webhook_url(conn: Connection) -> None:
@@ -176,6 +185,12 @@ def _v8_tickets_by_model(conn: Connection) -> None:
     tickets.index_by_model(conn)
 
 
+def _v9_request_webhook_index(conn: Connection) -> None:
+    for index in jobs.indexes:
+        if index.name == "ix_jobs_request_webhook":
+            index.create(conn, checkfirst=True)
+
+
 def _v1_initial(conn: Connection) -> None:
     # The tables as version 1 had them: later columns arrive through their own migrations.
     sa.Table(
@@ -207,6 +222,7 @@ MIGRATIONS = Migrations(
         (6, _v6_queue_tickets),
         (7, _v7_worker_loads),
         (8, _v8_tickets_by_model),
+        (9, _v9_request_webhook_index),
     ),
     # Versions 1-4 are the shared counter's (the webhook tables of its version 2 moved out).
     from_legacy=lambda version: version,

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from videoserve.jobs import clock, dialects, ledger, schema, tickets
 from videoserve.jobs.database import Database, Migrations
 from videoserve.jobs.failures import CANCELLED_MESSAGE, Failure, FailureCode
+from videoserve.jobs.handoff import StandingClaim, StandingClaims
 from videoserve.jobs.job_status import JobStatus
 from videoserve.jobs.records import Job, JobResult, Lease
 from videoserve.jobs.statements import (
@@ -116,6 +117,8 @@ class JobStore:
         self._first = database.first
         self._write_one = database.write_one
         self._hot = HotStatements(database, capped=self.policy.max_running_per_key > 0)
+        # This process's idle worker slots, which a submit claims for (`handoff`).
+        self.standing = StandingClaims()
 
     @classmethod
     def open(
@@ -176,8 +179,12 @@ class JobStore:
                 return self._check_same_request(earlier, new), False
         topic = QUEUED_TOPIC if new.failed_with is None else FINISHED_TOPIC
         refunded = 0.0
+        offer = self._standing_for(new)
+        row: sa.Row | None
         try:
-            if new.charge is None and new.failed_with is None:
+            if offer is not None:
+                row = await self._create_and_claim(new, values, offer)
+            elif new.charge is None and new.failed_with is None:
                 # Nothing to charge or refund: one INSERT, announcing itself (the common case).
                 row = await self._write_one(self._hot.insert, values)
             elif self._hot.charged_insert is not None and new.failed_with is None:
@@ -201,6 +208,9 @@ class JobStore:
             if earlier is None:
                 raise
             return self._check_same_request(earlier, new), False
+        finally:
+            if offer is not None:
+                offer.hand(None)  # nothing was claimed for it: the slot claims on its own
         self.notifier.after_commit(topic)
         job = Job.from_row(row)
         if new.charge is not None:
@@ -210,6 +220,46 @@ class JobStore:
         if job.status == Status.FAILED:
             self.observer.finished(job)
         return job, True
+
+    def _standing_for(self, new: NewJob) -> StandingClaim | None:
+        """An idle slot of this process to claim for in the submit's transaction, if any.
+
+        Not on PostgreSQL with a per-key cap, whose claims take an advisory lock first (see
+        `claim`): a submit does not wait on that lock; the slot claims on its own instead."""
+        if new.failed_with is not None:
+            return None
+        if self.policy.max_running_per_key and self.database.postgres:
+            return None
+        return self.standing.take(new.served_by)
+
+    async def _create_and_claim(
+        self, new: NewJob, values: dict[str, Any], offer: StandingClaim
+    ) -> sa.Row:
+        """The submit's charge and INSERT, then the standing slot's claim, in one transaction
+        (see `handoff`); hands the slot what it claimed once committed. Returns the new row."""
+        claim, params, token = self._claim_statement(
+            offer.worker_id, offer.served_by, offer.lease_seconds
+        )
+        charged_insert = self._hot.charged_insert
+
+        def work(conn: Connection) -> tuple[sa.Row, sa.Row | None]:
+            if new.charge is None:
+                row = conn.execute(self._hot.insert, values).one()
+            elif charged_insert is not None:  # PostgreSQL: charge and insert in one statement
+                found = conn.execute(charged_insert, _charged(new, values)).first()
+                if found is None:
+                    raise _Declined
+                row = found
+            else:
+                if not ledger.charge(conn, new.api_key_id, new.id, new.charge):
+                    raise _Declined
+                row = conn.execute(self._hot.insert, values).one()
+            return row, conn.execute(claim, params).first()
+
+        row, claimed = await self.database.run_transaction(work)
+        if claimed is not None:
+            offer.hand(self._claimed(claimed, token))
+        return row
 
     async def _create_with_credits(
         self, new: NewJob, values: dict[str, Any], topic: str
@@ -348,9 +398,22 @@ class JobStore:
         a transaction-scoped advisory lock first, which serialises them (a claim is one short
         statement; workers claim once per video). Without a cap no lock is taken.
         """
+        statement, params, token = self._claim_statement(worker_id, served_by, lease_seconds)
+        if self.policy.max_running_per_key > 0 and self.database.postgres:
+            async with self.database.transaction() as conn:
+                # Held until commit, and each statement after it sees every earlier claim.
+                await self.database.advisory_lock(conn, "claim_cap")
+                row = (await conn.execute(statement, params)).first()
+        else:
+            row = await self._write_one(statement, params)
+        return None if row is None else self._claimed(row, token)
+
+    def _claim_statement(
+        self, worker_id: str, served_by: Sequence[str] | None, lease_seconds: float
+    ) -> tuple[sa.Update, dict[str, Any], str]:
+        """The claim, its parameters and the new lease's fencing token."""
         now = clock.now()
         token = secrets.token_hex(16)
-        statement = self._hot.claim(served_by)
         params: dict[str, Any] = {
             "now": now,
             "expires": now + lease_seconds,
@@ -359,18 +422,12 @@ class JobStore:
         }
         if served_by is not None:
             params["models"] = list(served_by)
-        cap = self.policy.max_running_per_key
-        if cap > 0:
-            params["cap"] = cap
-        if cap > 0 and self.database.postgres:
-            async with self.database.transaction() as conn:
-                # Held until commit, and each statement after it sees every earlier claim.
-                await self.database.advisory_lock(conn, "claim_cap")
-                row = (await conn.execute(statement, params)).first()
-        else:
-            row = await self._write_one(statement, params)
-        if row is None:
-            return None
+        if self.policy.max_running_per_key > 0:
+            params["cap"] = self.policy.max_running_per_key
+        return self._hot.claim(served_by), params, token
+
+    def _claimed(self, row: sa.Row, token: str) -> tuple[Job, Lease]:
+        """After a claim's commit: the job and its lease, announced and observed."""
         job = Job.from_row(row)
         self.notifier.after_commit(job_topic(job.id))
         self.observer.claimed(job)

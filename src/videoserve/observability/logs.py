@@ -116,8 +116,9 @@ def configure(level: str, log_format: LogFormat, stream: IO[str] | None = None) 
         root.removeHandler(old)
     root.addHandler(make_handler(log_format, stream))
     root.setLevel(level.upper())
-    global _quiet_libraries
+    global _quiet_libraries, _libraries_quieted
     _quiet_libraries = level.upper() != "DEBUG"
+    _libraries_quieted = False
     if _quiet_libraries:
         # Read by huggingface_hub and transformers at import, before they print anything.
         for name, value in _QUIET_ENVIRONMENT.items():
@@ -128,6 +129,7 @@ def configure(level: str, log_format: LogFormat, stream: IO[str] | None = None) 
 
 
 _quiet_libraries = False
+_libraries_quieted = False  # by `quiet_model_libraries`, since the last `configure`
 _QUIET_ENVIRONMENT = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
@@ -140,8 +142,10 @@ _CHATTY_LOGGERS = ("diffusers", "transformers", "torch", "torchao", "huggingface
 def quiet_model_libraries() -> None:
     """Turn off diffusers' and transformers' progress bars and warnings, unless the log level
     is debug. Called where models load: importing diffusers here would cost an API-only
-    process torch's import time for nothing."""
-    if not _quiet_libraries:
+    process torch's import time for nothing. Once per process (until `configure` runs again):
+    a logger's `setLevel` walks every logger there is, half a millisecond on each job."""
+    global _libraries_quieted
+    if not _quiet_libraries or _libraries_quieted:
         return
     import diffusers.utils.logging
     import transformers.utils.logging
@@ -149,6 +153,7 @@ def quiet_model_libraries() -> None:
     for library in (diffusers.utils.logging, transformers.utils.logging):
         library.disable_progress_bar()
         library.set_verbosity_error()
+    _libraries_quieted = True
 
 
 # A generator of its own, seeded by the OS, and again in a forked child so that processes do

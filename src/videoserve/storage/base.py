@@ -32,10 +32,20 @@ class BlobStore(Protocol):
         """Store a copy of the file `source` under `key`, replacing any previous object."""
         ...
 
-    async def move_file(self, key: str, source: Path, content_type: str) -> None:
+    def prepare_move(self, source: Path) -> None:
+        """Get the file `source` ready for `move_file(..., prepared=True)`. Blocking: call it
+        on the thread that wrote the file. A local folder fsyncs it here, so that its move is
+        only a rename and the fsync is off the caller's event loop; a store that uploads has
+        nothing to do."""
+        ...
+
+    async def move_file(
+        self, key: str, source: Path, content_type: str, *, prepared: bool = False
+    ) -> None:
         """Store the file `source` under `key` and take it: `source` is gone afterwards, the
         object replacing any previous one. A local folder renames it in where it can (no
-        copy); other stores upload it and delete it."""
+        copy); other stores upload it and delete it. `prepared`: `prepare_move(source)` ran
+        since the file was last written."""
         ...
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:

@@ -121,7 +121,12 @@ class S3BlobStore:
         size = (await asyncio.to_thread(source.stat)).st_size
         await self._put(path, source, size, content_type)
 
-    async def move_file(self, key: str, source: Path, content_type: str) -> None:
+    def prepare_move(self, source: Path) -> None:
+        pass  # an upload reads the file as it is: no fsync needed
+
+    async def move_file(
+        self, key: str, source: Path, content_type: str, *, prepared: bool = False
+    ) -> None:
         await self.put_file(key, source, content_type)
         await asyncio.to_thread(Path(source).unlink)
 

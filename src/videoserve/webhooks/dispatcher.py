@@ -107,8 +107,12 @@ class WebhookDispatcher:
                     except Exception as exc:  # database down: deliveries may still be due
                         log.warning("webhook emission failed: %s", exc)
                     try:
-                        self._start_due(client, await self._claim_up_to(CONCURRENCY))
+                        # A claim is a write transaction: only when a delivery is due, not on
+                        # every round (every job's end wakes one, webhooks or not).
                         due = await self.webhook_store.next_due()
+                        if due is not None and due <= clock.now():
+                            self._start_due(client, await self._claim_up_to(CONCURRENCY))
+                            due = await self.webhook_store.next_due()
                         if due is not None and len(self._in_flight) < CONCURRENCY:
                             # A full house wakes us when an attempt ends, not on the clock.
                             wake_in = min(poll, max(0.01, due - clock.now()))
@@ -167,8 +171,13 @@ class WebhookDispatcher:
     async def emit(self) -> int:
         """Store events for jobs that need one; the number stored."""
         stored = 0
-        for job in await self.webhook_store.jobs_awaiting_final_event():
+        # Every job's end wakes a round: with no endpoint anywhere, only jobs with their own
+        # webhook URL can need an event, and an index finds those without walking the rest.
+        endpoints = await self.webhook_store.has_endpoints()
+        for job in await self.webhook_store.jobs_awaiting_final_event(endpoints=endpoints):
             stored += await self._emit_one(job, events.final_type(job))
+        if not endpoints:
+            return stored  # progress events go to endpoints only
         for job in await self.webhook_store.jobs_awaiting_progress_event(self.progress_interval):
             stored += await self._emit_one(job, events.PROGRESS)
         return stored

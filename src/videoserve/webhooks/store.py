@@ -156,8 +156,17 @@ class WebhookStore:
         return bool(deleted)
 
     # --- emission ----------------------------------------------------------------------------
-    async def jobs_awaiting_final_event(self, limit: int = 100) -> list[Job]:
-        """Finished, unexpired jobs with a target for their final event and no event yet."""
+    async def has_endpoints(self) -> bool:
+        """Whether any key has a webhook endpoint (one index seek)."""
+        return await self.database.first(sa.select(webhook_endpoints.c.id).limit(1)) is not None
+
+    async def jobs_awaiting_final_event(
+        self, limit: int = 100, *, endpoints: bool = True
+    ) -> list[Job]:
+        """Finished, unexpired jobs with a target for their final event and no event yet.
+
+        `endpoints=False` (no key has an endpoint): only jobs with their own webhook URL,
+        found through their partial index rather than by walking every finished job."""
         e = webhook_endpoints
         final_type = sa.case(
             (jobs.c.status == Status.COMPLETED.value, events.COMPLETED), else_=events.FAILED
@@ -184,12 +193,16 @@ class WebhookStore:
             .where(
                 jobs.c.status.in_([Status.COMPLETED.value, Status.FAILED.value]),
                 sa.or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > clock.now()),
-                sa.or_(jobs.c.webhook_url.is_not(None), has_endpoint),
+                sa.or_(jobs.c.webhook_url.is_not(None), has_endpoint)
+                if endpoints
+                else jobs.c.webhook_url.is_not(None),
                 ~has_event,
             )
             .order_by(jobs.c.finished_at, jobs.c.id)
             .limit(limit)
         )
+        if not endpoints:  # a walk of the partial index: in the loop on SQLite
+            return [Job.from_row(r) for r in await self.database.rows(query)]
         async with self.database.connect() as conn:
             return [Job.from_row(r) for r in (await conn.execute(query)).all()]
 
@@ -443,8 +456,8 @@ class WebhookStore:
         query = sa.select(sa.func.min(d.c.next_attempt_at)).where(
             d.c.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING])
         )
-        async with self.database.connect() as conn:
-            return (await conn.execute(query)).scalar()
+        row = await self.database.first(query)  # in the loop on SQLite: one index seek
+        return None if row is None else row[0]
 
     # --- the log and housekeeping ------------------------------------------------------------
     async def attempts(self, api_key_id: str, limit: int = 50) -> list[Attempt]:

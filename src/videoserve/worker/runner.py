@@ -23,9 +23,11 @@ import logging
 import os
 import socket
 import time
+from typing import Any
 
 from videoserve.jobs.failures import CANCELLED_MESSAGE, Failure, FailureCode
-from videoserve.jobs.records import Job
+from videoserve.jobs.handoff import StandingClaim
+from videoserve.jobs.records import Job, Lease
 from videoserve.jobs.store import JobStore
 from videoserve.jobs.workers import WorkerRegistry, WorkerState
 from videoserve.models.backends.base import Cancelled
@@ -158,8 +160,9 @@ class Worker:
             while not stop.is_set():
                 attempt = await self._claim()
                 if attempt is None:
-                    await self._wait_for_work(stop)
-                    continue
+                    attempt = await self._wait_for_work(stop)
+                    if attempt is None:
+                        continue
                 produced = await self._model_stage(attempt)
                 if produced is None:
                     continue
@@ -198,22 +201,51 @@ class Worker:
         except Exception:  # the database is unreachable, say: back off, then retry
             log.exception("worker %s: claim failed; retrying", self.worker_id)
             return None
-        if claimed is None:
-            return None
-        job, lease = claimed
+        return None if claimed is None else self._attempt(*claimed)
+
+    def _attempt(self, job: Job, lease: Lease) -> Attempt:
         self.current[job.id] = job
         return Attempt(job, lease, self.store, self.settings, self._models.time_limit(job))
 
-    async def _wait_for_work(self, stop: asyncio.Event) -> None:
+    async def _wait_for_work(self, stop: asyncio.Event) -> Attempt | None:
+        """Wait until a job may be claimable: None then, and the slot claims. A submit in this
+        process claims for the waiting slot itself (a standing claim, see `jobs.handoff`):
+        then the job it claimed, unless the worker is stopping (it goes back to the queue)."""
+        offer = self.store.standing.stand_by(
+            self.worker_id, self.served_by, self.settings.lease_seconds
+        )
         # Woken at once by a submit in this process (or NOTIFY on PostgreSQL); the timeout
         # is the fallback poll for a worker in another process.
         waiter = asyncio.create_task(
             self.store.wait_for_queued(self.settings.poll_interval_seconds)
         )
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (waiter, stopper):
-            task.cancel()
+        waits: set[asyncio.Future[Any]] = {waiter, stopper, offer.taken}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            await self._end_offer(offer, keep=False)
+            raise
+        finally:
+            for task in (waiter, stopper):
+                task.cancel()
+        return await self._end_offer(offer, keep=not stop.is_set())
+
+    async def _end_offer(self, offer: StandingClaim, *, keep: bool) -> Attempt | None:
+        """Withdraw a standing claim: the job a submit claimed for it meanwhile, or None.
+
+        Unless `keep`, that job goes back to the queue at once (the worker is stopping): it
+        must not be left holding a lease nobody renews."""
+        if self.store.standing.withdraw(offer):
+            return None
+        claimed = await offer.taken  # the submit's transaction ends in a moment
+        if claimed is None:
+            return None
+        attempt = self._attempt(*claimed)
+        if not keep:
+            await self._hand_back(attempt)
+            return None
+        return attempt
 
     async def _model_stage(self, attempt: Attempt) -> ProducedVideo | None:
         """The job's frames; None when the attempt ended here (failed, cancelled or lost)."""
