@@ -540,7 +540,10 @@ async def test_with_no_endpoint_only_jobs_with_their_own_url_await_an_event(stor
     jobs, hooks = stores
     assert not await hooks.has_endpoints()
     plain = [await finished_job(jobs) for _ in range(3)]
+    assert not await hooks.has_request_webhooks()  # the round has nothing to look at
+    assert await hooks.jobs_awaiting_final_event(endpoints=False) == []
     first = await finished_job(jobs, webhook_url="http://127.0.0.1:9/a")
+    assert await hooks.has_request_webhooks()
     second = await finished_job(jobs, webhook_url="http://127.0.0.1:9/b")
     wanted = [first.id, second.id]  # in the order they finished
     assert [j.id for j in await hooks.jobs_awaiting_final_event(endpoints=False)] == wanted

@@ -1,6 +1,6 @@
 """The status poll without FastAPI's routing: a pure-ASGI answer to
-`GET /v2/requests/{id}/status`, the most frequent request by far, in the outermost of our
-middlewares (only Starlette's error layer and FastAPI's body limit run before it).
+`GET /v2/requests/{id}/status`, the most frequent request by far, around the whole middleware
+stack (Starlette's error layer and FastAPI's own layers too: `app._answer_polls_first`).
 
 Why: a poll's own work is a key check (cached, see `KeyStore.authenticate`) and one read of
 the job by its primary key, tens of microseconds. Around it, FastAPI's routing and dependency
@@ -24,6 +24,7 @@ Starlette's `JSONResponse` encodes it.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -36,6 +37,7 @@ from videoserve.jobs.keys import ANONYMOUS
 from videoserve.jobs.states import Status
 from videoserve.observability import logs
 
+log = logging.getLogger("videoserve.api")
 _STATUS_PATH = re.compile(r"^/v2/requests/([^/]+)/status$")
 _JSON = (b"content-type", b"application/json")
 _REQUEST_ID = logs.REQUEST_ID_HEADER.encode()
@@ -49,7 +51,15 @@ class StatusPolls:
         self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not await self._answer(scope, send):
+        answered = False
+        if scope["type"] == "http":
+            try:
+                answered = await self._answer(scope, send)
+            except Exception:  # outside the error layer: the app answers (and logs) instead
+                # Nothing was sent: the two sends are `_answer`'s last statements, and
+                # uvicorn's sends do not raise (a gone client is ignored).
+                log.exception("status poll layer failed; the app answers this one")
+        if not answered:
             await self.app(scope, receive, send)
 
     async def _answer(self, scope: Scope, send: Send) -> bool:

@@ -131,16 +131,6 @@ class Database:
         async with self.read_engine.connect() as conn:
             return (await conn.execute(query, params)).first()
 
-    async def rows(
-        self, query: sa.Executable, params: dict[str, Any] | None = None
-    ) -> list[sa.Row]:
-        """Every row of a single-statement read (synchronously on a SQLite file, as `first`:
-        for reads an index keeps small, never a walk over a table)."""
-        if self._sync_reader is not None:
-            return self._sync_reader.all(query, params)
-        async with self.read_engine.connect() as conn:
-            return list((await conn.execute(query, params)).all())
-
     def raw_reader(
         self, query: sa.Select
     ) -> Callable[[dict[str, Any]], tuple[Any, ...] | None] | None:

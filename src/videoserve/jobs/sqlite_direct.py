@@ -66,13 +66,6 @@ class _KeptConnection:
             self.close()  # the next statement starts on a fresh connection
             raise
 
-    def all(self, statement: sa.Executable, params: dict[str, Any] | None) -> list[sa.Row]:
-        try:
-            return list(self._connection().execute(statement, params).all())
-        except sa.exc.DBAPIError:
-            self.close()
-            raise
-
     def transaction(self, work: Callable[[sa.Connection], T]) -> T:
         """`work`'s statements between BEGIN IMMEDIATE and COMMIT; rolled back if it raises.
 
@@ -123,9 +116,6 @@ class SyncReader:
 
     def first(self, query: sa.Executable, params: dict[str, Any] | None = None) -> sa.Row | None:
         return self._kept.first(query, params)
-
-    def all(self, query: sa.Executable, params: dict[str, Any] | None = None) -> list[sa.Row]:
-        return self._kept.all(query, params)
 
     def prepared(self, query: sa.Select) -> Callable[[dict[str, Any]], tuple[Any, ...] | None]:
         """`query` compiled once to SQL text, run on the DB-API cursor: its first row as a

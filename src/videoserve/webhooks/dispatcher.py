@@ -171,9 +171,12 @@ class WebhookDispatcher:
     async def emit(self) -> int:
         """Store events for jobs that need one; the number stored."""
         stored = 0
-        # Every job's end wakes a round: with no endpoint anywhere, only jobs with their own
-        # webhook URL can need an event, and an index finds those without walking the rest.
+        # Every job's end wakes a round. With no endpoint anywhere, only jobs with their own
+        # webhook URL can need an event, and an index finds those without walking the rest;
+        # with none of those either (two index seeks), the round has nothing to emit.
         endpoints = await self.webhook_store.has_endpoints()
+        if not endpoints and not await self.webhook_store.has_request_webhooks():
+            return 0
         for job in await self.webhook_store.jobs_awaiting_final_event(endpoints=endpoints):
             stored += await self._emit_one(job, events.final_type(job))
         if not endpoints:

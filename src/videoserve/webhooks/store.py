@@ -160,6 +160,20 @@ class WebhookStore:
         """Whether any key has a webhook endpoint (one index seek)."""
         return await self.database.first(sa.select(webhook_endpoints.c.id).limit(1)) is not None
 
+    async def has_request_webhooks(self) -> bool:
+        """Whether any finished job has its own webhook URL (one seek of their partial index,
+        in the loop on SQLite): when none has, and no endpoint exists, nothing awaits an
+        event."""
+        query = (
+            sa.select(jobs.c.id)
+            .where(
+                jobs.c.webhook_url.is_not(None),
+                jobs.c.status.in_([Status.COMPLETED.value, Status.FAILED.value]),
+            )
+            .limit(1)
+        )
+        return await self.database.first(query) is not None
+
     async def jobs_awaiting_final_event(
         self, limit: int = 100, *, endpoints: bool = True
     ) -> list[Job]:
@@ -201,8 +215,8 @@ class WebhookStore:
             .order_by(jobs.c.finished_at, jobs.c.id)
             .limit(limit)
         )
-        if not endpoints:  # a walk of the partial index: in the loop on SQLite
-            return [Job.from_row(r) for r in await self.database.rows(query)]
+        # Not in the loop, even as a walk of the partial index: where every job has its own
+        # URL, that index holds every job of the retention window.
         async with self.database.connect() as conn:
             return [Job.from_row(r) for r in (await conn.execute(query)).all()]
 
