@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import stored_result
 from videoserve import errors
 from videoserve.jobs import ledger
 from videoserve.jobs.failures import Failure, FailureCode
@@ -71,6 +72,9 @@ async def test_a_submit_claims_for_a_standing_slot_before_it_returns(store: JobS
     # The lease is a real one: it heartbeats and finishes the job like any claim's.
     assert (await store.heartbeat(lease, 30, 50)).alive
     assert not (await store.heartbeat(dataclasses.replace(lease, token="stale"), 30)).alive
+    assert await store.complete(lease, stored_result("k"), retention_seconds=60)
+    done = await store.get(job.id)
+    assert done is not None and done.status == Status.COMPLETED
 
 
 async def test_the_oldest_claimable_job_is_taken_not_the_newest(store: JobStore) -> None:
