@@ -158,9 +158,7 @@ def _v4_credits(conn: Connection) -> None:
     )
     conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN cost DOUBLE PRECISION"))
     credit_ledger.create(conn, checkfirst=True)
-    for index in jobs.indexes:
-        if index.name == "ix_jobs_key_status":
-            index.create(conn, checkfirst=True)
+    _create_jobs_indexes(conn, {"ix_jobs_key_status"})
 
 
 def _v5_failure_codes(conn: Connection) -> None:
@@ -186,8 +184,13 @@ def _v8_tickets_by_model(conn: Connection) -> None:
 
 
 def _v9_request_webhook_index(conn: Connection) -> None:
+    _create_jobs_indexes(conn, {"ix_jobs_request_webhook"})
+
+
+def _create_jobs_indexes(conn: Connection, names: set[str]) -> None:
+    """The jobs table's indexes of these names, as declared above (skipping any that exist)."""
     for index in jobs.indexes:
-        if index.name == "ix_jobs_request_webhook":
+        if index.name in names:
             index.create(conn, checkfirst=True)
 
 
@@ -205,9 +208,7 @@ def _v1_initial(conn: Connection) -> None:
         sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
     )
     v1_jobs.create(conn, checkfirst=True)
-    for index in jobs.indexes:
-        if index.name in _V1_INDEXES:
-            index.create(conn, checkfirst=True)
+    _create_jobs_indexes(conn, _V1_INDEXES)
 
 
 # Append only: a released migration never changes; a new schema is a new entry.

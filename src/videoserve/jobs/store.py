@@ -243,17 +243,14 @@ class JobStore:
         charged_insert = self._hot.charged_insert
 
         def work(conn: Connection) -> tuple[sa.Row, sa.Row | None]:
-            if new.charge is None:
-                row = conn.execute(self._hot.insert, values).one()
-            elif charged_insert is not None:  # PostgreSQL: charge and insert in one statement
+            if new.charge is not None and charged_insert is not None:
+                # PostgreSQL: charge and insert in one statement
                 found = conn.execute(charged_insert, _charged(new, values)).first()
                 if found is None:
                     raise _Declined
                 row = found
             else:
-                if not ledger.charge(conn, new.api_key_id, new.id, new.charge):
-                    raise _Declined
-                row = conn.execute(self._hot.insert, values).one()
+                row = _charge_and_insert(conn, new, self._hot.insert, values)
             return row, conn.execute(claim, params).first()
 
         row, claimed = await self.database.run_transaction(work)
@@ -277,11 +274,7 @@ class JobStore:
         refund_blocked = new.failed_with is not None and self.policy.refund_content_blocks
 
         def work(conn: Connection) -> tuple[sa.Row, float]:
-            if new.charge is not None and not ledger.charge(
-                conn, new.api_key_id, new.id, new.charge
-            ):
-                raise _Declined
-            row = conn.execute(insert, values).one()
+            row = _charge_and_insert(conn, new, insert, values)
             refunded = 0.0
             if refund_blocked:
                 assert new.failed_with is not None
@@ -719,6 +712,16 @@ def _new_row(new: NewJob, now: float) -> dict[str, Any]:
 def _queued_row(new: NewJob, now: float, ticket: int) -> dict[str, Any]:
     """The row of a job queued in bulk (see `JobStore.enqueue_many`)."""
     return {**_new_row(new, now), "ticket": ticket}
+
+
+def _charge_and_insert(
+    conn: Connection, new: NewJob, insert: sa.Insert, values: dict[str, Any]
+) -> sa.Row:
+    """In a submit's transaction: charge the job's price (`_Declined` when the key cannot
+    pay), then insert it; the new row."""
+    if new.charge is not None and not ledger.charge(conn, new.api_key_id, new.id, new.charge):
+        raise _Declined
+    return conn.execute(insert, values).one()
 
 
 def _charged(new: NewJob, values: dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,9 @@ def _subscribed(event_type: str | sa.ColumnElement[str]) -> sa.ColumnElement[boo
     return sa.cast(webhook_endpoints.c.events, sa.Text).like(pattern)
 
 
+_FINISHED = [Status.COMPLETED.value, Status.FAILED.value]  # the states a final event tells of
+
+
 class WebhookStore:
     """Webhook rows in the job database; one instance per process."""
 
@@ -168,7 +171,7 @@ class WebhookStore:
             sa.select(jobs.c.id)
             .where(
                 jobs.c.webhook_url.is_not(None),
-                jobs.c.status.in_([Status.COMPLETED.value, Status.FAILED.value]),
+                jobs.c.status.in_(_FINISHED),
             )
             .limit(1)
         )
@@ -205,7 +208,7 @@ class WebhookStore:
         query = (
             sa.select(jobs)
             .where(
-                jobs.c.status.in_([Status.COMPLETED.value, Status.FAILED.value]),
+                jobs.c.status.in_(_FINISHED),
                 sa.or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > clock.now()),
                 sa.or_(jobs.c.webhook_url.is_not(None), has_endpoint)
                 if endpoints
