@@ -151,3 +151,32 @@ def test_a_revoked_key_stops_polling_within_the_cache_bound(make_server) -> None
     # Once refused, refused for good: the cache never brings a revoked key back.
     for _ in range(3):
         assert httpx.get(submitted["status_url"], headers=headers(key)).status_code == 401
+
+
+def test_the_poll_layer_reads_each_header_as_the_app_does(make_server) -> None:
+    """The poll layer reads its headers in one pass; each reading matches the app's own."""
+    server = make_server(embedded_worker=False)
+    key, _key_id = make_key(server, "headers")
+    other, _other_id = make_key(server, "someone else")
+    url = httpx.post(
+        f"{server.url}/v2/sora-2-pro", json={"prompt": "read me"}, headers=headers(key)
+    ).json()["status_url"]
+
+    def poll(pairs: list[tuple[str, str]]) -> httpx.Response:
+        return httpx.get(url, headers=pairs)
+
+    assert poll([("Authorization", f"Bearer {key}")]).status_code == 200
+    assert poll([("x-api-key", key), ("Authorization", f"Bearer {key}")]).status_code == 200
+    for ambiguous in (
+        [("x-api-key", key), ("x-api-key", key)],
+        [("x-api-key", key), ("Authorization", f"Bearer {other}")],
+    ):
+        refused = poll(ambiguous)
+        assert refused.status_code == 400 and "ambiguous" in refused.json()["error"]
+    # The client's request id, when it is a short safe token, else a new one; the first wins.
+    chosen = poll([("x-api-key", key), ("X-Request-Id", "trace-1"), ("X-Request-Id", "two")])
+    assert chosen.status_code == 200 and chosen.headers["x-request-id"] == "trace-1"
+    replaced = poll([("x-api-key", key), ("X-Request-Id", "not a token!")])
+    assert replaced.status_code == 200
+    assert len(replaced.headers["x-request-id"]) == 32
+    assert replaced.headers["x-request-id"] != "not a token!"

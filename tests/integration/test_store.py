@@ -255,6 +255,77 @@ async def test_key_cache_forgets_on_revoke_in_this_process(store: JobStore) -> N
     assert await KeyStore(store.database).authenticate(plaintext) is None
 
 
+def _count_key_lookups(store: JobStore) -> list[str]:
+    """The key lookups (`SELECT ... WHERE key_hash = ...`) run on the store's database."""
+    seen: list[str] = []
+
+    def count(_conn, _cursor, statement: str, *_args) -> None:
+        if "FROM api_keys" in statement and "key_hash" in statement:
+            seen.append(statement)
+
+    sa.event.listen(store.database.engine.sync_engine, "before_cursor_execute", count)
+    return seen
+
+
+async def test_concurrent_requests_with_one_key_share_one_lookup(store: JobStore) -> None:
+    keys = KeyStore(store.database, cache_seconds=60)
+    record, plaintext = await keys.create("busy")
+    lookups = _count_key_lookups(store)
+    found = await asyncio.gather(*(keys.authenticate(plaintext) for _ in range(32)))
+    assert {key.id for key in found} == {record.id}
+    assert (await keys.authenticate(plaintext)).id == record.id  # from the cache
+    assert len(lookups) == 1
+    # An unknown key: concurrent callers share its lookup too, and it is not remembered.
+    wrong = plaintext + "x"
+    assert await asyncio.gather(*(keys.authenticate(wrong) for _ in range(8))) == [None] * 8
+    assert await keys.authenticate(wrong) is None
+    assert len(lookups) == 3
+
+
+async def test_a_cancelled_caller_does_not_fail_the_others_sharing_its_lookup(
+    store: JobStore,
+) -> None:
+    keys = KeyStore(store.database, cache_seconds=60)
+    record, plaintext = await keys.create("shared")
+    first = asyncio.create_task(keys.authenticate(plaintext))
+    second = asyncio.create_task(keys.authenticate(plaintext))
+    await asyncio.sleep(0)  # one loop pass: both are waiting on the one lookup
+    first.cancel()
+    assert (await second).id == record.id
+    assert first.cancelled()
+
+
+async def test_a_lookup_that_began_before_a_revocation_is_not_remembered(
+    store: JobStore,
+) -> None:
+    from sqlalchemy.util import await_
+
+    keys = KeyStore(store.database, cache_seconds=60)
+    record, plaintext = await keys.create("racing")
+    read, release = asyncio.Event(), asyncio.Event()
+
+    def hold(_conn, _cursor, statement: str, *_args) -> None:
+        # After the row is read (the key still active), before the lookup returns: the hook
+        # runs in SQLAlchemy's greenlet, so it can wait on the loop without blocking it.
+        if "FROM api_keys" in statement and "key_hash" in statement and not release.is_set():
+            read.set()
+            await_(release.wait())
+
+    engine = store.database.engine.sync_engine
+    sa.event.listen(engine, "after_cursor_execute", hold)
+    try:
+        lookup = asyncio.create_task(keys.authenticate(plaintext))
+        await asyncio.wait_for(read.wait(), 30)
+        await keys.revoke(record.id)
+        assert not lookup.done()
+        release.set()
+        assert (await lookup).id == record.id  # it began before the revocation
+    finally:
+        release.set()
+        sa.event.remove(engine, "after_cursor_execute", hold)
+    assert await keys.authenticate(plaintext) is None  # but it did not fill the cache
+
+
 async def test_each_package_migrates_its_own_tables(database_url: str) -> None:
     """A store that knows only the jobs tables leaves the webhook tables to whoever registers
     them; a later process that does creates them then."""

@@ -15,7 +15,7 @@ from videoserve.api import errors as api_errors
 from videoserve.api import openai_views
 from videoserve.api.guard import InputGuardMiddleware
 from videoserve.api.limits import BodyLimitMiddleware
-from videoserve.api.polls import StatusPolls
+from videoserve.api.polls import Serving, StatusPolls
 from videoserve.api.ratelimit import RateLimitMiddleware, RateLimits
 from videoserve.api.routes import (
     account,
@@ -58,14 +58,18 @@ def create_app(
             "anyone who can reach the server could spend its GPUs"
         )
 
+    serving = Serving()  # the poll layer's way to the runtime
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings, registry=registry, moderator=moderator)
         app.state.runtime = runtime
         await runtime.start(worker=settings.embedded_worker)
+        serving.runtime = runtime
         try:
             yield
         finally:
+            serving.runtime = None
             await runtime.stop(grace=5.0)
 
     # Swagger UI and ReDoc from the assets fastapi-offline ships, not a CDN: /docs works on an
@@ -106,11 +110,11 @@ def create_app(
     # Polls answered before all of the above, doing the request id's and the rate limits'
     # part themselves; off where OpenTelemetry is in use, so that every poll is traced.
     if not telemetry.opentelemetry_in_use():
-        _answer_polls_first(app, limits)
+        _answer_polls_first(app, limits, serving)
     return app
 
 
-def _answer_polls_first(app: FastAPI, limits: RateLimits) -> None:
+def _answer_polls_first(app: FastAPI, limits: RateLimits, serving: Serving) -> None:
     """Put the poll layer outside the whole middleware stack, FastAPI's own layers too.
 
     Why not `add_middleware`: that puts it inside Starlette's error layer and FastAPI's
@@ -120,6 +124,6 @@ def _answer_polls_first(app: FastAPI, limits: RateLimits) -> None:
     build = app.build_middleware_stack
 
     def build_with_polls_outside() -> ASGIApp:
-        return StatusPolls(build(), limits=limits)
+        return StatusPolls(build(), limits=limits, serving=serving)
 
     app.build_middleware_stack = build_with_polls_outside  # type: ignore[method-assign]

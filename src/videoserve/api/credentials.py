@@ -31,6 +31,12 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
             api_keys.append(value)
         elif lowered == b"authorization":
             authorizations.append(value)
+    return key_from(api_keys, authorizations)
+
+
+def key_from(api_keys: list[bytes], authorizations: list[bytes]) -> str | None:
+    """`presented_key` of a request whose `x-api-key` and `Authorization` values the caller
+    has already gathered (the poll layer reads all its headers in one pass)."""
     if len(api_keys) > 1 or len(authorizations) > 1:
         raise errors.InvalidRequest(AMBIGUOUS)
     from_header = api_keys[0].strip() if api_keys else b""

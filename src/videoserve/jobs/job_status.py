@@ -10,8 +10,7 @@ every poll sees the job's current row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -23,9 +22,11 @@ from videoserve.jobs.states import Status
 jobs = schema.jobs
 
 
-@dataclass(frozen=True, slots=True)
-class JobStatus:
-    """What a status poll shows of a job (the same names as on `Job`)."""
+class JobStatus(NamedTuple):
+    """What a status poll shows of a job (the same names as on `Job`).
+
+    A NamedTuple, not a frozen dataclass: as immutable, and built in a fifth of the time (a
+    frozen dataclass sets each of its 13 fields through `object.__setattr__`), once a poll."""
 
     id: str
     api_key_id: str  # owner; other keys get 404
@@ -64,6 +65,12 @@ _READ = sa.select(*_COLUMNS).where(
 )
 
 
+# Lookups, not `Status(value)`: the enum's call goes through `EnumMeta.__call__` (a tenth of
+# a microsecond each, twice a poll).
+_STATUSES = {status.value: status for status in Status}
+_FAILURES = {code.value: code for code in FailureCode}
+
+
 def _record(row: Any) -> JobStatus:
     (
         job_id,
@@ -85,14 +92,14 @@ def _record(row: Any) -> JobStatus:
         owner,
         model,
         served_by,
-        Status(status),
+        _STATUSES[status],
         progress,
         created,
         started,
         finished,
         expires,
         error,
-        FailureCode(failure) if failure is not None else None,
+        _FAILURES[failure] if failure is not None else None,
         ticket,
     )
 

@@ -179,13 +179,20 @@ def choose_request_id(scope: Scope) -> str:
     state = scope.setdefault("state", {})
     current: str | None = state.get(STATE_KEY)
     if current is None:
-        presented = ""
         for name, value in scope.get("headers") or []:
             if name == _HEADER:
-                presented = value.decode("latin-1").strip()
-                break
-        ok = presented and _ACCEPTABLE_ID.match(presented)
-        current = state[STATE_KEY] = presented if ok else new_request_id()
+                return adopt_request_id(scope, value)
+        return adopt_request_id(scope, None)
+    request_id.set(current)
+    return current
+
+
+def adopt_request_id(scope: Scope, presented: bytes | None) -> str:
+    """`choose_request_id` for the first layer to ask, which has already read the request's
+    first `X-Request-Id` value (`presented`, None when there is none)."""
+    text = presented.decode("latin-1").strip() if presented else ""
+    current = text if text and _ACCEPTABLE_ID.match(text) else new_request_id()
+    scope.setdefault("state", {})[STATE_KEY] = current
     request_id.set(current)
     return current
 
