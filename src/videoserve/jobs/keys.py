@@ -50,6 +50,10 @@ class KeyStore:
     key lookup per request. A revocation therefore takes up to that long to reach other
     processes (this process forgets at once); unknown keys are never cached.
 
+    The cache is keyed by the plaintext, not by its hash: hashing was a twentieth of a poll's
+    CPU under load, and the plaintext is in this process's memory anyway while a request
+    carries it; the cache holds a valid key's at most `cache_seconds` longer.
+
     Concurrent requests with the same key share one lookup. Why: when a busy key's entry
     expired, every request in flight missed at once (32 lookups for one key under 32 polling
     connections, every `cache_seconds`), which was a twentieth of a poll benchmark's CPU.
@@ -58,7 +62,7 @@ class KeyStore:
     def __init__(self, database: Database, *, cache_seconds: float = 0.0) -> None:
         self._database = database
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, ApiKey]] = {}
+        self._cache: dict[str, tuple[float, ApiKey]] = {}  # plaintext -> (until, key)
         self._lookups: dict[str, asyncio.Future[ApiKey | None]] = {}
         # Bumped by `revoke`: a lookup that began before it does not fill the cache.
         self._generation = 0
@@ -112,28 +116,27 @@ class KeyStore:
 
     async def authenticate(self, plaintext: str) -> ApiKey | None:
         """The active key with this plaintext, or None."""
-        digest = hash_key(plaintext)
-        cached = self._cache.get(digest)
+        cached = self._cache.get(plaintext)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        pending = self._lookups.get(digest)
+        pending = self._lookups.get(plaintext)
         if pending is None:
-            pending = self._lookups[digest] = asyncio.ensure_future(self._remember(digest))
-            pending.add_done_callback(lambda done: self._lookup_done(digest, done))
+            pending = self._lookups[plaintext] = asyncio.ensure_future(self._remember(plaintext))
+            pending.add_done_callback(lambda done: self._lookup_done(plaintext, done))
         # Shielded: one caller's cancellation (a client gone) does not fail the others.
         return await asyncio.shield(pending)
 
-    async def _remember(self, digest: str) -> ApiKey | None:
+    async def _remember(self, plaintext: str) -> ApiKey | None:
         generation = self._generation
-        record = await self._lookup(digest)
+        record = await self._lookup(hash_key(plaintext))
         if record is not None and self._cache_seconds > 0 and generation == self._generation:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[digest] = (time.monotonic() + self._cache_seconds, record)
+            self._cache[plaintext] = (time.monotonic() + self._cache_seconds, record)
         return record
 
-    def _lookup_done(self, digest: str, done: asyncio.Future[ApiKey | None]) -> None:
-        self._lookups.pop(digest, None)
+    def _lookup_done(self, plaintext: str, done: asyncio.Future[ApiKey | None]) -> None:
+        self._lookups.pop(plaintext, None)
         if not done.cancelled():
             done.exception()  # retrieved: every waiter may be gone; each present one raises it
 

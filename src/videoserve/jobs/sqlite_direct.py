@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 
 T = TypeVar("T")
@@ -42,6 +43,7 @@ class _KeptConnection:
             parsed, connect_args={"check_same_thread": False}, isolation_level="AUTOCOMMIT"
         )
         self._conn: sa.Connection | None = None
+        self._dbapi: Any = None  # the driver's connection under it, once asked for
 
         @event.listens_for(self.engine, "connect")
         def _on_connect(dbapi_connection, _record) -> None:
@@ -56,8 +58,11 @@ class _KeptConnection:
         return self._conn
 
     def dbapi_connection(self) -> Any:
-        """The driver's own connection (a `sqlite3.Connection`) under the kept one."""
-        return self._connection().connection.dbapi_connection
+        """The driver's own connection (a `sqlite3.Connection`) under the kept one; kept
+        beside it, as three attribute hops through SQLAlchemy were a poll's too."""
+        if self._dbapi is None:
+            self._dbapi = self._connection().connection.dbapi_connection
+        return self._dbapi
 
     def first(self, statement: sa.Executable, params: dict[str, Any] | None) -> sa.Row | None:
         try:
@@ -90,6 +95,7 @@ class _KeptConnection:
         return result
 
     def close(self) -> None:
+        self._dbapi = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -125,16 +131,16 @@ class SyncReader:
         several times the ~10 us the read itself takes, on a path run for every poll. Only for
         queries whose columns and parameters need no type conversion on SQLite (strings,
         numbers): nothing converts them here."""
-        compiled = query.compile(dialect=self._kept.engine.dialect)
+        # Named parameters: the caller's dict goes to the driver as it is.
+        compiled = query.compile(dialect=sqlite.dialect(paramstyle="named"))
         sql = compiled.string
-        names = tuple(compiled.positiontup or ())
 
         def run(params: dict[str, Any]) -> tuple[Any, ...] | None:
-            dbapi = self._kept.dbapi_connection()
             try:
-                row: tuple[Any, ...] | None = dbapi.execute(
-                    sql, [params[name] for name in names]
-                ).fetchone()
+                # A cursor per read, dropped at once: that resets the statement, so no read
+                # snapshot outlives the call (a kept cursor would hold one until its next use).
+                dbapi = self._kept.dbapi_connection()
+                row: tuple[Any, ...] | None = dbapi.execute(sql, params).fetchone()
             except Exception:
                 self._kept.close()  # the next read starts on a fresh connection
                 raise
