@@ -6,6 +6,7 @@ Usage: python -m tests.acceptance.contract_fuzz WORK_DIR MODEL_CACHE [schemathes
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from tests.conftest import create_key, free_port, start_server
 from videoserve.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def assert_no_route_out() -> None:
@@ -52,7 +55,13 @@ def main(work: Path, model_cache: Path, options: list[str]) -> int:
             "none",
             *options,
         ]
-        return subprocess.run(command, cwd=work, timeout=600).returncode
+        # Our hooks (contract_hooks.py: one schemathesis false positive dropped), importable
+        # from the repository's root whatever the working folder.
+        env = os.environ | {
+            "SCHEMATHESIS_HOOKS": "tests.acceptance.contract_hooks",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
+        return subprocess.run(command, cwd=work, env=env, timeout=600).returncode
     finally:
         server.stop()
 

@@ -183,6 +183,63 @@ def test_validation_errors_are_bad_request(server: LiveServer) -> None:
     assert [v.id for v in client.videos.list()] == []  # nothing was queued
 
 
+def test_a_form_field_sent_twice_is_refused_by_name(idle_server: LiveServer) -> None:
+    """A repeated form field is a 400 naming it, not its last value taken silently."""
+    url, key = idle_server.url, headers(idle_server)
+    repeated: list[tuple[str, list[tuple[str, tuple[None, str]]], str]] = [
+        (
+            "/v1/videos",
+            [
+                ("prompt", (None, PROMPT)),
+                ("model", (None, "sora-2")),
+                ("model", (None, "sora-2-pro")),
+            ],
+            "model",
+        ),
+        (
+            "/v1/videos",
+            [("prompt", (None, PROMPT)), ("seconds", (None, "4")), ("seconds", (None, "8"))],
+            "seconds",
+        ),
+        (
+            "/v1/videos",
+            [
+                ("prompt", (None, PROMPT)),
+                ("input_reference[image_url]", (None, "https://a.example/1.png")),
+                ("input_reference[image_url]", (None, "https://a.example/2.png")),
+            ],
+            "input_reference[image_url]",
+        ),
+        # `video` and `video[id]` name the one source of an extension.
+        (
+            "/v1/videos/extensions",
+            [
+                ("prompt", (None, PROMPT)),
+                ("video", (None, "video_a")),
+                ("video[id]", (None, "video_b")),
+            ],
+            "video",
+        ),
+    ]
+    for path, fields, param in repeated:
+        refused = httpx.post(f"{url}{path}", files=fields, headers=key)
+        assert refused.status_code == 400, (path, refused.text)
+        error = refused.json()["error"]
+        assert error["param"] == param and "sent more than once" in error["message"], error
+    # A field that takes several values may repeat: this one fails later, on its own merits.
+    characters = httpx.post(
+        f"{url}/v1/videos",
+        files=[
+            ("prompt", (None, PROMPT)),
+            ("characters[]", (None, "char_a")),
+            ("characters[]", (None, "char_b")),
+        ],
+        headers=key,
+    )
+    assert "sent more than once" not in characters.text
+    assert [v.id for v in sdk(idle_server).videos.list()] == [], "a refused create queued"
+
+
 def test_auth_not_found_and_bad_query_use_the_envelope(server: LiveServer) -> None:
     with pytest.raises(openai.AuthenticationError) as unauthorized:
         sdk(server, api_key="vs_wrong").videos.list()

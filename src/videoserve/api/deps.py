@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Container, Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -66,6 +67,19 @@ async def json_body(request: Request) -> Any:
 
 
 JsonBody = Annotated[Any, Depends(json_body)]
+
+
+def refuse_repeated_fields(names: Iterable[str], lists: Container[str] = ()) -> None:
+    """400 for a form field sent more than once, unless it is one of `lists` (fields that
+    take several values). Why: a form read into a dict keeps the last value of a repeated
+    field, so `model=a&model=b` ran `b` without a word."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen and name not in lists:
+            raise errors.InvalidRequest(
+                f"{name}: sent more than once; this form field takes one value", param=name
+            )
+        seen.add(name)
 
 
 def base_url(request: Request, runtime: Runtime) -> str:

@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 
 from videoserve import errors
 from videoserve.api import openai_views
-from videoserve.api.deps import JsonBody, KeyDep, RuntimeDep, json_body
+from videoserve.api.deps import JsonBody, KeyDep, RuntimeDep, json_body, refuse_repeated_fields
 from videoserve.api.openai_views import OpenAIRoute
 from videoserve.jobs import listing
 from videoserve.jobs.records import Job
@@ -147,7 +147,9 @@ async def _form_fields(request: Request, runtime: Runtime) -> dict[str, Any]:
     reference: dict[str, Any] = {}
     # A data URI in `input_reference[image_url]` may be megabytes; the body cap still applies.
     async with request.form(max_part_size=runtime.settings.max_body_bytes) as form:
-        for name, value in form.multi_items():
+        items = form.multi_items()
+        refuse_repeated_fields((name for name, _ in items), lists=(CHARACTERS, CHARACTERS + "[]"))
+        for name, value in items:
             if name == REFERENCE and isinstance(value, UploadFile):
                 fields[REFERENCE] = await _upload_as_data_uri(
                     value, runtime.settings.max_image_bytes

@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 
 from videoserve import errors
 from videoserve.api import openai_views
-from videoserve.api.deps import KeyDep, RuntimeDep, json_body
+from videoserve.api.deps import KeyDep, RuntimeDep, json_body, refuse_repeated_fields
 from videoserve.api.openai_views import OpenAIRoute
 from videoserve.api.routes.openai import DEFAULT_MODEL, served_name
 from videoserve.jobs.video_ops import PARAM, SourceRef
@@ -147,7 +147,10 @@ async def _form_request(request: Request, runtime: Runtime) -> tuple[dict[str, A
     ref = SourceRef()
     limit = runtime.settings.max_video_bytes
     async with request.form(max_part_size=runtime.settings.max_body_bytes) as form:
-        for name, value in form.multi_items():
+        items = form.multi_items()
+        # `video` and `video[id]` name one source: together they are sent twice too.
+        refuse_repeated_fields(PARAM if name == f"{PARAM}[id]" else name for name, _ in items)
+        for name, value in items:
             if name == PARAM and isinstance(value, UploadFile):
                 data = await value.read(limit + 1)
                 if len(data) > limit:
