@@ -246,6 +246,42 @@ def test_preload_gates_readiness_and_reports_load_times(make_server, model_cache
     wait_for_status(server, server.api_key, waiting, "COMPLETED")
 
 
+def test_loaded_models_follow_the_pool_and_each_reload_is_timed(
+    make_server, model_cache: Path
+) -> None:
+    """Three tiny models, a pool of two: the one unloaded to make room leaves `loaded_models`
+    and `/readyz`, and comes back with a load of its own when a job needs it again."""
+    registry = TestRegistry(model_cache, {"tiny-a": (None, 0.0), "tiny-b": (None, 0.0)})
+    server = make_server(registry=registry, lease_seconds=3)  # a beat a second
+    admin = server.create_key("ops", admin=True)
+
+    def run(model: str) -> None:
+        job = request(server, f"on {model}", model=model)
+        wait_for_status(server, server.api_key, job, "COMPLETED")
+
+    def shown() -> tuple[list[str], list[str]]:
+        rows = admin_workers(server, admin)
+        ready = httpx.get(f"{server.url}/readyz").json()
+        return (
+            sorted(m["model"] for m in rows[0]["loaded_models"]),
+            sorted(m["model"] for m in ready["models_loaded"]),
+        )
+
+    for model in ("tiny-a", "tiny-b"):
+        run(model)
+    wait_until(lambda: shown() == (["tiny-a", "tiny-b"], ["tiny-a", "tiny-b"]))
+    run("tiny-t2v")  # the pool holds two: tiny-a, the least recently used, is unloaded
+    wait_until(lambda: shown() == (["tiny-b", "tiny-t2v"], ["tiny-b", "tiny-t2v"]))
+    assert not registry.is_loaded("tiny-a") and registry.is_loaded("tiny-t2v")
+
+    run("tiny-a")  # loaded again, by this job: a cold start, timed and shown again
+    wait_until(lambda: shown() == (["tiny-a", "tiny-t2v"], ["tiny-a", "tiny-t2v"]))
+    (reload,) = [
+        m for m in admin_workers(server, admin)[0]["loaded_models"] if m["model"] == "tiny-a"
+    ]
+    assert reload["preloaded"] is False and reload["load_seconds"] > 0 and reload["error"] is None
+
+
 def test_a_model_that_fails_to_preload_is_reported_and_not_served(
     make_server, model_cache: Path
 ) -> None:

@@ -248,6 +248,14 @@ class ModelRegistry:
                     self._pool.track(backend)
             return backend
 
+    def is_loaded(self, name: str) -> bool:
+        """Whether the model `name` runs on has its weights in memory now: False before its
+        first load and after the pool unloaded it to make room. A backend that does not say
+        (no `loaded`) counts as loaded once it exists: nothing unloads it."""
+        with self._lock:
+            backend = self._backends.get(self.served_by(name))
+        return backend is not None and bool(getattr(backend, "loaded", True))
+
     def resolve(self, name: str) -> ResolvedModel:
         """Bind a public name to its backend and schema; NotFound or ModelUnavailable."""
         target = self.served_by(name)

@@ -69,7 +69,7 @@ class ModelStage:
             job.params | _image_param(job)
         )
         loop = asyncio.get_running_loop()
-        loads = self._loads
+        loads, registry = self._loads, self._registry
 
         def on_progress(step: int, total: int) -> None:
             signals.progress = int(100 * step / max(total, 1))
@@ -77,9 +77,9 @@ class ModelStage:
 
         def generate() -> tuple[GeneratedVideo, float]:
             logs.quiet_model_libraries()
-            if loads.known(job.served_by):
+            if registry.is_loaded(job.served_by):
                 resolved.load()  # a no-op while it stays loaded
-            else:  # its first load in this worker: how long a cold start costs
+            else:  # a cold start (its first load here, or after the pool unloaded it)
                 begun = time.perf_counter()
                 resolved.load()
                 loads.record(ModelLoad(job.served_by, time.perf_counter() - begun, False))

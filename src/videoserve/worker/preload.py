@@ -26,7 +26,8 @@ ALL = "all"
 
 @dataclass(frozen=True)
 class ModelLoad:
-    """One model's load in this worker: at startup (preloaded) or on its first job."""
+    """One model's latest load in this worker: at startup (preloaded), or by a job that found
+    it not in memory (its first, or after the pool unloaded it)."""
 
     model: str
     seconds: float  # wall time of the load, or of the failed attempt
@@ -49,10 +50,6 @@ class ModelLoads:
         self._lock = threading.Lock()
         self._loads: dict[str, ModelLoad] = {}
 
-    def known(self, model: str) -> bool:
-        with self._lock:
-            return model in self._loads
-
     def record(self, load: ModelLoad) -> None:
         with self._lock:
             self._loads[load.model] = load
@@ -61,8 +58,18 @@ class ModelLoads:
         with self._lock:
             return list(self._loads.values())
 
-    def loaded(self) -> list[str]:
-        return [load.model for load in self.all() if load.error is None]
+    def in_memory(self, registry: ModelRegistry) -> list[ModelLoad]:
+        """The loads whose models are in memory now, each with its latest load's time: a
+        model the pool unloaded to make room is left out until a job loads it again."""
+        return [
+            load for load in self.all() if load.error is None and registry.is_loaded(load.model)
+        ]
+
+    def reported(self, registry: ModelRegistry) -> list[ModelLoad]:
+        """What the worker registry shows: the loads in memory and the failed ones."""
+        return [
+            load for load in self.all() if load.error is not None or registry.is_loaded(load.model)
+        ]
 
     def failed(self) -> list[ModelLoad]:
         return [load for load in self.all() if load.error is not None]

@@ -136,7 +136,9 @@ class Worker:
                         current_jobs=sorted(self.current),
                         draining=self.draining,
                         ready=self.ready,
-                        loaded_models=[load.to_json() for load in self.loads.all()],
+                        loaded_models=[
+                            load.to_json() for load in self.loads.reported(self.registry)
+                        ],
                     )
                 )
             except asyncio.CancelledError:

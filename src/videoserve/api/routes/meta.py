@@ -39,7 +39,7 @@ async def readyz(runtime: RuntimeDep) -> Any:
         return {"status": "ready"}
     loads = worker.loads.all()
     body: dict[str, Any] = {
-        "models_loaded": [load.to_json() for load in loads if load.error is None],
+        "models_loaded": [load.to_json() for load in worker.loads.in_memory(worker.registry)],
         "models_failed": [load.to_json() for load in loads if load.error is not None],
     }
     if not worker.ready:

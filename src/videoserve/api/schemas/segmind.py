@@ -105,7 +105,9 @@ class Health(BaseModel):
     status: str
     error: str | None = None
     models_loaded: list[ModelLoad] | None = Field(
-        default=None, description="The embedded worker's loaded models (absent without one)"
+        default=None,
+        description="The embedded worker's models in memory now, each with its latest load "
+        "(absent without one)",
     )
     models_failed: list[ModelLoad] | None = None
 
@@ -160,7 +162,10 @@ class LiveWorker(_Open):
     current_jobs: list[str] | int
     draining: bool
     ready: bool = Field(description="False while it loads its models; it claims nothing")
-    loaded_models: list[ModelLoad]
+    loaded_models: list[ModelLoad] = Field(
+        description="Its models in memory now (a model unloaded to make room for another is "
+        "left out until a job loads it again), and those that failed to load"
+    )
     started_at: str
     last_heartbeat: str
 

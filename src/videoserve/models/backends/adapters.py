@@ -77,6 +77,11 @@ class AdapterBackend:
     def load(self) -> None:
         self.base.load()
 
+    @property
+    def loaded(self) -> bool:
+        """Its base's weights are in memory (its LoRAs are set on the base for each job)."""
+        return bool(getattr(self.base, "loaded", True))
+
     def unload(self) -> None:
         """Drop this entry's LoRAs from the base; the base's weights stay for its other users."""
         self.base.drop_adapters({adapter_name(self.name, i) for i in range(len(self.loras))})
