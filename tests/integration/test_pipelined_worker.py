@@ -282,6 +282,21 @@ def test_loaded_models_follow_the_pool_and_each_reload_is_timed(
     assert reload["preloaded"] is False and reload["load_seconds"] > 0 and reload["error"] is None
 
 
+def test_a_backend_that_cannot_say_it_is_loaded_still_has_its_first_load_timed(
+    make_server, model_cache: Path
+) -> None:
+    """A backend without `loaded` (as a plugin may be) counts as loaded once it exists; its
+    first job's load is still timed and shown."""
+    server, backend = gated_server(make_server, model_cache, lease_seconds=3)
+    assert not hasattr(backend, "loaded")
+    admin = server.create_key("ops", admin=True)
+    wait_for_status(server, server.api_key, request(server, "cold"), "COMPLETED")
+    rows = wait_until(lambda: [r for r in admin_workers(server, admin) if r["loaded_models"]])
+    assert [(m["model"], m["preloaded"]) for m in rows[0]["loaded_models"]] == [("gated", False)]
+    ready = httpx.get(f"{server.url}/readyz").json()
+    assert [m["model"] for m in ready["models_loaded"]] == ["gated"]
+
+
 def test_a_model_that_fails_to_preload_is_reported_and_not_served(
     make_server, model_cache: Path
 ) -> None:

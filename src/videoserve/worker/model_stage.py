@@ -77,7 +77,9 @@ class ModelStage:
 
         def generate() -> tuple[GeneratedVideo, float]:
             logs.quiet_model_libraries()
-            if registry.is_loaded(job.served_by):
+            # `known` too: a backend that does not say whether it is loaded counts as loaded
+            # once it exists, and its first load must still be timed.
+            if loads.known(job.served_by) and registry.is_loaded(job.served_by):
                 resolved.load()  # a no-op while it stays loaded
             else:  # a cold start (its first load here, or after the pool unloaded it)
                 begun = time.perf_counter()

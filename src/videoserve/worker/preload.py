@@ -50,6 +50,10 @@ class ModelLoads:
         self._lock = threading.Lock()
         self._loads: dict[str, ModelLoad] = {}
 
+    def known(self, model: str) -> bool:
+        with self._lock:
+            return model in self._loads
+
     def record(self, load: ModelLoad) -> None:
         with self._lock:
             self._loads[load.model] = load
