@@ -201,15 +201,35 @@ def test_postgres_restart_loses_no_accepted_job(pg: Processes) -> None:
                 elif r.status_code == 503:
                     assert r.headers.get("retry-after")
 
+    polls: list[int] = []  # a poll's answers through the restart, in order
+
+    def poller() -> None:
+        # The status poll reads on a pool of its own (jobs/postgres_direct.py): it must
+        # answer 503 with Retry-After while the server is down, and recover by itself.
+        with httpx.Client(headers={"x-api-key": key}, timeout=10) as client:
+            while not stop.wait(0.05):
+                try:
+                    r = client.get(f"{url}/v2/requests/{accepted[0]}/status")
+                except httpx.HTTPError:
+                    continue
+                polls.append(r.status_code)
+                if r.status_code == 503:
+                    assert r.headers.get("retry-after")
+
     thread = threading.Thread(target=submitter)
     thread.start()
     wait_until(lambda: len(accepted) >= 5, timeout=60)
+    polling = threading.Thread(target=poller)
+    polling.start()
     subprocess.run(command, check=True, capture_output=True, timeout=120)
-    during = len(accepted)
+    during, polled = len(accepted), len(polls)
     wait_until(lambda: len(accepted) >= during + 5, timeout=120)  # recovered by itself
+    wait_until(lambda: 200 in polls[polled:], timeout=120)  # the poll's pool recovered too
     stop.set()
     thread.join(timeout=30)
+    polling.join(timeout=30)
     assert 500 not in answers, answers
+    assert set(polls) <= {200, 503}, polls
     wait_until(
         lambda: all(status(url, key, i)["status"] == "COMPLETED" for i in accepted),
         timeout=300,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from videoserve.jobs import clock, dialects
+from videoserve.jobs.postgres_direct import PgReader
 from videoserve.jobs.sqlite_direct import SqliteWriter, SyncReader
 
 log = logging.getLogger("videoserve.jobs")
@@ -112,6 +113,8 @@ class Database:
         # SQLite's fast path: reads and one-statement writes off aiosqlite (see sqlite_direct).
         self._sync_reader = SyncReader.for_url(url)
         self._sqlite_writer = SqliteWriter.for_url(url)
+        # PostgreSQL's: the status poll's read on asyncpg directly (see postgres_direct).
+        self._pg_reader = PgReader.for_url(url)
 
     # --- connections ---------------------------------------------------------------------------
     def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
@@ -138,6 +141,14 @@ class Database:
         `SyncReader.prepared`): a call runs it in the loop and returns its first row as a tuple.
         None elsewhere: use `first`."""
         return self._sync_reader.prepared(query) if self._sync_reader is not None else None
+
+    def async_raw_reader(
+        self, query: sa.Select
+    ) -> Callable[[dict[str, Any]], Awaitable[tuple[Any, ...] | None]] | None:
+        """On PostgreSQL, `query` prepared for asyncpg (see `PgReader.prepared`): a call runs
+        it on the reader's own small pool and returns its first row as a tuple. None
+        elsewhere: use `raw_reader` or `first`."""
+        return self._pg_reader.prepared(query) if self._pg_reader is not None else None
 
     async def write_one(
         self, statement: sa.Executable, params: dict[str, Any] | None = None
@@ -283,6 +294,8 @@ class Database:
             self._sync_reader.dispose()
         if self._sqlite_writer is not None:
             self._sqlite_writer.dispose()
+        if self._pg_reader is not None:
+            await self._pg_reader.close()
 
     async def migrate(self) -> dict[str, int]:
         """Bring every registered package's tables to its latest version; safe to run from many

@@ -134,13 +134,17 @@ class SyncReader:
         # Named parameters: the caller's dict goes to the driver as it is.
         compiled = query.compile(dialect=sqlite.dialect(paramstyle="named"))
         sql = compiled.string
+        # Values bound in the statement itself (`status == "QUEUED"`), under the caller's.
+        bound = {name: value for name, value in compiled.params.items() if value is not None}
 
         def run(params: dict[str, Any]) -> tuple[Any, ...] | None:
             try:
                 # A cursor per read, dropped at once: that resets the statement, so no read
                 # snapshot outlives the call (a kept cursor would hold one until its next use).
                 dbapi = self._kept.dbapi_connection()
-                row: tuple[Any, ...] | None = dbapi.execute(sql, params).fetchone()
+                row: tuple[Any, ...] | None = dbapi.execute(
+                    sql, bound | params if bound else params
+                ).fetchone()
             except Exception:
                 self._kept.close()  # the next read starts on a fresh connection
                 raise
