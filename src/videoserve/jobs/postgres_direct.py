@@ -16,7 +16,6 @@ and the poll's caller answers from the engine meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -88,11 +87,18 @@ class PgReader:
 
     async def close(self) -> None:
         opening, self._opening, self._pool = self._opening, None, None
-        if opening is not None:
-            if not opening.done():
-                opening.cancel()
-            with contextlib.suppress(BaseException):
-                await (await opening).close()
+        if opening is None:
+            return
+        if not opening.done():
+            opening.cancel()  # still connecting: nothing to close
+            return
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        pool = opening.result()
+        try:  # gracefully: a poll's read is done in a fraction of a millisecond
+            await asyncio.wait_for(pool.close(), 5)
+        except Exception:
+            pool.terminate()  # a connection hung on a server that is gone, say
 
 
 def _unreachable(exc: Exception) -> bool:
