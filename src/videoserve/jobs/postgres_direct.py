@@ -8,7 +8,9 @@ else stays on the engine. As `sqlite_direct` does for a SQLite file: only for qu
 columns and parameters need no type conversion (strings, numbers).
 
 The pool is small and fixed (`POOL_SIZE` connections beside the engine's), opened on first
-use, and each connection gets the engine's session settings (`dialects.POSTGRES_SETTINGS`).
+use. It connects as the engine does, from the same URL (`connect_args`: host, port, user,
+password, database, `ssl`), and each connection gets the engine's session settings
+(`dialects.POSTGRES_SETTINGS`).
 A connection that breaks (a restarted server) fails its read; asyncpg's pool then replaces it,
 and the poll's caller answers from the engine meanwhile.
 """
@@ -33,8 +35,7 @@ class PgReader:
     """Single-statement reads of one PostgreSQL database, on asyncpg directly."""
 
     def __init__(self, url: str) -> None:
-        # asyncpg takes a libpq-style DSN: the URL without SQLAlchemy's driver name.
-        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._connect = connect_args(url)
         self._pool: Any = None
         self._opening: asyncio.Future[Any] | None = None  # one open, however many ask
 
@@ -47,7 +48,9 @@ class PgReader:
 
         if self._opening is None:
             self._opening = asyncio.ensure_future(
-                asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE, init=_configure)
+                asyncpg.create_pool(
+                    min_size=1, max_size=POOL_SIZE, init=_configure, **self._connect
+                )
             )
         opening = self._opening
         try:
@@ -99,6 +102,22 @@ class PgReader:
             await asyncio.wait_for(pool.close(), 5)
         except Exception:
             pool.terminate()  # a connection hung on a server that is gone, say
+
+
+# URL query options asyncpg's connect takes as they are (the engine passes its URL's query to
+# asyncpg the same way). Others, which only SQLAlchemy's dialect understands, are left out.
+_ASYNCPG_OPTIONS = ("host", "port", "ssl")
+
+
+def connect_args(url: str) -> dict[str, Any]:
+    """asyncpg's `connect` arguments for a SQLAlchemy PostgreSQL URL, as the engine connects."""
+    parsed = make_url(url)
+    args: dict[str, Any] = parsed.translate_connect_args(username="user")
+    for name in _ASYNCPG_OPTIONS:
+        value = parsed.query.get(name)
+        if isinstance(value, str):
+            args[name] = int(value) if name == "port" else value
+    return args
 
 
 def _unreachable(exc: Exception) -> bool:
