@@ -134,21 +134,29 @@ class Database:
         async with self.read_engine.connect() as conn:
             return (await conn.execute(query, params)).first()
 
-    def raw_reader(
+    def row_reader(
         self, query: sa.Select
-    ) -> Callable[[dict[str, Any]], tuple[Any, ...] | None] | None:
-        """On a SQLite file, `query` prepared for the DB-API cursor (see
-        `SyncReader.prepared`): a call runs it in the loop and returns its first row as a tuple.
-        None elsewhere: use `first`."""
-        return self._sync_reader.prepared(query) if self._sync_reader is not None else None
+    ) -> Callable[[dict[str, Any]], Awaitable[tuple[Any, ...] | None]]:
+        """`query`, a one-row read of columns that need no type conversion (strings, numbers),
+        prepared the cheapest way this database allows; a call returns its first row as a
+        tuple, or None. On a SQLite file it runs on the DB-API cursor in the loop
+        (`SyncReader.prepared`), on PostgreSQL on asyncpg directly (`PgReader.prepared`),
+        elsewhere (`:memory:`) through the engine. For the status poll's reads."""
+        if self._sync_reader is not None:
+            run = self._sync_reader.prepared(query)
 
-    def async_raw_reader(
-        self, query: sa.Select
-    ) -> Callable[[dict[str, Any]], Awaitable[tuple[Any, ...] | None]] | None:
-        """On PostgreSQL, `query` prepared for asyncpg (see `PgReader.prepared`): a call runs
-        it on the reader's own small pool and returns its first row as a tuple. None
-        elsewhere: use `raw_reader` or `first`."""
-        return self._pg_reader.prepared(query) if self._pg_reader is not None else None
+            async def in_the_loop(params: dict[str, Any]) -> tuple[Any, ...] | None:
+                return run(params)
+
+            return in_the_loop
+        if self._pg_reader is not None:
+            return self._pg_reader.prepared(query)
+
+        async def through_the_engine(params: dict[str, Any]) -> tuple[Any, ...] | None:
+            row = await self.first(query, params)
+            return tuple(row) if row is not None else None
+
+        return through_the_engine
 
     async def write_one(
         self, statement: sa.Executable, params: dict[str, Any] | None = None

@@ -3,7 +3,7 @@
 Why not `JobStore.get`: a poll shows a job's state and timestamps, never its parameters or its
 result, and decoding those two JSON columns into a `Job` cost more than the read itself. So a
 poll reads only its columns, with one statement built once; on a SQLite file it runs straight
-on the DB-API cursor of the event loop's read connection (`SyncReader.raw_first`), without
+on the DB-API cursor of the event loop's read connection (`Database.row_reader`), without
 SQLAlchemy's per-execution work, which was most of a poll's database time. Nothing is cached:
 every poll sees the job's current row. On PostgreSQL it runs on asyncpg directly, from a small
 pool of its own (`PgReader`), for the same reason.
@@ -109,16 +109,9 @@ class StatusReader:
     """Reads one job's `JobStatus` by id."""
 
     def __init__(self, database: Database) -> None:
-        self._database = database
-        self._raw = database.raw_reader(_READ)
-        self._raw_async = database.async_raw_reader(_READ)
+        self._read = database.row_reader(_READ)
 
     async def read(self, job_id: str, now: float) -> JobStatus | None:
         """The job's status columns, unless it does not exist or has expired."""
-        if self._raw is not None:
-            row = self._raw({"job_id": job_id, "now": now})
-        elif self._raw_async is not None:
-            row = await self._raw_async({"job_id": job_id, "now": now})
-        else:
-            row = await self._database.first(_READ, {"job_id": job_id, "now": now})
+        row = await self._read({"job_id": job_id, "now": now})
         return _record(row) if row is not None else None

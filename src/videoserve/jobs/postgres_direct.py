@@ -11,8 +11,8 @@ The pool is small and fixed (`POOL_SIZE` connections beside the engine's), opene
 use. It connects as the engine does, from the same URL (`connect_args`: host, port, user,
 password, database, `ssl`), and each connection gets the engine's session settings
 (`dialects.POSTGRES_SETTINGS`).
-A connection that breaks (a restarted server) fails its read; asyncpg's pool then replaces it,
-and the poll's caller answers from the engine meanwhile.
+A connection that breaks (a restarted server) fails its read, which the poll answers 503 with
+`Retry-After`, as the engine's disconnects are; asyncpg's pool then replaces it.
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ class JobStore:
         self._first = database.first
         self._write_one = database.write_one
         self._hot = HotStatements(database, capped=self.policy.max_running_per_key > 0)
-        self._queue_head = database.async_raw_reader(self._hot.queue_head)
+        self._queue_head = database.row_reader(self._hot.queue_head)  # a poll's second read
         # This process's idle worker slots, which a submit claims for (`handoff`).
         self.standing = StandingClaims()
 
@@ -348,11 +348,7 @@ class JobStore:
         From the job's ticket and its queue's head: one index seek (see `tickets` for how far
         it can be off). A job queued before tickets existed is counted the old way."""
         if job.ticket is not None:
-            model = {"served_by": job.served_by}
-            if self._queue_head is not None:  # PostgreSQL: on asyncpg directly, as the poll's read
-                head = await self._queue_head(model)
-            else:
-                head = await self._first(self._hot.queue_head, model)
+            head = await self._queue_head({"served_by": job.served_by})
             return tickets.position(job.ticket, head[0] if head is not None else None)
         params = {"served_by": job.served_by, "created_at": job.created_at, "job_id": job.id}
         row = await self._first(self._hot.queue_ahead, params)

@@ -37,17 +37,17 @@ async def readyz(runtime: RuntimeDep) -> Any:
     worker = runtime.worker
     if worker is None:  # an API-only process: no models of its own
         return {"status": "ready"}
-    loads = worker.loads.all()
+    failed = worker.loads.failed()
     body: dict[str, Any] = {
         "models_loaded": [load.to_json() for load in worker.loads.in_memory(worker.registry)],
-        "models_failed": [load.to_json() for load in loads if load.error is not None],
+        "models_failed": [load.to_json() for load in failed],
     }
     if not worker.ready:
         loading = ", ".join(worker.preloading)
         return _unready({"status": "loading", "error": f"loading models: {loading}"} | body)
     if not worker.served_by:
-        failed = ", ".join(load.model for load in loads if load.error is not None)
-        error = f"no model to serve: every model failed to load ({failed})"
+        names = ", ".join(load.model for load in failed)
+        error = f"no model to serve: every model failed to load ({names})"
         return _unready({"status": "unavailable", "error": error} | body)
     return {"status": "ready"} | body
 
