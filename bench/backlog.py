@@ -5,10 +5,12 @@ is filled up to one short of the size in bulk, through the store (`JobStore.enqu
 same tickets a submit takes), then one job is submitted over HTTP: it is the last in the
 queue (position = size), and wrk (or an httpx fallback) polls its status with 16 connections.
 The rate and latency at each size are reported beside their ratio to the 50-job rate of the
-same server in the same run: the goal is >= 0.80 behind 10,000 (issue 15).
+same server in the same run: the goal is >= 0.80 behind 10,000 (issue 15). `--keys N`
+spreads the backlog over N keys round-robin (fair share stamps each key's jobs its own tags;
+issue 27 asks for the backlog on one key and over 100).
 
     python -m bench.backlog [--sizes 50,10000,100000] [--seconds 5] [--rounds 3]
-        [--databases sqlite,postgresql]
+        [--databases sqlite,postgresql] [--keys 1]
 
 Loopback only; bounded in time (each load run `--seconds`).
 """
@@ -32,6 +34,7 @@ import httpx
 from bench._servers import create_key, free_port, start_videoserve, videoserve_env
 from bench.load import parse_wrk
 from bench.queue import drop_pg, fresh_pg
+from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.records import Job
 from videoserve.jobs.store import JobStore, NewJob
 from videoserve.settings import Settings
@@ -86,13 +89,15 @@ def httpx_load(url: str, key: str, seconds: float, connections: int) -> tuple[fl
     return len(latencies) / seconds, statistics.median(latencies), p99
 
 
-async def fill(store: JobStore, like: Job, count: int) -> None:
-    """Queue `count` more jobs of `like`'s key and model, in bulk through the store."""
+async def fill(store: JobStore, like: Job, count: int, keys: list[str]) -> None:
+    """Queue `count` more jobs of `like`'s model, in bulk through the store, over `keys`
+    round-robin."""
+    n = 0
     while count > 0:
         batch = [
             NewJob(
                 id="video_" + secrets.token_hex(16),
-                api_key_id=like.api_key_id,
+                api_key_id=keys[(n := n + 1) % len(keys)],
                 model=like.model,
                 served_by=like.served_by,
                 params={"prompt": "backlog", "duration": 4},
@@ -112,7 +117,13 @@ def submit(base: str, key: str) -> str:
 
 
 def measure(
-    database: str, url: str, sizes: list[int], seconds: float, connections: int, tmp: Path
+    database: str,
+    url: str,
+    sizes: list[int],
+    seconds: float,
+    connections: int,
+    tmp: Path,
+    keys: int = 1,
 ) -> list[Polls]:
     env = videoserve_env(
         tmp / "data", VIDEOSERVE_DATABASE_URL=url, VIDEOSERVE_EMBEDDED_WORKER="false"
@@ -130,8 +141,12 @@ def measure(
         queued = 1
         first = loop.run_until_complete(store.get(submit(base, key)))
         assert first is not None
+        owners = [first.api_key_id] + [
+            loop.run_until_complete(KeyStore(store.database).create(f"backlog-{n}"))[0].id
+            for n in range(keys - 1)
+        ]
         for size in sizes:
-            loop.run_until_complete(fill(store, first, size - queued - 1))
+            loop.run_until_complete(fill(store, first, size - queued - 1, owners))
             job_id = submit(base, key)
             queued = size
             status_url = f"{base}/v2/requests/{job_id}/status"
@@ -157,10 +172,10 @@ def one_database(database: str, sizes: list[int], args: argparse.Namespace) -> l
         tmp = Path(name)
         if database == "sqlite":
             url = f"sqlite:///{tmp / 'backlog.db'}"
-            return measure(database, url, sizes, args.seconds, args.connections, tmp)
+            return measure(database, url, sizes, args.seconds, args.connections, tmp, args.keys)
         url, created = fresh_pg(args.pg)
         try:
-            return measure(database, url, sizes, args.seconds, args.connections, tmp)
+            return measure(database, url, sizes, args.seconds, args.connections, tmp, args.keys)
         finally:
             drop_pg(args.pg, created)
 
@@ -173,6 +188,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="fresh databases per dialect")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--keys", type=int, default=1, help="keys the backlog is spread over")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     report: list[Polls] = []

@@ -470,6 +470,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--plan", action="store_true", help="the prepared matrix (bench/plan.py)")
     parser.add_argument("--weights", type=Path, default=None, help="--plan: a diffusers folder")
     parser.add_argument("--plan-skip", default="", help="--plan: skip cases naming these")
+    parser.add_argument(
+        "--plan-devices",
+        type=int,
+        default=None,
+        help="--plan: worker-group rows up to this many devices (default: every GPU; none on "
+        "the CPU)",
+    )
     args = parser.parse_args(argv)
 
     import diffusers

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import plan_devices
 from bench.gpu_pipeline import NEGATIVE_PROMPT, PROMPT, Clock, DenoiserMeter, denoiser_flops
 from videoserve.media.encode import LIBX264, NVENC, encode_mp4
 from videoserve.models import random_weights, speed
@@ -98,11 +99,25 @@ def run_plan(args: Any, attention: tuple[str, ...]) -> dict[str, Any]:
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
         encoders = _encoder_rows(frames, Path(scratch)) if frames is not None else []
+        # The tiny model's 1280x720 latents do not split evenly; its portrait size does.
+        request = {
+            "prompt": PROMPT,
+            "negative_prompt": NEGATIVE_PROMPT,
+            "size": SIZE if args.weights else "1024x1792",
+            "duration": DURATION,
+            "seed": SEED,
+            "num_inference_steps": args.steps or PLAN_STEPS,
+        }
+        devices = plan_devices.run_devices(args, folder, Path(scratch), request)
+    text = table(rows, encoders)
+    if devices:
+        text += "\n\n" + plan_devices.table(devices)
     return {
         "weights": str(args.weights or "tiny"),
         "rows": rows,
         "encoders": encoders,
-        "table": table(rows, encoders),
+        "devices": devices,
+        "table": text,
     }
 
 
@@ -239,7 +254,7 @@ def architecture_of(folder: Path) -> Architecture | None:
 
 
 def _refusal(case: Case, device: str) -> str | None:
-    from videoserve.models.backends.diffusion import RuntimeOptions
+    from videoserve.models.options import RuntimeOptions
 
     runtime = RuntimeOptions(**{k: v for k, v in case.options.items() if k != "batch_cfg"})
     try:

@@ -63,7 +63,7 @@ async def ours(polls):
     lifespan = asyncio.create_task(
         app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put))
     assert (await outbox.get())["type"] == "lifespan.startup.complete"
-    _record, key = await app.state.runtime.keys.create("bench", admin=True)
+    _record, key = await app.state.services.keys.create("bench", admin=True)
     headers = [(b"x-api-key", key.encode()), (b"user-agent", b"bench"), (b"accept", b"*/*")]
     body = json.dumps({"prompt": "x", "duration": 4, "num_inference_steps": 1}).encode()
     submit = scope("POST", "/v2/tiny-t2v", headers + [(b"content-type", b"application/json"),

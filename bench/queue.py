@@ -207,8 +207,12 @@ wrk.headers["x-api-key"] = "%s"
 """
 
 
-def http_submits(src: Path | None, database: str, pg: str, clients: int, seconds: int) -> float:
-    """Submits/s over HTTP with `clients` concurrent connections, on a fresh database."""
+def http_submits(
+    src: Path | None, database: str, pg: str, clients: int, seconds: int, warmup: int = 0
+) -> float:
+    """Submits/s over HTTP with `clients` concurrent connections, on a fresh database; the
+    first `warmup` seconds of load are not counted (a server's first second of submits
+    includes its first reads, first statement compiles and pool growth)."""
     with tempfile.TemporaryDirectory() as tmp:
         extra = {"VIDEOSERVE_EMBEDDED_WORKER": "false", **code_env(src)}
         pg_name = None
@@ -223,9 +227,13 @@ def http_submits(src: Path | None, database: str, pg: str, clients: int, seconds
             script = Path(tmp) / "submit.lua"
             script.write_text(SUBMIT_LUA % key)
             try:
+                target = f"http://127.0.0.1:{port}/v2/tiny-t2v"
+                if warmup:
+                    warm = ["wrk", "-t2", f"-c{clients}", f"-d{warmup}s", "-s", str(script)]
+                    subprocess.run([*warm, target], capture_output=True, check=True)
                 command = ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "-s", str(script)]
                 out = subprocess.run(
-                    [*command, f"http://127.0.0.1:{port}/v2/tiny-t2v"],
+                    [*command, target],
                     capture_output=True,
                     text=True,
                     check=True,
@@ -248,7 +256,7 @@ def http_report(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     return alternating_report(
         args,
         lambda src, database: http_submits(
-            src, database, args.pg, args.http_clients, args.http_seconds
+            src, database, args.pg, args.http_clients, args.http_seconds, args.http_warmup
         ),
     )
 
@@ -261,6 +269,9 @@ def main() -> None:
     parser.add_argument("--skip-store", action="store_true", help="only the HTTP submits")
     parser.add_argument("--http-clients", type=int, default=32, help="0: no HTTP submits")
     parser.add_argument("--http-seconds", type=int, default=10)
+    parser.add_argument(
+        "--http-warmup", type=int, default=0, help="seconds of load before the measured run"
+    )
     parser.add_argument("--baseline-ref", default=None, help="git revision to measure beside")
     parser.add_argument("--rounds", type=int, default=2, help="alternating HTTP rounds")
     parser.add_argument(

@@ -114,6 +114,22 @@ class ServiceUnavailable(VideoserveError):
         return {"retry_after": self.retry_after}
 
 
+class StorageFull(VideoserveError):
+    """The disk that must hold a request's files, its row or a result has no space left.
+
+    Raised in place of the `OSError` (ENOSPC, EDQUOT) so that its message, which an API caller
+    reads, never names a server path; the operator finds the path in the log."""
+
+    code: ClassVar[str] = "storage_full"
+    MESSAGE: ClassVar[str] = (
+        "storage full: the server has no space left to store this request; "
+        "retry once the operator has freed space"
+    )
+
+    def __init__(self, message: str = MESSAGE) -> None:
+        super().__init__(message)
+
+
 class RequestTimeout(VideoserveError):
     """A blocking call ran past its deadline; the job itself may still finish."""
 

@@ -7,6 +7,7 @@ reads the environment, so tests can build as many differently-configured apps as
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
@@ -99,6 +100,33 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Fallback wake-up for a worker that gets no notification"
     )
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    start_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="A queued job no worker starts within this many seconds fails with code "
+        "expired, refunded; a submit's X-Start-Timeout header overrides it; unset: no limit",
+    )
+    warm_skip_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Warm routing: a worker claims jobs of the models it has loaded first, "
+        "but never passes over a job queued longer than this; 0: oldest first",
+    )
+    target_wait_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="The queue wait GET /v1/admin/scaling sizes desired_workers for",
+    )
+    scheduling_policy: Literal["fair", "fifo"] = Field(
+        default="fair",
+        description="fair: within a priority class, the next claim goes to the key with the "
+        "least service for its share; fifo: oldest first within a priority class",
+    )
+    fair_default_job_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Fair share's cost of a job of a model with no completed job to measure",
+    )
 
     # --- models --------------------------------------------------------------------------
     models: Path | None = Field(default=None, description="TOML file of model entries")
@@ -109,6 +137,17 @@ class Settings(BaseSettings):
         default_factory=list, description="Models this worker serves; empty: all available"
     )
     worker_concurrency: int = Field(default=1, ge=1)
+    worker_devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Devices of this worker's group, e.g. cuda:0,cuda:1 (cpu,cpu in tests): "
+        "entries with `parallel` run one video over all of them; empty or one: no group",
+    )
+    worker_group_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A collective of a worker group waiting longer fails: the group is "
+        "restarted and the job goes back to the queue",
+    )
     max_job_seconds: float = Field(
         default=3600.0,
         ge=0,
@@ -117,6 +156,12 @@ class Settings(BaseSettings):
     )
     drain_seconds: float = Field(
         default=600.0, ge=0, description="On SIGTERM, how long a worker may finish its job"
+    )
+    worker_idle_exit_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="`videoserve worker` exits (status 0) after this long with no job to run, "
+        "so an autoscaler can scale to zero; 0: never",
     )
     worker_pipeline: bool = Field(
         default=True,
@@ -147,6 +192,12 @@ class Settings(BaseSettings):
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     fetch_timeout_seconds: float = 15.0
+    resolve_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long the host of a URL we are asked to contact (input_reference, "
+        "webhooks) may take to resolve; past it the request is a 400",
+    )
 
     # --- video inputs (edits, extensions, characters) ------------------------------------
     # Checked while decoding, never from the container's own claims (a header can lie).
@@ -160,6 +211,32 @@ class Settings(BaseSettings):
         default=1280 * 720, gt=0, description="Width x height cap of a video input's frames"
     )
     max_video_frames: int = Field(default=600, gt=0, description="Decoded frame count cap")
+    max_video_fps: float = Field(
+        default=120.0,
+        gt=0,
+        description="Frame rate cap of a video input, measured from its decoded timestamps "
+        "(a clip over it is a 400: it would make an extension plan frames at that rate)",
+    )
+    # What one request may hold decoded (frames x width x height x 3 bytes): the source kept
+    # by a worker, and an extension's stitched output, checked before they are allocated.
+    max_video_decoded_bytes: int = Field(
+        default=2 * 1024**3,
+        gt=0,
+        description="Decoded size cap of one request's video frames, in bytes",
+    )
+    max_concurrent_video_decodes: int = Field(
+        default=2,
+        gt=0,
+        description="Video inputs decoded at once per API process (each costs a core)",
+    )
+    character_price: float = Field(
+        default=1.0,
+        ge=0,
+        description="Credits one character costs, charged when it is made (406 when short)",
+    )
+    max_characters_per_key: int = Field(
+        default=100, ge=0, description="Live characters one key may have; 0: no cap"
+    )
     character_retention_seconds: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="How long a character is kept"
     )
@@ -216,7 +293,13 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         default=0,
         ge=0,
-        description="`videoserve worker` serves /metrics on this port; 0: off",
+        description="`videoserve worker` serves /metrics, /healthz and /readyz on this port; "
+        "0: off",
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Where the worker's /metrics, /healthz and /readyz listen: 0.0.0.0 for a "
+        "Prometheus or a kubelet on another host (the container images set it)",
     )
 
     @field_validator("aliases", mode="before")
@@ -245,10 +328,23 @@ class Settings(BaseSettings):
             parse_many(value)  # ValueError names the bad part
         return value
 
-    @field_validator("worker_models", "blocklist", "preload", mode="before")
+    @field_validator("worker_models", "worker_devices", "blocklist", "preload", mode="before")
     @classmethod
     def _parse_list(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("worker_devices")
+    @classmethod
+    def _check_devices(cls, value: list[str]) -> list[str]:
+        bad = [d for d in value if not re.fullmatch(r"cpu|cuda:\d+", d)]
+        if bad:
+            raise ValueError(f"devices must be cpu or cuda:N (got {', '.join(bad)})")
+        if len({d.split(":")[0] for d in value}) > 1:
+            raise ValueError("a worker group's devices must all be cpu or all cuda:N")
+        gpus = [d for d in value if d != "cpu"]
+        if len(set(gpus)) != len(gpus):
+            raise ValueError("a worker group names each GPU once")
+        return value
 
     # --- derived values ------------------------------------------------------------------
     @property

@@ -8,6 +8,20 @@ import httpx
 from tests.acceptance.conftest import Processes
 
 
+def test_cli_messages_stay_whole_in_a_narrow_terminal(processes: Processes) -> None:
+    created = processes.run("keys", "create", "--name", "alice", COLUMNS="40")
+    assert created.returncode == 0, created.stderr
+    [said] = [line for line in created.stderr.splitlines() if line.startswith("created ")]
+    assert said.endswith("(alice, unlimited); store it now, it is not shown again")
+    [where] = [line for line in created.stderr.splitlines() if "database" in line]
+    assert where.startswith("no database at /") and where.endswith("as the server.")
+
+    processes.serve(name="narrow", COLUMNS="40")
+    log = (processes.tmp_path / "narrow.log").read_text().splitlines()
+    [url_line] = [line for line in log if line.startswith("videoserve on http://")]
+    assert url_line.endswith("(docs at /docs)")
+
+
 def test_keys_create_prints_the_key_last_and_list_hides_it(processes: Processes) -> None:
     created = processes.run("keys", "create", "--name", "alice")
     assert created.returncode == 0, created.stderr
@@ -53,9 +67,22 @@ def test_generate_against_a_running_server_writes_a_playable_mp4(
 
 def test_generate_with_an_embedded_server(processes: Processes, tmp_path) -> None:
     out = tmp_path / "embedded.mp4"
-    result = processes.run("generate", "a cat", "--duration", "4", "-o", str(out))
+    # A cache of its own: the model is built here, where diffusers shows its bars by default.
+    result = processes.run(
+        "generate",
+        "a cat",
+        "--duration",
+        "4",
+        "-o",
+        str(out),
+        VIDEOSERVE_MODEL_CACHE_DIR=str(tmp_path / "cache"),
+    )
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 1000
+    # As quiet as `serve`: the progress bar and the result, no library's warnings or bars.
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1].startswith(f"wrote {out} ")
+    assert [line for line in lines[:-1] if "━" not in line] == [], result.stderr
 
 
 def test_generate_reports_errors_in_words(processes: Processes, tmp_path) -> None:
@@ -118,3 +145,67 @@ def test_generate_extend_and_edit_a_video(processes: Processes, tmp_path) -> Non
             stream = container.streams.video[0]
             frames = sum(1 for _ in container.decode(stream))
         assert frames / float(stream.average_rate) == seconds
+
+
+def test_generate_start_timeout_fails_expired_with_no_worker(
+    processes: Processes, tmp_path
+) -> None:
+    key = processes.run("keys", "create", "--name", "cli").stdout.strip().splitlines()[-1]
+    url = processes.serve(name="api-only", VIDEOSERVE_EMBEDDED_WORKER="false")
+    log = (processes.tmp_path / "api-only.log").read_text()
+    assert "no worker is registered" in log  # said at start: nothing will run the jobs
+    result = processes.run(
+        "generate",
+        "a cat",
+        "--url",
+        url,
+        "--duration",
+        "4",
+        "--start-timeout",
+        "0.5",
+        "-o",
+        str(tmp_path / "never.mp4"),
+        VIDEOSERVE_API_KEY=key,
+    )
+    assert result.returncode == 1
+    assert "start deadline" in result.stderr, result.stderr
+    assert not (tmp_path / "never.mp4").exists()
+
+
+def test_generate_priority_above_the_keys_bound_is_refused(processes: Processes, tmp_path) -> None:
+    key = processes.run("keys", "create", "--name", "bounded").stdout.strip().splitlines()[-1]
+    url = processes.serve(name="api-priority", VIDEOSERVE_EMBEDDED_WORKER="false")
+    result = processes.run(
+        *("generate", "a cat", "--url", url, "--duration", "4", "--priority", "high"),
+        *("-o", str(tmp_path / "never.mp4")),
+        VIDEOSERVE_API_KEY=key,
+    )
+    assert result.returncode == 1
+    assert "at most 'normal'" in result.stderr, result.stderr
+    bad = processes.run("generate", "a cat", "--url", url, "--priority", "urgent")
+    assert bad.returncode == 2 and "urgent" in bad.stderr  # typer names the choices
+
+
+def test_generate_execution_timeout_above_the_models_limit_is_refused(
+    processes: Processes, tmp_path
+) -> None:
+    key = processes.run("keys", "create", "--name", "cli").stdout.strip().splitlines()[-1]
+    url = processes.serve(
+        name="limited", VIDEOSERVE_EMBEDDED_WORKER="false", VIDEOSERVE_MAX_JOB_SECONDS="60"
+    )
+    result = processes.run(
+        "generate",
+        "a cat",
+        "--url",
+        url,
+        "--duration",
+        "4",
+        "--execution-timeout",
+        "61",
+        "-o",
+        str(tmp_path / "never.mp4"),
+        VIDEOSERVE_API_KEY=key,
+    )
+    assert result.returncode != 0
+    assert "X-Execution-Timeout: at most the limit of model 'tiny-t2v', 60 s" in result.stderr
+    assert not (tmp_path / "never.mp4").exists()

@@ -156,6 +156,15 @@ def test_the_bare_install_is_the_client_and_its_cli_commands(
     assert serve.returncode == 1
     assert 'pip install "videoserve[server]"' in " ".join(serve.stderr.split())
 
+    # Without --url, `models` reads this host's configuration: it names the install, or --url.
+    local = subprocess.run(
+        [bin_dir / "videoserve", "models"], capture_output=True, text=True, timeout=60, env=cli
+    )
+    assert local.returncode == 1
+    assert 'pip install "videoserve[server]"' in local.stderr
+    assert "videoserve models --url" in local.stderr
+    assert "Traceback" not in local.stderr
+
 
 def test_the_server_install_serves_the_api_without_torch(
     tmp_path: Path, wheel: Path, model_cache: Path
@@ -170,6 +179,23 @@ def test_the_server_install_serves_the_api_without_torch(
         VIDEOSERVE_POLL_INTERVAL_SECONDS="0.2",
         VIDEOSERVE_AUTH="false",
     )
+
+    # This host cannot run models: `models` lists each unavailable, saying which install can.
+    listed = subprocess.run(
+        [bin_dir / "videoserve", "models"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows: dict[str, list[str]] = {}  # model -> its cells, the note's wrapped lines joined
+    for line in listed.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if len(cells) == 5 and cells[0]:
+            rows[cells[0]] = cells
+        elif len(cells) == 5 and rows:
+            rows[list(rows)[-1]][4] += " " + cells[4]
+    for model in ("tiny-t2v", "tiny-t2av"):
+        assert rows[model][3] == "no"
+        assert "needs the [worker] install" in rows[model][4]
+        assert 'pip install "videoserve[worker]"' in rows[model][4]
 
     # With the in-process worker on (the default) it refuses and names the fix.
     refused = subprocess.run(

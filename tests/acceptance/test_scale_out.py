@@ -204,7 +204,7 @@ def test_postgres_restart_loses_no_accepted_job(pg: Processes) -> None:
     polls: list[int] = []  # a poll's answers through the restart, in order
 
     def poller() -> None:
-        # The status poll reads on a pool of its own (jobs/postgres_direct.py): it must
+        # The status poll reads on a pool of its own (db/postgres.py): it must
         # answer 503 with Retry-After while the server is down, and recover by itself.
         with httpx.Client(headers={"x-api-key": key}, timeout=10) as client:
             while not stop.wait(0.05):

@@ -3,8 +3,8 @@
 Each test drives headless Chromium (see conftest.py) against `make_server()`, which serves
 `sora-2-pro` with the tiny model. Screenshots of every state land in test-artifacts/playground/
 in both colour schemes. No fixed sleeps: Playwright's `expect` and `wait_for_*` with timeouts.
-Answers the server cannot be made to give on demand (429, a stream event with a chosen failure,
-sound from a model that makes none) are stubbed or amended with `page.route`; everything else is
+Answers the server cannot be made to give on demand (429, a stream event with a chosen failure)
+are stubbed or amended with `page.route`; everything else is
 the real server. Routes another scope is still building (POST /v1/videos/extensions and /edits,
 issue 14) gate their end-to-end tests on the app's own route table, never on a fake server.
 """
@@ -26,7 +26,14 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
-from tests.integration.accounting import make_key
+from tests.integration.accounting import (
+    StallingBackend,
+    TestRegistry,
+    headers,
+    make_key,
+    submit,
+    wait_for_status,
+)
 from videoserve.api import create_app
 from videoserve.api.routes.ui import STATIC_DIR
 from videoserve.settings import Settings
@@ -296,6 +303,7 @@ def test_bad_key_shows_the_401(
     expect(error).to_contain_text("API key refused (401)")
     expect(error).to_contain_text("invalid API key")
     expect(page.locator("#api-key")).to_have_attribute("aria-invalid", "true")
+    expect(error).to_contain_text("videoserve keys create")  # how to get one
     expect(page.locator("#job")).to_be_hidden()
     screenshot(page, "06-bad-key")
     # Typing a new key clears the mark.
@@ -491,6 +499,31 @@ def test_queue_position_and_cancel(
     screenshot(page, "14-cancelled")
 
 
+def test_queued_line_shows_the_start_estimate(
+    make_server: Callable[..., LiveServer],
+    new_page: Callable[..., Page],
+    model_cache: Path,
+    screenshot: Callable[..., list[Path]],
+) -> None:
+    """A real queue: one completed job of the tiny model gives its recent duration, a stalled
+    job holds the only slot, and the page's request waits behind it with an estimate."""
+    registry = TestRegistry(model_cache, {"stall": (StallingBackend("stall"), 0.0)})
+    server = make_server(registry=registry, worker_models=["stall", "tiny-t2v"])
+    key = server.api_key
+    done = submit(server, key, duration=4).json()["request_id"]
+    wait_for_status(server, key, done, "COMPLETED", timeout=120)
+    stalled = submit(server, key, "stall", duration=4).json()["request_id"]
+    wait_for_status(server, key, stalled, "PROCESSING")
+    page = queue_one(new_page, server, "a heron waiting in the reeds")
+    # The server re-reads the model's recent job times every few seconds.
+    expect(page.locator("#job-detail")).to_contain_text("Starts in about", timeout=30_000)
+    expect(page.locator("#job-detail")).not_to_contain_text("Waiting:")
+    screenshot(page, "13b-queued-with-estimate")
+    page.locator("#cancel").click()
+    expect(page.locator("#job-status")).to_have_text("FAILED")
+    httpx.post(f"{server.url}/v2/requests/{stalled}/cancel", headers=headers(key))
+
+
 def test_cancel_of_a_request_that_is_gone(
     make_server: Callable[..., LiveServer], new_page: Callable[..., Page]
 ) -> None:
@@ -682,18 +715,10 @@ def test_insufficient_credits_shows_balance_and_price(
 def test_audio_facts_when_the_result_has_sound(
     server: LiveServer, new_page: Callable[..., Page], screenshot: Callable[..., list[Path]]
 ) -> None:
-    """The tiny model makes no sound, so a real run's result body gets the three audio fields
-    added on its way to the page: the player must not be muted, and the facts say so."""
+    """The built-in `tiny-t2av` (a tiny LTX-2) makes real sound: the player must not be muted,
+    and the facts say so."""
     page = open_playground(new_page, server)
-
-    def with_sound(route: Any) -> None:
-        response = route.fetch()
-        body = response.json()
-        if response.status == 200 and body.get("status") == "COMPLETED":
-            body |= {"has_audio": True, "audio_sample_rate": 24000, "audio_codec": "aac"}
-        route.fulfill(response=response, json=body)
-
-    page.route(re.compile(r"/v2/requests/[^/?]+$"), with_sound)
+    page.select_option("#model", "tiny-t2av")
     fill_form(page, "waves on a pebble beach")
     page.click("#generate")
     wait_completed(page)
@@ -807,3 +832,33 @@ def test_edit_from_a_card_runs_end_to_end(
     edit_id = page.locator("#job-id").inner_text()
     wait_completed(page)
     expect(page.locator(f'#gallery li[data-id="{edit_id}"] .caption')).to_contain_text("edit")
+
+
+# --- a first run (issue 26, item 6) ------------------------------------------------------------
+def test_a_stand_in_says_what_serves_it_once(
+    make_server: Callable[..., LiveServer], new_page: Callable[..., Page]
+) -> None:
+    server = make_server(aliases={})  # sora-2-pro falls back to tiny-t2v, with a warning
+    page = open_playground(new_page, server)
+    page.select_option("#model", "sora-2-pro")
+    note = page.locator("#model-note")
+    expect(note).to_contain_text("random-weight test model")
+    assert note.inner_text().lower().count("served by") == 1
+
+
+def test_a_reload_keeps_the_result_in_view(
+    server: LiveServer, new_page: Callable[..., Page]
+) -> None:
+    page = open_playground(new_page, server)
+    fill_form(page, "a lighthouse at dusk")
+    page.click("#generate")
+    expect(page.locator("#job-id")).not_to_be_empty()
+    request_id = page.locator("#job-id").inner_text()
+    page.reload()  # while it may still run: followed again after the reload
+    expect(page.locator("#job-id")).to_have_text(request_id)
+    wait_completed(page)
+    page.reload()  # and once done: its video is shown again
+    expect(page.locator("#job-id")).to_have_text(request_id)
+    expect(page.locator("#result")).to_be_visible()
+    expect(page.locator("#job-status")).to_have_text("COMPLETED")
+    assert page.errors == []

@@ -25,7 +25,8 @@ from tests.integration.accounting import (
     wait_for_status,
     with_store,
 )
-from videoserve.jobs import database, dialects, schema
+from videoserve.db import database, dialects
+from videoserve.jobs import schema
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.store import JobStore
 from videoserve.settings import Settings

@@ -24,9 +24,9 @@ from PIL import Image
 from videoserve.models import families, random_weights
 from videoserve.models.backends import cfg
 from videoserve.models.backends.base import Cancelled, GenerationInputs
-from videoserve.models.backends.diffusion import DiffusersBackend, RuntimeOptions
+from videoserve.models.backends.diffusion import DiffusersBackend
 from videoserve.models.backends.tiny import build_tiny_pipeline
-from videoserve.models.options import DiffusersOptions
+from videoserve.models.options import DiffusersOptions, RuntimeOptions
 from videoserve.models.params import DiffusersParams
 
 PROMPT, NEGATIVE = "a cat walking in the forest", "blurry"

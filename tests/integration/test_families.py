@@ -303,3 +303,59 @@ def test_extensions_and_edits_on_each_family(weights: dict[str, Path], name: str
         assert f"model '{name}' has no video-to-video pipeline" in str(
             continuation.edit_refusal(backend)
         )
+
+
+class PreviewSink:
+    """A preview sink, as the worker's: every step; frames kept as offered."""
+
+    every, seconds = 1, 0.0
+
+    def __init__(self) -> None:
+        self.offered: list[tuple[int, int, np.ndarray]] = []
+
+    def offer(self, step: int, total: int, frames: np.ndarray) -> None:
+        self.offered.append((step, total, frames))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_family_previews_while_it_denoises(weights: dict[str, Path], name: str) -> None:
+    """Wan's layouts and LTX's packed latents alike: after every step but the last, frames at
+    the latent grid (LTX: unpacked by the pipeline's own `_unpack_latents`), projected by a
+    fit from the model's own VAE, in [0, 1], and moving as the video forms (issue 25)."""
+    backend = backend_for(weights, name)
+    sink = PreviewSink()
+    params = DiffusersParams(prompt="a cat", duration=4, num_inference_steps=3, seed=2)
+    text_to_video = MODELS[name][3]
+    image = None if text_to_video else Image.new("RGB", (160, 90), (200, 120, 40))
+    inputs = GenerationInputs(image=image, preview=sink)
+    backend.generate(params, inputs, lambda s, t: None, lambda: False)
+    assert [(step, total) for step, total, _ in sink.offered] == [(1, 3), (2, 3)]
+    first, last = sink.offered[0][2], sink.offered[-1][2]
+    assert first.ndim == 4 and first.shape[-1] == 3 and first.shape == last.shape
+    assert float(last.min()) >= 0.0 and float(last.max()) <= 1.0
+    assert not np.array_equal(first, last)
+
+
+def test_extensions_and_edits_preview_as_a_generation(weights: dict[str, Path]) -> None:
+    """An extension is a generation from the source's last frame, an edit a video-to-video
+    call through the same step loop: both previews reach the job's sink (issue 25)."""
+    from videoserve.models.backends import continuation
+
+    backend = backend_for(weights, "wan22-ti2v")
+    frames = np.random.default_rng(4).integers(0, 255, (16, 90, 160, 3), dtype=np.uint8)
+    source = continuation.SourceVideo(frames, 8.0)
+    params = DiffusersParams(prompt="a cat", duration=4, num_inference_steps=3, seed=3)
+    extended = PreviewSink()
+    video = continuation.extend(
+        backend, params, source, lambda s, t: None, lambda: False, preview=extended
+    )
+    assert [(step, total) for step, total, _ in extended.offered] == [(1, 3), (2, 3)]
+    assert len(video.frames) == 16 + 32
+    edited = PreviewSink()
+    longer = DiffusersParams(prompt="a cat", duration=4, num_inference_steps=8, seed=3)
+    video = continuation.edit(
+        backend, longer, source, 0.6, lambda s, t: None, lambda: False, preview=edited
+    )
+    # strength 0.6 of 8 steps: the pipeline runs the last few of them, previews all but its last
+    assert edited.offered and all(step < total for step, total, _ in edited.offered)
+    assert edited.offered[0][2].ndim == 4 and len(video.frames) == 16

@@ -19,6 +19,7 @@ from PIL import Image
 
 from videoserve import errors
 from videoserve.media import fetch
+from videoserve.resolver import Resolver
 
 MAX_BYTES = 100_000
 
@@ -244,9 +245,11 @@ async def test_connect_time_guard_refuses_on_its_own(server: LoopbackServer) -> 
 async def test_every_redirect_hop_is_checked(server: LoopbackServer) -> None:
     """The first hop is let through on purpose; the redirect to localhost must still be refused."""
 
+    public_only = fetch.public_only(Resolver(5.0))
+
     async def admit_all_but_first_host(host: str, port: int) -> None:
         if host != "127.0.0.1":
-            await fetch._admit_public(host, port)
+            await public_only(host, port)
 
     async with httpx.AsyncClient(trust_env=False) as client:
         with pytest.raises(errors.InvalidRequest, match=r"\(localhost resolves to it\)"):

@@ -116,3 +116,19 @@ def test_plan_runs_every_case_or_says_why_not(tmp_path: Path) -> None:
         ("h264_nvenc", "libx264"),
     ]
     assert report["table"].startswith("| case | load s |")
+
+
+def test_plan_runs_worker_group_rows_on_two_cpu_ranks() -> None:
+    # The single-device rows are skipped here (the test above runs them): only the group's.
+    skip = "diffusers plain,videoserve,+ ,LoRA"
+    report = bench("--plan", "--threads", "1", "--plan-devices", "2", "--plan-skip", skip)
+    splits = [row["split"] for row in report["devices"]]
+    assert splits == [
+        {"ranks": 2, "ulysses": 2},
+        {"ranks": 2, "ring": 2},
+        {"ranks": 2, "cfg": 2},
+    ]
+    for row in report["devices"]:
+        assert row["seconds_per_step"] > 0 and row["call_seconds"] > 0
+        assert row["peak_gpu_memory_gb_per_device"] is None  # no GPU here
+    assert "| devices | split | s / step |" in report["table"]

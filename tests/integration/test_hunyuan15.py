@@ -274,6 +274,34 @@ def test_progress_per_step_cancellation_between_steps_and_guidance(
     assert pipe.guider.guidance_scale == 6.0  # the folder's own scale is kept between calls
 
 
+class _Previews:
+    """A preview sink, as the worker's: every step, frames kept as offered."""
+
+    every, seconds = 1, 0.0
+
+    def __init__(self) -> None:
+        self.offered: list[tuple[int, int, np.ndarray]] = []
+
+    def offer(self, step: int, total: int, frames: np.ndarray) -> None:
+        self.offered.append((step, total, frames))
+
+
+def test_previews_while_it_denoises(folders: dict[str, Path]) -> None:
+    """HunyuanVideo 1.5 previews like Wan's: after every step but the last, the clean-latent
+    estimate projected to RGB by a fit from its own VAE (32 channels, 16x, 4x), one frame
+    per latent frame at the latent grid, in [0, 1]."""
+    model = backend(folders["t2v"])
+    sink = _Previews()
+    params = DiffusersParams(prompt="a dog", duration=4, seed=7, num_inference_steps=3)
+    model.generate(params, GenerationInputs(preview=sink), lambda s, t: None, lambda: False)
+    assert [(step, total) for step, total, _ in sink.offered] == [(1, 3), (2, 3)]
+    frames = sink.offered[-1][2]
+    # 33 frames of 160x96 (the plan's 160x90 on the 16-pixel grid) -> 9 x 6 x 10 latents.
+    assert frames.shape == (9, 6, 10, 3), frames.shape
+    assert float(frames.min()) >= 0.0 and float(frames.max()) <= 1.0
+    assert not np.array_equal(frames, sink.offered[0][2])  # it moves as the video forms
+
+
 @pytest.mark.parametrize(("name", "extends"), [("t2v", False), ("i2v", True), ("t2v-siglip", True)])
 def test_extensions_where_image_to_video_exists_and_no_edits(
     folders: dict[str, Path], name: str, extends: bool

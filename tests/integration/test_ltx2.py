@@ -175,3 +175,23 @@ def test_two_stage_with_the_latent_upsampler(ltx2_folder: Path, tmp_path: Path) 
     # Denoised at 96x64 (half of 160x96, on the 32 grid), upsampled 2x, fitted to 160x90.
     assert video.frames.shape == (32, 90, 160, 3)
     assert video.audio is not None and video.audio_sample_rate == 24000
+
+
+def test_previews_of_its_packed_video_latents(ltx2_folder: Path) -> None:
+    """LTX-2's video latents are packed into tokens: unpacked by the pipeline's own
+    `_unpack_latents` and projected by a fit from its own VAE, after every step but the last
+    (issue 25). The sound's latents are not previewed."""
+    from tests.integration.test_families import PreviewSink
+
+    options = DiffusersOptions(family="tiny")
+    backend = families.create_backend("ltx2", str(ltx2_folder), options, "cpu")
+    sink = PreviewSink()
+    params = AudioDiffusersParams(prompt="a cat", duration=4, num_inference_steps=3, seed=1)
+    video = backend.generate(
+        params, GenerationInputs(preview=sink), lambda s, t: None, lambda: False
+    )
+    assert [(step, total) for step, total, _ in sink.offered] == [(1, 3), (2, 3)]
+    frames = sink.offered[-1][2]
+    assert frames.ndim == 4 and frames.shape[-1] == 3
+    assert float(frames.min()) >= 0.0 and float(frames.max()) <= 1.0
+    assert video.audio is not None  # the sound is made as before

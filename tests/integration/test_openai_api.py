@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -351,6 +352,13 @@ def test_remix_reuses_the_parameters_with_a_new_prompt(server: LiveServer) -> No
     listed = {v.id: v for v in client.videos.list()}
     assert listed[remix.id].remixed_from_video_id == source.id
     assert listed[source.id].remixed_from_video_id is None
+    # The source is a column of the row, no blob: with every file of the remix gone, a list
+    # and a retrieve still say what it remixed.
+    assert not (server.data_dir / "blobs" / "jobs" / remix.id / "remix.json").exists()
+    shutil.rmtree(server.data_dir / "blobs" / "jobs" / remix.id)
+    listed = {v.id: v for v in client.videos.list()}
+    assert listed[remix.id].remixed_from_video_id == source.id
+    assert client.videos.retrieve(remix.id).remixed_from_video_id == source.id
 
     with pytest.raises(openai.BadRequestError) as blank:
         client.videos.remix(source.id, prompt="")

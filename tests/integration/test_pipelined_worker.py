@@ -108,9 +108,10 @@ def request(server: LiveServer, prompt: str, model: str = "gated") -> str:
 
 
 def waiting_on_media(server: LiveServer, request_id: str) -> bool:
-    """Its model is done (progress 100) but it is not finished: its frames wait."""
+    """Its model is done (past its last step: the phases after denoising) but it is not
+    finished: its frames wait. (Progress reaches 100 only when COMPLETED, issue 25.)"""
     body = status_of(server, server.api_key, request_id)
-    return body["status"] == "PROCESSING" and body.get("progress") == 100
+    return body["status"] == "PROCESSING" and body.get("phase") in ("decoding", "encoding_video")
 
 
 def attempt_files(server: LiveServer, request_id: str, attempt: int) -> list[Path]:

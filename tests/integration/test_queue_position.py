@@ -215,7 +215,7 @@ def test_jobs_requeued_in_one_sweep_stay_within_the_documented_bound(queue) -> N
 
 def test_postgres_sessions_plan_each_statement_for_its_parameters(queue) -> None:
     # A generic plan made while the table was tiny (a sequential scan) must not serve polls
-    # behind a large backlog (see jobs/dialects.py): every session plans afresh.
+    # behind a large backlog (see db/dialects.py): every session plans afresh.
     server, claimer = queue
     if not server.settings.resolved_database_url().startswith("postgresql"):
         pytest.skip("PostgreSQL only: SQLite has no plan cache across statements")

@@ -183,11 +183,13 @@ async def test_a_worker_stopping_while_a_submit_claims_for_it_hands_the_job_back
     worker = Worker(settings, runtime.store, runtime.registry, runtime.blobs)
     stop = asyncio.Event()
     working = asyncio.create_task(worker.run(stop))
-    lock = sqlite3.connect(db, isolation_level=None)
+    # Taken in a thread: the worker's own startup writes may hold the lock for a moment, and
+    # they need the event loop to finish, so waiting for the lock on the loop would deadlock.
+    lock = sqlite3.connect(db, isolation_level=None, check_same_thread=False, timeout=30)
     try:
         slots = settings.worker_concurrency
         await until(lambda: len(runtime.store.standing) == slots)
-        lock.execute("BEGIN IMMEDIATE")  # the submit's transaction waits behind it
+        await asyncio.to_thread(lock.execute, "BEGIN IMMEDIATE")  # the submit waits behind it
         submitting = asyncio.create_task(
             runtime.service.submit(key, "tiny-t2v", {"prompt": "p", "duration": 4})
         )

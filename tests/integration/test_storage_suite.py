@@ -36,10 +36,10 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import free_port
+from videoserve import clock
 from videoserve.api import errors as api_errors
-from videoserve.api import views
 from videoserve.api.routes import files
-from videoserve.jobs import clock
+from videoserve.services.files import Files
 from videoserve.settings import Settings
 from videoserve.storage import (
     BlobNotFound,
@@ -242,7 +242,7 @@ def store(backend: Backend) -> BlobStore:
 
 
 class Links:
-    """Output links exactly as the API hands them out (`views.blob_url`), and a client for them.
+    """Output links exactly as the API hands them out (`Files.url`), and a client for them.
 
     S3 links are presigned URLs that the bucket serves over loopback; local links are served by
     the real `/files` route (local path + URL signer), in-process through httpx's ASGI transport.
@@ -251,15 +251,15 @@ class Links:
     base = "http://videoserve.test"
 
     def __init__(self, store: BlobStore) -> None:
-        self.runtime = SimpleNamespace(blobs=store, signer=UrlSigner(b"suite-secret"))
+        self.files = Files(store, UrlSigner(b"suite-secret"))
         app = FastAPI()
         api_errors.install(app)
         app.include_router(files.router)
-        app.state.runtime = self.runtime
+        app.state.services = SimpleNamespace(files=self.files)  # all `/files` reads
         self.client = httpx.AsyncClient(mounts={self.base: httpx.ASGITransport(app=app)})
 
     async def url(self, key: str, expires_in: float) -> str:
-        return await views.blob_url(self.runtime, self.base, key, clock.now() + expires_in)  # type: ignore[arg-type]
+        return await self.files.url(self.base, key, clock.now() + expires_in)
 
 
 @pytest.fixture

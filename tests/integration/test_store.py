@@ -11,9 +11,10 @@ import sqlalchemy as sa
 from tests.conftest import stored_result
 from videoserve.jobs import schema, states
 from videoserve.jobs.failures import Failure, FailureCode
-from videoserve.jobs.keys import KeyStore
+from videoserve.jobs.fairness import Priority, SchedulingPolicy
+from videoserve.jobs.keys import KeyStore, Scheduling
 from videoserve.jobs.states import Status
-from videoserve.jobs.store import JobStore, NewJob
+from videoserve.jobs.store import JobStore, NewJob, Policy
 from videoserve.settings import Settings
 from videoserve.webhooks import tables as webhook_tables
 
@@ -179,16 +180,39 @@ async def test_concurrent_idempotent_submits_create_one_job(store: JobStore) -> 
     assert sum(created for _, created in results) == 1
 
 
-async def test_concurrent_claimers_never_share_a_job(store: JobStore) -> None:
-    ids = {(await store.create(new_job()))[0].id for _ in range(40)}
-    claimed: list[str] = []
+@pytest.mark.parametrize("scheduling", list(SchedulingPolicy))
+async def test_concurrent_claimers_never_share_a_job(
+    database_url: str, scheduling: SchedulingPolicy
+) -> None:
+    """Under each policy, over keys of unequal shares and every priority class: each job is
+    claimed exactly once (and the fair clock only moves forward)."""
+    url = Settings(database_url=database_url).resolved_database_url()
+    store = JobStore.open(url, policy=Policy(scheduling=scheduling))
+    await store.start()
+    try:
+        keys = KeyStore(store.database)
+        owners = [
+            (await keys.create(f"k{share}", scheduling=Scheduling(share=share)))[0].id
+            for share in (1, 2, 3)
+        ]
+        ids = set()
+        for n in range(45):
+            new = new_job(api_key_id=owners[n % 3], priority=Priority(n % 3))
+            ids.add((await store.create(new))[0].id)
+        claimed: list[str] = []
 
-    async def claimer(name: str) -> None:
-        while (got := await store.claim(name, None, 30)) is not None:
-            claimed.append(got[0].id)
+        async def claimer(name: str) -> None:
+            while (got := await store.claim(name, None, 30)) is not None:
+                claimed.append(got[0].id)
 
-    await asyncio.gather(*(claimer(f"w{i}") for i in range(6)))
-    assert sorted(claimed) == sorted(ids)
+        await asyncio.gather(*(claimer(f"w{i}") for i in range(6)))
+        assert sorted(claimed) == sorted(ids)
+        if scheduling == SchedulingPolicy.FAIR:
+            await store.fair.drain()
+            tags = await store.database.first(sa.select(sa.func.max(schema.jobs.c.start_tag)))
+            assert tags is not None and await store.fair.virtual_time() == tags[0]
+    finally:
+        await store.close()
 
 
 async def test_expired_results_are_hidden_then_deleted(store: JobStore) -> None:
@@ -352,8 +376,8 @@ async def _has_table(store: JobStore, name: str) -> bool:
 async def test_migration_6_gives_queued_jobs_tickets_in_claim_order(database_url: str) -> None:
     import sqlalchemy as sa
 
-    from videoserve.jobs import clock
-    from videoserve.jobs.database import migrations_table
+    from videoserve import clock
+    from videoserve.db.database import migrations_table
 
     url = Settings(database_url=database_url).resolved_database_url()
     store = JobStore.open(url)
@@ -389,3 +413,130 @@ async def test_migration_6_gives_queued_jobs_tickets_in_claim_order(database_url
         assert await store.queue_position(new) == 3
     finally:
         await store.close()
+
+
+async def test_migration_13_keeps_queued_jobs_in_age_order_at_normal_priority(
+    database_url: str,
+) -> None:
+    """Jobs and keys from before scheduling: normal priority, start tag 0, share 1; the claim
+    then takes the old jobs by age, and a new one after them."""
+    from videoserve import clock
+    from videoserve.db.database import migrations_table
+
+    url = Settings(database_url=database_url).resolved_database_url()
+    store = JobStore.open(url)
+    try:
+        async with store.database.transaction() as conn:
+            await conn.run_sync(lambda c: migrations_table.create(c, checkfirst=True))
+            for version, step in schema.MIGRATIONS.steps[:12]:  # the schema before 13
+                await conn.run_sync(step)
+                await conn.execute(
+                    migrations_table.insert().values(
+                        package="jobs", version=version, applied_at=clock.now()
+                    )
+                )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, created_at)"
+                    " VALUES ('key_old', 'old', 'h', 'vs_old', false, 0)"
+                )
+            )
+            for i in (1, 0):  # inserted out of age order
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO jobs (id, api_key_id, model, served_by, params, status,"
+                        " progress, attempt, max_attempts, cancel_requested, created_at)"
+                        " VALUES (:id, 'key_old', 'm', 'm', '{}', 'QUEUED', 0, 0, 1, false, :t)"
+                    ),
+                    {"id": f"old{i}", "t": float(i)},
+                )
+        await store.migrate()
+        await store.start()
+        key = await KeyStore(store.database).get("key_old")
+        assert key is not None and (key.share, key.max_priority, key.max_running) == (1.0, 1, None)
+        new, _ = await store.create(new_job("m", api_key_id="key_old"))
+        order = []
+        while (got := await store.claim("w", ["m"], 30)) is not None:
+            order.append((got[0].id, got[0].priority))
+        assert order == [("old0", 1), ("old1", 1), (new.id, 1)]
+    finally:
+        await store.close()
+
+
+async def test_a_requeued_job_keeps_its_tags_and_is_claimed_next(store: JobStore) -> None:
+    keys = KeyStore(store.database)
+    heavy = (await keys.create("heavy"))[0].id
+    light = (await keys.create("light", scheduling=Scheduling(share=3)))[0].id
+    first, _ = await store.create(new_job(api_key_id=heavy, priority=Priority.HIGH))
+    for owner in (heavy, light, heavy):
+        await store.create(new_job(api_key_id=owner))
+    claimed = await store.claim("w", None, 30)
+    assert claimed is not None and claimed[0].id == first.id
+    assert await store.release(claimed[1])  # a draining worker hands it back
+    again = await store.claim("w2", None, 30)
+    assert again is not None and again[0].id == first.id
+    assert (again[0].priority, again[0].start_tag) == (first.priority, first.start_tag)
+
+
+@pytest.mark.parametrize("charged", [False, True], ids=["uncharged", "charged"])
+async def test_every_field_a_submit_sets_reaches_its_column(store: JobStore, charged) -> None:
+    """The columns a submit writes follow `NewJob`: each field named like a column of `jobs`
+    is stored as given, on every submit path (PostgreSQL's one-statement charged insert, its
+    stamping INSERT, SQLite's transaction), so a new field needs no list of its own."""
+    from videoserve.jobs import ledger
+    from videoserve.jobs.store_records import STORED_AS_IS
+
+    record, _ = await KeyStore(store.database).create("fields", credits=100.0)
+    new = new_job(
+        api_key_id=record.id,
+        params={"prompt": "every field"},
+        max_attempts=3,
+        input_key="jobs/x/input.png",
+        idempotency_key="idem-" + secrets.token_hex(4),
+        request_hash="h" * 16,
+        webhook_url="https://example.com/hook",
+        priority=Priority.HIGH,
+        execution_timeout=42.0,
+        remixed_from="video_" + secrets.token_hex(8),
+        charge=ledger.Charge(seconds=4.0, price_per_second=1.0) if charged else None,
+    )
+    _, created = await store.create(new)
+    assert created
+    async with store.database.connect() as conn:
+        row = (await conn.execute(sa.select(schema.jobs).where(schema.jobs.c.id == new.id))).one()
+    stored = {name: getattr(row, name) for name in STORED_AS_IS}
+    assert stored == {name: getattr(new, name) for name in STORED_AS_IS}
+    assert row.cost == (4.0 if charged else None)
+    assert row.start_tag is not None and row.expected_seconds is not None
+
+
+async def test_concurrent_submits_read_a_models_job_seconds_once(store: JobStore) -> None:
+    """Fair share's expected job seconds, read when lapsed: one read for any number of
+    concurrent submits (each on a connection of its own was 17 more aiosqlite threads and a
+    tenth of the submit rate), the stale value served while a refresh runs."""
+    from sqlalchemy import event
+
+    reads: list[str] = []
+
+    def counted(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if "FROM jobs" in statement and "ORDER BY jobs.finished_at DESC" in statement:
+            reads.append(statement)
+
+    engine = store.database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", counted)
+    try:
+        fair = store.fair
+        first = await asyncio.gather(*(fair.expected_seconds("tiny-t2v") for _ in range(32)))
+        assert len(reads) == 1 and set(first) == {fair.default_job_seconds}, reads
+        fair._estimates["tiny-t2v"] = (0.0, 7.0)  # lapsed: the next asks refresh it
+        again = await asyncio.gather(*(fair.expected_seconds("tiny-t2v") for _ in range(32)))
+        assert set(again) == {7.0}  # the stale value, while the one refresh runs
+        await eventually(lambda: _settled(fair))
+        assert len(reads) == 2, reads
+        assert await fair.expected_seconds("tiny-t2v") == fair.default_job_seconds
+    finally:
+        event.remove(engine, "before_cursor_execute", counted)
+
+
+async def _settled(fair) -> bool:  # type: ignore[no-untyped-def]
+    return not fair._reading

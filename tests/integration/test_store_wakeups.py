@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import stored_result
-from videoserve.jobs.sqlite_direct import SyncReader
+from videoserve.db.sqlite import SyncReader
 from videoserve.jobs.statements import FINISHED_TOPIC, QUEUED_TOPIC, job_topic
 from videoserve.jobs.store import JobStore, NewJob
 

@@ -22,7 +22,8 @@ from tests.integration.accounting import (
     wait_for_status,
     with_store,
 )
-from videoserve.jobs import clock, schema
+from videoserve import clock
+from videoserve.jobs import schema
 from videoserve.jobs.store import JobStore, NewJob
 from videoserve.observability import logs
 

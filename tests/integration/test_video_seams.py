@@ -285,7 +285,7 @@ def test_ltx2_audio_false_never_runs_the_audio_decode(
     ltx2_folder: Path, make_server: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
     server = make_server(models=ltx2_toml(tmp_path, ltx2_folder))
-    backend = server.server.config.app.state.runtime.registry.backend("ltx2")
+    backend = server.server.config.app.state.services.registry.backend("ltx2")
     backend.load()
     decoded: list[str] = []
     hooks = [

@@ -173,6 +173,7 @@ def test_per_request_webhook_receives_signed_completed_event(make_server, receiv
         None,
         None,
     )
+    assert data["metrics"] == {"parallel": None}  # one device (a worker group's split else)
 
     # The official openai SDK's verifier accepts it too (Standard Webhooks on both sides).
     sdk = openai.OpenAI(api_key="unused", base_url=f"{server.url}/v1")

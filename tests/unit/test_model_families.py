@@ -14,13 +14,12 @@ import pytest
 
 from videoserve import errors
 from videoserve.models import families, grid_table, weights
-from videoserve.models.backends.diffusion import RuntimeOptions
 from videoserve.models.backends.ltx import LTXBackend
 from videoserve.models.backends.ltx2 import COMPONENTS as LTX2_COMPONENTS
 from videoserve.models.backends.ltx2 import LTX2Backend
 from videoserve.models.backends.wan import WanBackend
 from videoserve.models.grid import FAMILY_GRIDS, plan
-from videoserve.models.options import DiffusersOptions
+from videoserve.models.options import DiffusersOptions, RuntimeOptions
 from videoserve.models.params import DURATIONS, SIZES, VideoParams
 from videoserve.models.pool import ModelPool
 from videoserve.models.registry import ModelRegistry

@@ -77,11 +77,11 @@ async def test_request_id_middleware_echoes_or_mints() -> None:
     assert refused.headers["x-request-id"] != "x" * 200
 
 
-def test_submit_bucket_matches_the_routes_that_create_jobs(tmp_path: Path) -> None:
+def test_submit_bucket_matches_the_routes_that_create_jobs_or_characters(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, aliases={"sora-2-pro": "tiny-t2v"})
     app = create_app(settings)
     registry = ModelRegistry.from_settings(settings)
-    fake_app = SimpleNamespace(state=SimpleNamespace(runtime=SimpleNamespace(registry=registry)))
+    fake_app = SimpleNamespace(state=SimpleNamespace(services=SimpleNamespace(registry=registry)))
     creating = {
         "/v2/{model}",
         "/v1/{model}",
@@ -89,6 +89,7 @@ def test_submit_bucket_matches_the_routes_that_create_jobs(tmp_path: Path) -> No
         "/v1/videos/{video_id}/remix",
         "/v1/videos/extensions",
         "/v1/videos/edits",
+        "/v1/videos/characters",  # a decode of the caller's clip: a submit's cost (issue 23)
     }
     for path, operations in app.openapi()["paths"].items():
         concrete = path.replace("{model}", "sora-2-pro")

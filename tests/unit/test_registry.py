@@ -9,10 +9,16 @@ from pathlib import Path
 import pytest
 
 from videoserve import errors
-from videoserve.models.backends.tiny import TinyBackend
+from videoserve.models.backends.tiny import TinyBackend, TinySoundBackend
 from videoserve.models.backends.wan import WanBackend
 from videoserve.models.grid import WAN21_GRID, WAN22_TI2V_GRID
-from videoserve.models.params import SIZES, DiffusersParams, VideoParams, schema_json
+from videoserve.models.params import (
+    SIZES,
+    AudioDiffusersParams,
+    DiffusersParams,
+    VideoParams,
+    schema_json,
+)
 from videoserve.models.registry import BackendSpec, ModelEntry, ModelRegistry, load_models_file
 from videoserve.settings import Settings
 
@@ -41,7 +47,7 @@ def by_id(registry: ModelRegistry) -> dict[str, dict]:
 def test_builtin_tiny_and_sora_fallback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="videoserve.models"):
         registry = registry_for(tmp_path)
-    assert registry.names() == ["tiny-t2v", "sora-2-pro"]
+    assert registry.names() == ["tiny-t2v", "tiny-t2av", "sora-2-pro"]
 
     tiny = registry.resolve("tiny-t2v")
     assert isinstance(tiny.backend, TinyBackend)
@@ -98,6 +104,31 @@ def test_builtin_tiny_and_sora_fallback(tmp_path: Path, caplog: pytest.LogCaptur
     json.dumps(registry.describe())
 
 
+def test_builtin_tiny_sound_model_is_a_tiny_ltx2_that_never_stands_in_for_sora(
+    tmp_path: Path,
+) -> None:
+    registry = registry_for(tmp_path)
+    sound = registry.resolve("tiny-t2av")
+    assert isinstance(sound.backend, TinySoundBackend)
+    assert sound.schema is AudioDiffusersParams  # it takes `audio: false`
+    assert sound.backend.path == tmp_path / "data" / "models" / "tiny-t2av"
+    listed = by_id(registry)["tiny-t2av"]
+    assert (listed["available"], listed["audio"], listed["backend"]) == (True, True, "tiny")
+    assert by_id(registry)["tiny-t2v"]["audio"] is False
+    # A random-weight model is never the seed's model's stand-in by preference: tiny-t2v is.
+    assert registry.served_by("sora-2-pro") == "tiny-t2v"
+
+
+def test_a_models_file_may_make_another_tiny_model_with_sound(tmp_path: Path) -> None:
+    registry = registry_for(
+        tmp_path, '[models.noise-with-sound]\nbackend = "tiny"\nlayout = "ltx2"\nseed = 3\n'
+    )
+    backend = registry.backend("noise-with-sound")
+    assert isinstance(backend, TinySoundBackend) and backend.seed == 3
+    with pytest.raises(ValueError, match="layout"):
+        registry_for(tmp_path, '[models.x]\nbackend = "tiny"\nlayout = "hunyuan"\n')
+
+
 def test_toml_entries_and_sora_served_by_first_available_diffusers(tmp_path: Path) -> None:
     fake_wan_folder(tmp_path / "weights" / "wan-small")
     registry = registry_for(
@@ -117,7 +148,13 @@ def test_toml_entries_and_sora_served_by_first_available_diffusers(tmp_path: Pat
         max_frames = 161
         """,
     )
-    assert registry.names() == ["tiny-t2v", "absent", "wan-2.1-t2v-1.3b", "sora-2-pro"]
+    assert registry.names() == [
+        "tiny-t2v",
+        "tiny-t2av",
+        "absent",
+        "wan-2.1-t2v-1.3b",
+        "sora-2-pro",
+    ]
     assert registry.warnings == []
     sora = registry.resolve("sora-2-pro")
     assert sora.served_by == "wan-2.1-t2v-1.3b"
@@ -211,7 +248,7 @@ def test_names_served_by_and_served_models_for_workers(tmp_path: Path) -> None:
     )
     assert registry.names_served_by("wan") == ["wan", "sora-2-pro"]
     assert registry.names_served_by("sora-2-pro") == ["wan", "sora-2-pro"]
-    assert registry.served_models() == ["tiny-t2v", "wan"]  # every available model
+    assert registry.served_models() == ["tiny-t2v", "tiny-t2av", "wan"]  # every available one
     assert registry.served_models(["sora-2-pro", "wan", "tiny-t2v"]) == ["wan", "tiny-t2v"]
     with pytest.raises(ValueError, match="worker model 'nope' is not configured"):
         registry.served_models(["nope"])

@@ -7,12 +7,12 @@ import pytest
 
 from videoserve import errors
 from videoserve.api.routes.openai import POLL_CEILING_MS, POLL_FLOOR_MS, poll_after_ms
-from videoserve.jobs.characters import mentions
 from videoserve.jobs.inputs import InputKind, JobInput, JobInputs, Operation
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
-from videoserve.jobs.video_ops import _strength
 from videoserve.media.video_input import sniff_container
+from videoserve.services.characters import mentions
+from videoserve.services.video_ops import _strength
 from videoserve.settings import Settings
 
 

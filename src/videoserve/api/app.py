@@ -6,13 +6,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html
+from fastapi.responses import HTMLResponse
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
 from videoserve import __version__
 from videoserve.api import errors as api_errors
 from videoserve.api import openai_views
+from videoserve.api.deps import Services
 from videoserve.api.guard import InputGuardMiddleware
 from videoserve.api.limits import BodyLimitMiddleware
 from videoserve.api.polls import Serving, StatusPolls
@@ -41,6 +44,46 @@ from videoserve.settings import Settings, is_loopback_host
 log = logging.getLogger("videoserve.api")
 
 DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts and styles
+# ReDoc's bundle shows a "powered by" logo from its CDN (no option turns it off): the page may
+# load only from this server, so the browser never asks the CDN and ReDoc hides the image.
+REDOC_CSP = (
+    "default-src 'self' 'unsafe-inline' blob: data:; img-src 'self' data: blob:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+NO_WORKER_WARNING = (
+    "no embedded worker (VIDEOSERVE_EMBEDDED_WORKER=false) and no worker is registered: "
+    "jobs will wait in the queue until a `videoserve worker` starts"
+)
+
+
+def services_of(runtime: Runtime) -> Services:
+    """The parts of the runtime that routes may reach, each on its own."""
+    return Services(
+        settings=runtime.settings,
+        registry=runtime.registry,
+        keys=runtime.keys,
+        jobs=runtime.service,
+        accounts=runtime.accounts,
+        video_ops=runtime.video_ops,
+        characters=runtime.characters,
+        files=runtime.files,
+        fleet=runtime.fleet,
+        webhooks=runtime.webhooks.webhook_store,
+        webhook_urls=runtime.webhook_urls,
+    )
+
+
+async def _warn_without_workers(services: Services) -> None:
+    """Say at start when nothing can run jobs: an API-only process with no live worker."""
+    try:
+        live = await services.fleet.count_live_workers()
+    except Exception as exc:  # the database is not reachable yet: the requests will say so
+        log.warning("could not read the live workers at start: %s", exc)
+        return
+    if live == 0:
+        log.warning(NO_WORKER_WARNING)
 
 
 def create_app(
@@ -58,24 +101,33 @@ def create_app(
             "anyone who can reach the server could spend its GPUs"
         )
 
-    serving = Serving()  # the poll layer's way to the runtime
+    serving = Serving()  # the poll layer's way to the services
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings, registry=registry, moderator=moderator)
+        services = services_of(runtime)
+        app.state.services = services  # what `api.deps` hands each route
+        # The whole process, for whoever embeds the app (and tests that reach its worker);
+        # no route reads it: routes get their narrow parts from `services`.
         app.state.runtime = runtime
         await runtime.start(worker=settings.embedded_worker)
-        serving.runtime = runtime
+        if not settings.embedded_worker:
+            await _warn_without_workers(services)
+        serving.services = services
         try:
             yield
         finally:
-            serving.runtime = None
+            serving.services = None
             await runtime.stop(grace=5.0)
 
     # Swagger UI and ReDoc from the assets fastapi-offline ships, not a CDN: /docs works on an
     # offline or air-gapped host.
     app = FastAPIOffline(
         static_url=DOCS_ASSETS,
+        redoc_url=None,  # ours, below: the same page with a policy that keeps it on this host
+        # Swagger UI keeps the key given to "Authorize" across reloads of /docs.
+        swagger_ui_parameters={"persistAuthorization": True},
         title="videoserve",
         version=__version__,
         description="Self-hosted video generation: the Segmind serverless contract and "
@@ -84,6 +136,7 @@ def create_app(
         # Off unless OpenTelemetry is in use: its per-request check was a tenth of a poll.
         telemetry=telemetry.fastapi_telemetry(),
     )
+    _offline_redoc(app)
     # Every answer under /v1/videos, unknown routes and wrong methods too, in OpenAI's envelope.
     api_errors.install(app, dialects={"/v1/videos": openai_views.response_for})
     contract.document(app)
@@ -112,6 +165,24 @@ def create_app(
     if not telemetry.opentelemetry_in_use():
         _answer_polls_first(app, limits, serving)
     return app
+
+
+def _offline_redoc(app: FastAPI) -> None:
+    """`/redoc` from the packaged bundle, with a Content-Security-Policy that keeps every load
+    on this server (fastapi-offline's page would still fetch ReDoc's logo from its CDN)."""
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+        page.headers["Content-Security-Policy"] = REDOC_CSP
+        return page
 
 
 def _answer_polls_first(app: FastAPI, limits: RateLimits, serving: Serving) -> None:

@@ -13,12 +13,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from videoserve import errors
+from videoserve.db.failures import database_full
 from videoserve.jobs import text
+from videoserve.storage.base import out_of_space
 
 log = logging.getLogger("videoserve.api")
 
@@ -34,6 +36,10 @@ STATUS_CODES: list[tuple[type[errors.VideoserveError], int]] = [
     (errors.ModelUnavailable, 502),
     (errors.ServiceUnavailable, 503),
     (errors.RequestTimeout, 504),
+    # 507, not 503 with Retry-After: a full disk does not clear on a timer (an operator, or
+    # the retention sweep, frees space), so any Retry-After would be a guess; and 503 means
+    # "the database blinked, retry shortly" here, which monitoring must tell apart.
+    (errors.StorageFull, 507),
 ]
 
 
@@ -52,6 +58,20 @@ def status_for(exc: errors.VideoserveError) -> int:
         if isinstance(exc, cls):
             return code
     return 500
+
+
+def domain_error(exc: Exception) -> errors.VideoserveError | None:
+    """The domain error an unexpected exception stands for, if any: a write that found no
+    space is `StorageFull`, so it answers 507 without the path an `OSError` names. That is
+    an `OSError` (a multipart upload spooled to a full temp folder), or the job database on
+    a full disk (SQLite inside the data folder, as embedded; PostgreSQL's `disk_full`),
+    which is not "unavailable, retry shortly"."""
+    if isinstance(exc, errors.VideoserveError):
+        return exc
+    if out_of_space(exc) or database_full(exc):
+        log.error("storage full: %s", exc)  # the path, for the operator's eyes only
+        return errors.StorageFull()
+    return None
 
 
 def error_response(
@@ -173,6 +193,9 @@ def install(app: FastAPI, *, dialects: Mapping[str, EnvelopeFor] | None = None) 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(ConnectionError)
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        known = domain_error(exc)
+        if known is not None:  # a database on a full disk is not "retry shortly"
+            return await _domain(request, known)
         log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
         return error_response(
             503,
@@ -181,7 +204,30 @@ def install(app: FastAPI, *, dialects: Mapping[str, EnvelopeFor] | None = None) 
             code=errors.ServiceUnavailable.code,
         )
 
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+        # The database refused a value (PostgreSQL: too long for its column, or not valid
+        # text): the request's fault, answered alike on both databases. Every field is
+        # checked before it is written (`jobs.text`); this is the net under those checks.
+        log.warning(
+            "%s %s: a value the database cannot store: %s", request.method, request.url.path, exc
+        )
+        return error_response(
+            400,
+            "a value in the request cannot be stored (too long, or not valid text)",
+            code=errors.InvalidRequest.code,
+        )
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+        # Here, not only in `_unexpected`: Starlette re-raises what reaches that one, and a
+        # full disk is an answer, not a crash to log with a traceback.
+        return await _unexpected(request, exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        known = domain_error(exc)  # a driver's own error (SQLite's, unwrapped) included
+        if known is not None:
+            return await _domain(request, known)
         log.exception("%s %s failed", request.method, request.url.path)
         return error_response(500, "internal server error", code="server_error")

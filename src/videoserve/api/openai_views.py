@@ -20,13 +20,13 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from videoserve import errors
-from videoserve.api.errors import status_for
-from videoserve.jobs import text
-from videoserve.jobs.characters import Character
+from videoserve.api.errors import domain_error, status_for
+from videoserve.jobs import fairness, phases, text
 from videoserve.jobs.failures import FailureCode
 from videoserve.jobs.inputs import JobInputs
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
+from videoserve.services.characters import Character
 
 log = logging.getLogger("videoserve.api")
 
@@ -60,6 +60,7 @@ _FAILURE_CODES = {
     FailureCode.CANCELLED: "cancelled",
     FailureCode.MODERATION: "moderation_blocked",
     FailureCode.TIMEOUT: "timeout",
+    FailureCode.EXPIRED: "expired",
 }
 
 
@@ -97,8 +98,10 @@ def video(
         "created_at": _unix(job.created_at),
         "completed_at": _unix(job.finished_at),
         "expires_at": _unix(job.expires_at),
+        **phases.live_fields(job.status.value, job.phase, job.step, job.steps, job.preview_step),
         "error": None,
         "remixed_from_video_id": remixed_from,
+        "priority": fairness.LABELS[job.priority],  # an extra: X-Queue-Priority's class
     }
     if job.status == Status.FAILED:
         body["error"] = {
@@ -112,8 +115,24 @@ def video(
             "has_audio": job.result.has_audio,
             "audio_sample_rate": job.result.audio_sample_rate,
             "audio_codec": job.result.audio_codec,
+            "metrics": {"parallel": job.result.parallel},
         }
     return body
+
+
+def waiting_fields(
+    queue_position: int | None, waiting_reason: str | None, estimated_start_seconds: float | None
+) -> dict[str, Any]:
+    """A queued video's extras (our extension, as the Segmind status shows them): its place
+    in line, about when it starts (null when unknown) and, when no live worker serves its
+    model, why it waits."""
+    fields: dict[str, Any] = {
+        "queue_position": queue_position,
+        "estimated_start_seconds": estimated_start_seconds,
+    }
+    if waiting_reason is not None:
+        fields["waiting_reason"] = waiting_reason
+    return fields
 
 
 def _seconds(value: float) -> str:
@@ -178,6 +197,7 @@ def error_response(
 def response_for(request: Request, exc: Exception) -> JSONResponse:
     """The envelope for any exception a `/v1/videos` handler raised; the rest of the API keeps
     the Segmind shape that `api.errors` gives."""
+    exc = domain_error(exc) or exc
     if isinstance(exc, errors.VideoserveError):
         status = status_for(exc)
         headers = None

@@ -33,27 +33,28 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from videoserve import errors
 from videoserve.api import credentials, ratelimit, views
+from videoserve.api.deps import Services
 from videoserve.jobs.keys import ANONYMOUS
 from videoserve.jobs.states import Status
 from videoserve.observability import logs
-from videoserve.runtime import Runtime
 
 log = logging.getLogger("videoserve.api")
-_STATUS_PATH = re.compile(r"^/v2/requests/([^/]+)/status$")
+# `\Z`, not `$`: `$` also matches before a final newline (`status%0A` decodes to one).
+_STATUS_PATH = re.compile(r"/v2/requests/([^/]+)/status\Z")
 _JSON = (b"content-type", b"application/json")
 _REQUEST_ID = logs.REQUEST_ID_HEADER.encode()
 
 
 class Serving:
-    """The app's runtime while its lifespan runs; None before and after.
+    """The app's services while its lifespan runs; None before and after.
 
-    Why not `app.state.runtime`: Starlette's `State` answers through `__getattr__` after a
+    Why not `app.state.services`: Starlette's `State` answers through `__getattr__` after a
     failed attribute lookup, a few tenths of a microsecond on every poll."""
 
-    __slots__ = ("runtime",)
+    __slots__ = ("services",)
 
     def __init__(self) -> None:
-        self.runtime: Runtime | None = None
+        self.services: Services | None = None
 
 
 class StatusPolls:
@@ -83,8 +84,8 @@ class StatusPolls:
         matched = _STATUS_PATH.match(scope["path"])
         if matched is None:
             return False
-        runtime = self.serving.runtime
-        if runtime is None:  # before the lifespan started it, or after it stopped
+        services = self.serving.services
+        if services is None:  # before the lifespan started it, or after it stopped
             return False
         # The headers in one pass, for what `has_body`, `logs.choose_request_id` and
         # `credentials.presented_key` each read (ASGI servers lower-case header names).
@@ -115,16 +116,16 @@ class StatusPolls:
                     return False  # the app's rate limiter answers the 429 with this verdict
                 headers += verdict.header_pairs()
         try:
-            if runtime.settings.auth:
+            if services.settings.auth:
                 if presented is None:
                     return False
-                key = await runtime.keys.authenticate(presented)
+                key = await services.keys.authenticate(presented)
                 if key is None:
                     return False
                 scope["state"]["api_key"] = key  # as `deps.current_key` leaves it
             else:
                 key = ANONYMOUS
-            job_status, payload = await views.poll(runtime, key, matched.group(1))
+            job_status, payload = await views.poll(services.jobs, key, matched.group(1))
         except Exception:
             return False  # the route words it (401, 404, 503...) exactly as before
         body = _encode(payload)

@@ -4,7 +4,8 @@ Two separate buckets per caller, so a client polling its jobs is never cut off b
 submitted (the `segmind` SDK never retries a poll: one 429 during `wait()` fails the job):
 
 - `submit`: the calls that create a job (`POST /v2/{model}`, `POST /v1/{model}`,
-  `POST /v1/videos`, `POST /v1/videos/{id}/remix`), limited by `VIDEOSERVE_RATE_LIMIT`
+  `POST /v1/videos`, `POST /v1/videos/{id}/remix`, extensions, edits, and
+  `POST /v1/videos/characters`, which costs a decode), limited by `VIDEOSERVE_RATE_LIMIT`
   (empty: no limit).
 - `status`: every other call under `/v1/` and `/v2/` (polls, results, lists, cancels), limited
   by `VIDEOSERVE_STATUS_RATE_LIMIT`. Pages, docs, signed file links, health and `/metrics`
@@ -51,9 +52,10 @@ log = logging.getLogger("videoserve.api")
 
 Bucket = Literal["submit", "status"]
 
-_MODEL_PATH = re.compile(r"^/v[12]/([^/]+)$")  # POST /v1/{model}, POST /v2/{model}
-# OpenAI create, remix, extensions and edits: the calls that create a job.
-_VIDEOS_PATH = re.compile(r"^/v1/videos(/[^/]+/remix|/extensions|/edits)?/?$")
+# `\Z`, not `$` (which also matches before a final newline); matched with `match`.
+_MODEL_PATH = re.compile(r"/v[12]/([^/]+)\Z")  # POST /v1/{model}, POST /v2/{model}
+# OpenAI create, remix, extensions, edits and characters: the calls that cost a GPU or a decode.
+_VIDEOS_PATH = re.compile(r"/v1/videos(/[^/]+/remix|/extensions|/edits|/characters)?/?\Z")
 LIMITED_PREFIXES = ("/v1/", "/v2/")
 STORAGE_PAUSE_SECONDS = 5.0
 
@@ -286,11 +288,11 @@ def _bucket(scope: Scope) -> Bucket:
     if named is None:
         return "status"
     # Only a configured model name creates a job (POST /v1/webhooks does not). scope["app"]
-    # is the FastAPI app, set before any middleware runs; its runtime holds the registry.
-    runtime = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
-    if runtime is None:
+    # is the FastAPI app, set before any middleware runs; its services hold the registry.
+    services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+    if services is None:
         return "submit"
-    return "submit" if named.group(1) in runtime.registry.names() else "status"
+    return "submit" if named.group(1) in services.registry.names() else "status"
 
 
 def identity(scope: Scope) -> str:

@@ -1,4 +1,5 @@
-"""The Segmind dialect's JSON shapes, built from a stored job."""
+"""The Segmind dialect's JSON shapes, built from a stored job (what else an answer shows,
+a queued job's place and a stored file's link, is read through the services)."""
 
 from __future__ import annotations
 
@@ -6,29 +7,22 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
+from videoserve.jobs import fairness, phases
 from videoserve.jobs.job_status import JobStatus
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status
-from videoserve.runtime import Runtime
+from videoserve.services.files import Files
+from videoserve.services.jobs import JobService
 
 
 @functools.lru_cache(maxsize=8192)
 def iso(ts: float | None) -> str | None:
+    """A stored timestamp as the API shows it (ISO 8601, UTC, `Z`); None for none.
+
+    Every timestamp an answer shows is written here."""
     # Cached: a pure function of the timestamp, and a polled job's timestamps repeat on every
     # poll (formatting them was a tenth of a poll's time).
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
-
-
-async def blob_url(runtime: Runtime, base: str, key: str, expires_at: float) -> str:
-    """An absolute URL for a stored file that needs no API key and dies with the retention."""
-    presigned = await runtime.blobs.presigned_get_url(
-        key, max(1.0, expires_at - datetime.now(UTC).timestamp())
-    )
-    if presigned:
-        return presigned
-    expires = int(expires_at)
-    signature = runtime.signer.sign(key, expires)
-    return f"{base}/files/{key}?expires={expires}&signature={signature}"
 
 
 def submitted(job: Job, base: str) -> dict[str, Any]:
@@ -40,25 +34,38 @@ def submitted(job: Job, base: str) -> dict[str, Any]:
     }
 
 
-async def status(runtime: Runtime, job: Job) -> dict[str, Any]:
-    position = await runtime.service.queue_position(job) if job.status == Status.QUEUED else None
-    return status_body(job, position)
+async def status(jobs: JobService, job: Job) -> dict[str, Any]:
+    if job.status != Status.QUEUED:
+        return status_body(job, None)
+    return status_body(job, *await jobs.waiting(job))
 
 
-def status_body(job: Job | JobStatus, queue_position: int | None) -> dict[str, Any]:
-    """The status answer's body (`queue_position` is shown only for a QUEUED job)."""
+def status_body(
+    job: Job | JobStatus,
+    queue_position: int | None,
+    waiting_reason: str | None = None,
+    estimated_start_seconds: float | None = None,
+) -> dict[str, Any]:
+    """The status answer's body (`queue_position` and `estimated_start_seconds`, null when
+    unknown, are shown only for a QUEUED job, and `waiting_reason` only when it has one: no
+    live worker serves its model)."""
     body: dict[str, Any] = {
         "request_id": job.id,
         "status": job.status.value,
         "model": job.model,
+        "priority": fairness.LABELS[job.priority],
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "completed_at": iso(job.finished_at),
     }
     if job.status == Status.QUEUED:
         body["queue_position"] = queue_position
+        body["estimated_start_seconds"] = estimated_start_seconds
+        if waiting_reason is not None:
+            body["waiting_reason"] = waiting_reason
     if job.status in (Status.PROCESSING, Status.COMPLETED):
         body["progress"] = job.progress
+    body |= phases.live_fields(job.status.value, job.phase, job.step, job.steps, job.preview_step)
     if job.status == Status.FAILED:
         body["error"] = job.error
         body["code"] = job.failure.value if job.failure is not None else None
@@ -67,15 +74,18 @@ def status_body(job: Job | JobStatus, queue_position: int | None) -> dict[str, A
     return body
 
 
-async def poll(runtime: Runtime, key: ApiKey, request_id: str) -> tuple[Status, dict[str, Any]]:
+async def poll(jobs: JobService, key: ApiKey, request_id: str) -> tuple[Status, dict[str, Any]]:
     """A status poll's answer: the job's status and the body, the job read afresh (its poll
     columns hold what a queued job's position needs: its model and ticket)."""
-    found = await runtime.service.status(key, request_id)
-    return found.status, status_body(found, await runtime.service.queue_position(found))
+    found = await jobs.status(key, request_id)
+    if found.status != Status.QUEUED:
+        return found.status, status_body(found, None)
+    # The reason and the estimate come from per-process caches, re-read every few seconds.
+    return found.status, status_body(found, *await jobs.waiting(found))
 
 
-async def result(runtime: Runtime, job: Job, base: str) -> dict[str, Any]:
-    body = await status(runtime, job)
+async def result(jobs: JobService, files: Files, job: Job, base: str) -> dict[str, Any]:
+    body = await status(jobs, job)
     body["params"] = job.shown_params()
     if job.status != Status.COMPLETED or job.result is None:
         return body
@@ -83,8 +93,8 @@ async def result(runtime: Runtime, job: Job, base: str) -> dict[str, Any]:
     assert job.expires_at is not None
     started = r.started_at or job.started_at or job.created_at
     body |= {
-        "output": await blob_url(runtime, base, r.output_key, job.expires_at),
-        "thumbnail": await blob_url(runtime, base, r.thumbnail_key, job.expires_at),
+        "output": await files.url(base, r.output_key, job.expires_at),
+        "thumbnail": await files.url(base, r.thumbnail_key, job.expires_at),
         "served_by": r.served_by,
         "width": r.width,
         "height": r.height,
@@ -100,8 +110,11 @@ async def result(runtime: Runtime, job: Job, base: str) -> dict[str, Any]:
         "encoder": r.encoder,  # which H.264 encoder ran: libx264 or h264_nvenc
         "metrics": {
             "queue_time": round(started - job.created_at, 4),
+            "load_time": r.load_time,
             "inference_time": r.inference_time,
             "encode_time": r.encode_time,
+            "store_time": r.store_time,
+            "parallel": r.parallel,  # a worker group's ranks and split; null: one device
             "total_time": round((job.finished_at or started) - job.created_at, 4),
         },
     }

@@ -59,16 +59,28 @@ def run_generation(
             task = bar.add_task(f"{job.request_id} queued", total=100)
 
             def on_status(body: dict[str, Any]) -> None:
-                state = body.get("status", "")
-                label = state.lower()
-                if state == "QUEUED" and body.get("queue_position"):
-                    label += f" (position {body['queue_position']})"
-                bar.update(task, completed=body.get("progress") or 0, description=label)
+                completed = body.get("progress") or 0
+                bar.update(task, completed=completed, description=status_label(body))
 
             result = job.wait(timeout=timeout, interval=0.5, on_status=on_status)
             bar.update(task, completed=100, description="completed")
         job.download(output)
         return result
+
+
+def status_label(body: dict[str, Any]) -> str:
+    """What the progress bar says of a status: the queue position while queued, the phase
+    (and the step while denoising) while it runs."""
+    state = str(body.get("status", "")).lower()
+    if state == "queued":
+        position = body.get("queue_position")
+        return f"queued (position {position})" if position else "queued"
+    phase = body.get("phase")
+    if state != "processing" or not isinstance(phase, str):
+        return state
+    if phase == "denoising" and body.get("step") is not None:
+        return f"denoising, step {body['step']}/{body.get('steps')}"
+    return phase.replace("_", " ")
 
 
 @dataclass(frozen=True)

@@ -18,42 +18,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from videoserve.cli import keys as _keys  # noqa: F401  (registers `videoserve keys`)
+from videoserve.cli.common import (
+    DataDir,
+    PriorityName,
+    app,
+    configure_logging,
+    err,
+    load_settings,
+    require,
+)
 from videoserve.installs import Extra, requirement_message
 
 if TYPE_CHECKING:
     from videoserve.models.registry import ModelRegistry
     from videoserve.settings import Settings
-
-app = typer.Typer(help="Self-hosted serverless video generation.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create, list, credit and revoke API keys.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-err = Console(stderr=True)
-
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data folder (VIDEOSERVE_DATA_DIR)")
-]
-
-
-def _require(extra: Extra, what: str) -> None:
-    """Exit with a sentence naming the install when this environment lacks `extra`."""
-    message = requirement_message(extra, what)
-    if message is not None:
-        err.print(f"[red]error:[/red] {escape(message)}")  # "[worker]" is not markup
-        raise typer.Exit(1)
-
-
-def _settings(**overrides: Any) -> Settings:
-    _require(Extra.server, "this command")
-    from videoserve.settings import Settings
-
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def _logging(settings: Settings) -> None:
-    """Text for people, or one JSON object per line (VIDEOSERVE_LOG_FORMAT=json)."""
-    from videoserve.observability import logs
-
-    logs.configure(settings.log_level, settings.log_format)
 
 
 @app.command()
@@ -63,10 +42,10 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Run the HTTP API with an embedded worker (unless VIDEOSERVE_EMBEDDED_WORKER=false)."""
-    settings = _settings(host=host, port=port, data_dir=data_dir)
+    settings = load_settings(host=host, port=port, data_dir=data_dir)
     if settings.embedded_worker:
         # Refuse rather than serve a queue nobody works: an API host without torch says so.
-        _require(
+        require(
             Extra.worker,
             "the in-process worker (set VIDEOSERVE_EMBEDDED_WORKER=false to serve the API only)",
         )
@@ -75,13 +54,13 @@ def serve(
     from videoserve.api import create_app
     from videoserve.api.server import uvicorn_options
 
-    _logging(settings)
+    configure_logging(settings)
     registry = _checked_registry(settings, worker=settings.embedded_worker)
     if settings.auth:
         asyncio.run(_bootstrap_key(settings))
     app_ = create_app(settings, registry=registry)
     err.print(f"videoserve on http://{settings.host}:{settings.port}  (docs at /docs)")
-    err.print(f"data folder {settings.data_dir.resolve()}", soft_wrap=True)
+    err.print(f"data folder {settings.data_dir.resolve()}")
     # JSON: uvicorn's own lines go through our handler too, instead of its text config.
     log_config: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
     uvicorn.run(
@@ -127,7 +106,7 @@ def _checked_registry(settings: Settings, *, worker: bool) -> ModelRegistry:
             served = registry.served_models(settings.worker_models or None)
             preload.models_to_preload(registry, settings.preload, served)
     except ValueError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}", soft_wrap=True)
+        err.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
     return registry
 
@@ -135,9 +114,9 @@ def _checked_registry(settings: Settings, *, worker: bool) -> ModelRegistry:
 @app.command()
 def worker(data_dir: DataDir = None) -> None:
     """Run a worker that claims jobs from the shared database (SIGTERM drains)."""
-    settings = _settings(data_dir=data_dir)
-    _require(Extra.worker, "videoserve worker")
-    _logging(settings)
+    settings = load_settings(data_dir=data_dir)
+    require(Extra.worker, "videoserve worker")
+    configure_logging(settings)
     from videoserve.runtime import Runtime
 
     registry = _checked_registry(settings, worker=True)
@@ -151,16 +130,37 @@ def worker(data_dir: DataDir = None) -> None:
         await runtime.start(worker=True)
         assert runtime.worker is not None
         err.print(f"worker {runtime.worker.worker_id} started")
-        stop_metrics = None
+        stop_probes = None
         if settings.worker_metrics_port:
-            stop_metrics = runtime.metrics.serve(settings.host, settings.worker_metrics_port)
+            from videoserve.worker.probes import Probes
+
+            probes = Probes(runtime.worker, runtime.metrics, loop)
+            stop_probes = probes.serve(settings.worker_metrics_host, settings.worker_metrics_port)
+        idle_exit = settings.worker_idle_exit_seconds
+        if idle_exit:
+            watcher = asyncio.create_task(_exit_when_idle(runtime.worker, idle_exit, stopping))
         await stopping.wait()
+        if idle_exit:
+            watcher.cancel()
         err.print("draining: finishing the current job, claiming no more")
         await runtime.stop(grace=settings.drain_seconds)
-        if stop_metrics is not None:
-            stop_metrics()
+        if stop_probes is not None:
+            stop_probes()
 
     asyncio.run(main())
+
+
+async def _exit_when_idle(worker: Any, seconds: float, stopping: asyncio.Event) -> None:
+    """Set `stopping` once `worker` has had no job for `seconds` (VIDEOSERVE_WORKER_IDLE_EXIT_
+    SECONDS): the worker then drains and exits 0, and an autoscaler that scaled it up (KEDA,
+    on the queue's signals) is free to scale to zero."""
+    while not stopping.is_set():
+        idle = worker.idle_seconds()
+        if idle >= seconds:
+            err.print(f"idle for {idle:.0f} s (VIDEOSERVE_WORKER_IDLE_EXIT_SECONDS): exiting")
+            stopping.set()
+            return
+        await asyncio.sleep(min(1.0, max(0.05, seconds - idle)))
 
 
 @app.command()
@@ -189,6 +189,24 @@ def generate(
     strength: Annotated[
         float | None, typer.Option(help="With --edit: how far it may move, 0-1 (default 0.6)")
     ] = None,
+    start_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds the request may wait for a worker to start it (X-Start-Timeout); "
+            "past that it fails with code expired, refunded"
+        ),
+    ] = None,
+    priority: Annotated[
+        PriorityName | None,
+        typer.Option(help="Queue priority class (X-Queue-Priority; default normal)"),
+    ] = None,
+    execution_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds the request may run once started, at most the model's limit "
+            "(X-Execution-Timeout); past that it fails with code timeout, refunded"
+        ),
+    ] = None,
 ) -> None:
     """Generate one video and save it, with a progress bar."""
     from videoserve.cli.generate import SourceOperation, run_generation
@@ -207,9 +225,19 @@ def generate(
         params["size"] = size
     if image is not None:
         params["input_reference"] = _image_reference(image)
+    if start_timeout is not None:
+        params["start_timeout"] = start_timeout  # a client keyword (the header), not a param
+    if priority is not None:
+        params["priority"] = priority.value  # a client keyword (the header), not a param
+    if execution_timeout is not None:
+        params["execution_timeout"] = execution_timeout  # a client keyword too
     if url is None:
-        _require(Extra.worker, "generate without --url (it starts an embedded server)")
+        require(Extra.worker, "generate without --url (it starts an embedded server)")
     try:
+        settings = None if url else load_settings(data_dir=data_dir)
+        if settings is not None:
+            # As quiet as `serve`: no torchao or transformers warnings, no diffusers loading bars.
+            configure_logging(settings, at_least="WARNING")
         result = run_generation(
             params,
             model=model,
@@ -217,7 +245,7 @@ def generate(
             url=url,
             api_key=api_key,
             timeout=timeout,
-            settings=None if url else _settings(data_dir=data_dir),
+            settings=settings,
             console=err,
             source=source,
         )
@@ -243,149 +271,6 @@ def _image_reference(image: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Option(help="Who the key is for")],
-    admin: Annotated[bool, typer.Option(help="May administer the server")] = False,
-    credits: Annotated[
-        float | None,
-        typer.Option(help="Starting credits; without this option the key is unlimited"),
-    ] = None,
-    data_dir: DataDir = None,
-) -> None:
-    """Create a key; the key itself is the LAST line of output, shown only this once."""
-
-    settings = _settings(data_dir=data_dir)
-    _say_which_database(settings)
-
-    async def main() -> str:
-        async with _key_store(settings) as keys:
-            record, plaintext = await keys.create(name, admin=admin, credits=credits)
-        budget = "unlimited" if credits is None else f"{_amount(credits)} credits"
-        err.print(
-            f"created {record.id} ({record.name}, {budget}); store it now, it is not shown again"
-        )
-        return plaintext
-
-    from videoserve import errors
-
-    try:
-        typer.echo(asyncio.run(main()))
-    except errors.InvalidRequest as exc:
-        err.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
-@keys_app.command("list")
-def keys_list(data_dir: DataDir = None) -> None:
-    """List keys (never the keys themselves)."""
-
-    async def main() -> None:
-        async with _key_store(_settings(data_dir=data_dir)) as keys:
-            records = await keys.list()
-            balances = {r.id: await keys.balance(r.id) for r in records}
-        table = Table("id", "name", "prefix", "admin", "credits", "state")
-        for r in records:
-            balance = balances.get(r.id)
-            table.add_row(
-                r.id,
-                r.name,
-                r.prefix + "…",
-                "yes" if r.is_admin else "",
-                "unlimited" if r.unlimited or balance is None else _amount(balance),
-                "active" if r.active else "revoked",
-            )
-        Console().print(table)
-
-    asyncio.run(main())
-
-
-@keys_app.command("credit", context_settings={"ignore_unknown_options": True})
-def keys_credit(
-    key_id: Annotated[str, typer.Argument(help="The key's id (key_...) or prefix")],
-    amount: Annotated[
-        float, typer.Argument(help="Credits to add; negative to take some back (an adjustment)")
-    ],
-    note: Annotated[str, typer.Option(help="Why, kept in the ledger")] = "grant",
-    data_dir: DataDir = None,
-) -> None:
-    """Add credits to a key: one ledger row, and the balance moves by exactly that much."""
-
-    async def main() -> float | None:
-        async with _key_store(_settings(data_dir=data_dir)) as keys:
-            return await keys.credit(key_id, amount, note)
-
-    balance = asyncio.run(main())
-    if balance is None:
-        err.print(f"[red]no key {key_id!r}[/red]")
-        raise typer.Exit(1)
-    typer.echo(f"{key_id}: {amount:+g} credits, balance {_amount(balance)}")
-
-
-def _amount(value: float) -> str:
-    return f"{value:g}"
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="The key's id (key_...) or prefix")],
-    data_dir: DataDir = None,
-) -> None:
-    """Revoke a key: its requests get 401 from now on."""
-
-    async def main() -> bool:
-        async with _key_store(_settings(data_dir=data_dir)) as keys:
-            return await keys.revoke(key_id) is not None
-
-    if not asyncio.run(main()):
-        err.print(f"[red]no active key {key_id!r}[/red]")
-        raise typer.Exit(1)
-    typer.echo(f"revoked {key_id}")
-
-
-def _say_which_database(settings: Settings) -> None:
-    """On stderr: the database a key command uses, and plainly when it has to create one
-    (a key made in a new database is unknown to a server running on another)."""
-    url = settings.resolved_database_url()
-    if not url.startswith("sqlite"):
-        err.print(f"using the database {_without_password(url)}", soft_wrap=True)
-        return
-    path = Path(url.split(":///", 1)[1])
-    if path.exists():
-        err.print(f"using the database {path}", soft_wrap=True)  # a path is never wrapped
-        return
-    err.print(
-        f"[bold yellow]no database at {path}: creating a new, empty one.[/bold yellow] "
-        "If a server is already running, it uses another data folder: pass the same "
-        "--data-dir or VIDEOSERVE_DATA_DIR (or VIDEOSERVE_DATABASE_URL) as the server.",
-        soft_wrap=True,
-    )
-
-
-def _without_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def _key_store(settings: Settings):
-    import contextlib
-
-    from videoserve.jobs.keys import KeyStore
-    from videoserve.jobs.store import JobStore
-
-    @contextlib.asynccontextmanager
-    async def opened():
-        store = JobStore.open(settings.resolved_database_url())
-        try:
-            await store.migrate()
-            yield KeyStore(store.database)
-        finally:
-            await store.close()
-
-    return opened()
-
-
 @app.command()
 def models(
     url: Annotated[
@@ -395,12 +280,7 @@ def models(
     data_dir: DataDir = None,
 ) -> None:
     """List the configured models, whether each can run here, and why not."""
-    if url is not None:
-        described = _served_models(url, api_key)
-    else:
-        from videoserve.models.registry import ModelRegistry
-
-        described = ModelRegistry.from_settings(_settings(data_dir=data_dir)).describe()
+    described = _served_models(url, api_key) if url is not None else _local_models(data_dir)
     table = Table("model", "backend", "served by", "available", "note")
     for m in described:
         adapters = f"LoRA adapters over {m['base']}" if m.get("base") else ""
@@ -410,9 +290,38 @@ def models(
             m.get("backend") or "",
             m.get("served_by") or "",
             "yes" if m["available"] else "no",
-            note,
+            escape(note),  # a reason may name an install, "[worker]", which is not markup
         )
     Console(width=160).print(table)
+
+
+def _local_models(data_dir: Path | None) -> list[dict[str, Any]]:
+    """This host's configured models; each unavailable, with the reason, where this install
+    cannot run models at all (a `[server]` host: its workers run elsewhere)."""
+    needs_server = requirement_message(
+        Extra.server, "videoserve models (without --url it reads this host's configuration)"
+    )
+    if needs_server is not None:
+        err.print(
+            f"[red]error:[/red] {escape(needs_server)}; or ask a running server: "
+            "videoserve models --url http://HOST:8000"
+        )
+        raise typer.Exit(1)
+    settings = load_settings(data_dir=data_dir)
+    from videoserve.models.registry import ModelRegistry
+
+    try:
+        described = ModelRegistry.from_settings(settings).describe()
+    except ValueError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    cannot_run = requirement_message(Extra.worker, "running it on this host")
+    if cannot_run is not None:
+        for model in described:
+            if model["available"]:
+                model["available"] = False
+                model["reason"] = cannot_run
+    return described
 
 
 def _served_models(url: str, api_key: str | None) -> list[dict[str, Any]]:
@@ -432,7 +341,7 @@ def pull(
     data_dir: DataDir = None,
 ) -> None:
     """Download a model's Hugging Face repo into the local cache (HF_HOME), with progress."""
-    settings = _settings(data_dir=data_dir)
+    settings = load_settings(data_dir=data_dir)
     from videoserve import errors
     from videoserve.models.registry import ModelRegistry
     from videoserve.models.weights import PullFailed

@@ -89,14 +89,34 @@ def build_timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
     return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
 
 
-def api_headers(api_key: str | None, idempotency_key: str | None = None) -> dict[str, str]:
+# Seconds a submitted request may wait for a worker before it fails with code `expired`.
+START_TIMEOUT_HEADER = "X-Start-Timeout"
+PRIORITY_HEADER = "X-Queue-Priority"
+# Seconds it may run once started (at most the model's limit) before it fails `timeout`.
+EXECUTION_TIMEOUT_HEADER = "X-Execution-Timeout"
+
+
+def api_headers(
+    api_key: str | None,
+    idempotency_key: str | None = None,
+    start_timeout: float | None = None,
+    priority: str | None = None,
+    execution_timeout: float | None = None,
+) -> dict[str, str]:
     """Headers for calls to the API; output downloads get none, so the key never reaches the
-    storage host a signed URL may point at."""
+    storage host a signed URL may point at. `start_timeout`: a submit's X-Start-Timeout;
+    `priority`: its X-Queue-Priority; `execution_timeout`: its X-Execution-Timeout."""
     headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
     if api_key:
         headers["x-api-key"] = api_key
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
+    if start_timeout is not None:
+        headers[START_TIMEOUT_HEADER] = repr(float(start_timeout))
+    if priority is not None:
+        headers[PRIORITY_HEADER] = priority
+    if execution_timeout is not None:
+        headers[EXECUTION_TIMEOUT_HEADER] = repr(float(execution_timeout))
     return headers
 
 
@@ -517,6 +537,9 @@ def operation_call(
     video: Any,
     fields: Mapping[str, Any],
     idempotency_key: str | None,
+    start_timeout: float | None = None,
+    priority: str | None = None,
+    execution_timeout: float | None = None,
 ) -> OperationCall:
     """`POST /v1/videos/{operation}` (`extensions`, `edits`) of `video` (an id, a path or
     bytes) with `fields`."""
@@ -524,7 +547,13 @@ def operation_call(
     # a retry of the same call safe (the server matches it with the file's digest).
     return OperationCall(
         operation_url(base, operation),
-        api_headers(api_key, idempotency_key or new_idempotency_key()),
+        api_headers(
+            api_key,
+            idempotency_key or new_idempotency_key(),
+            start_timeout,
+            priority,
+            execution_timeout,
+        ),
         operation_request(video, fields),
     )
 

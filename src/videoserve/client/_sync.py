@@ -179,15 +179,34 @@ class Client:
             self._http.close()
 
     def submit_async(
-        self, model: str, /, *, idempotency_key: str | None = None, **params: Any
+        self,
+        model: str,
+        /,
+        *,
+        idempotency_key: str | None = None,
+        start_timeout: float | None = None,
+        priority: str | None = None,
+        execution_timeout: float | None = None,
+        **params: Any,
     ) -> Job:
         """Queue a request and return its `Job` at once.
 
         Connection errors and 502/503 are retried a few times with the same Idempotency-Key
         (generated unless given), so a retried submit never creates a second job.
+        `start_timeout`: seconds it may wait for a worker (X-Start-Timeout); past that it
+        fails with code `expired`, refunded. `priority`: "low", "normal" (default) or "high"
+        (X-Queue-Priority), at most the key's bound. `execution_timeout`: seconds it may run once
+        started (X-Execution-Timeout, at most the model's limit); past that it fails with
+        code `timeout`, refunded.
         """
         response = self._submit(
-            _common.submit_url(self.base_url, model), params, idempotency_key, blocking=False
+            _common.submit_url(self.base_url, model),
+            params,
+            idempotency_key,
+            blocking=False,
+            start_timeout=start_timeout,
+            priority=priority,
+            execution_timeout=execution_timeout,
         )
         request_id, status_url, response_url = _common.submitted(response, self.base_url)
         return Job(self, request_id, status_url, response_url)
@@ -196,10 +215,25 @@ class Client:
         """Submit and wait up to 600 s for the result body."""
         return self.submit_async(model, **params).wait(timeout=600)
 
-    def run_sync(self, model: str, /, **params: Any) -> bytes:
+    def run_sync(
+        self,
+        model: str,
+        /,
+        *,
+        start_timeout: float | None = None,
+        priority: str | None = None,
+        execution_timeout: float | None = None,
+        **params: Any,
+    ) -> bytes:
         """The MP4 bytes from the blocking `POST /v1/{model}`."""
         response = self._submit(
-            _common.run_sync_url(self.base_url, model), params, None, blocking=True
+            _common.run_sync_url(self.base_url, model),
+            params,
+            None,
+            blocking=True,
+            start_timeout=start_timeout,
+            priority=priority,
+            execution_timeout=execution_timeout,
         )
         return _common.video_bytes(response)
 
@@ -224,13 +258,24 @@ class Client:
         seconds: int | str = 4,
         model: str | None = None,
         idempotency_key: str | None = None,
+        start_timeout: float | None = None,
+        priority: str | None = None,
+        execution_timeout: float | None = None,
         **params: Any,
     ) -> Job:
         """Continue `video` (a video id, a file path or MP4 bytes) by `seconds`: one stitched
         video, whose job this returns at once. The model defaults to the source video's."""
         fields = {"prompt": prompt, "seconds": str(seconds), "model": model, **params}
         call = _common.operation_call(
-            self.base_url, self.api_key, "extensions", video, fields, idempotency_key
+            self.base_url,
+            self.api_key,
+            "extensions",
+            video,
+            fields,
+            idempotency_key,
+            start_timeout,
+            priority,
+            execution_timeout,
         )
         return Job(self, *_common.operation_job_ids(self._post(call), self.base_url))
 
@@ -242,13 +287,24 @@ class Client:
         strength: float | None = None,
         model: str | None = None,
         idempotency_key: str | None = None,
+        start_timeout: float | None = None,
+        priority: str | None = None,
+        execution_timeout: float | None = None,
         **params: Any,
     ) -> Job:
         """Edit `video` (a video id, a file path or MP4 bytes) with `prompt`; same duration
         and aspect. `strength` (0-1, server default 0.6) says how far it may move."""
         fields = {"prompt": prompt, "strength": strength, "model": model, **params}
         call = _common.operation_call(
-            self.base_url, self.api_key, "edits", video, fields, idempotency_key
+            self.base_url,
+            self.api_key,
+            "edits",
+            video,
+            fields,
+            idempotency_key,
+            start_timeout,
+            priority,
+            execution_timeout,
         )
         return Job(self, *_common.operation_job_ids(self._post(call), self.base_url))
 
@@ -272,12 +328,17 @@ class Client:
         json: Any = None,
         idempotency_key: str | None = None,
         http_timeout: httpx.Timeout | None = None,
+        start_timeout: float | None = None,
+        priority: str | None = None,
+        execution_timeout: float | None = None,
     ) -> httpx.Response:
         return self._http.request(
             method,
             url,
             json=json,
-            headers=_common.api_headers(self.api_key, idempotency_key),
+            headers=_common.api_headers(
+                self.api_key, idempotency_key, start_timeout, priority, execution_timeout
+            ),
             timeout=http_timeout or self.timeout,
         )
 
@@ -285,7 +346,15 @@ class Client:
         return _common.status_body(self._send("GET", url, http_timeout=http_timeout))
 
     def _submit(
-        self, url: str, params: dict[str, Any], idempotency_key: str | None, *, blocking: bool
+        self,
+        url: str,
+        params: dict[str, Any],
+        idempotency_key: str | None,
+        *,
+        blocking: bool,
+        start_timeout: float | None = None,
+        priority: str | None = None,
+        execution_timeout: float | None = None,
     ) -> httpx.Response:
         key = idempotency_key or _common.new_idempotency_key()
         timeout = _common.sync_timeout(self.timeout) if blocking else self.timeout
@@ -293,7 +362,14 @@ class Client:
         while True:
             try:
                 response = self._send(
-                    "POST", url, json=params, idempotency_key=key, http_timeout=timeout
+                    "POST",
+                    url,
+                    json=params,
+                    idempotency_key=key,
+                    http_timeout=timeout,
+                    start_timeout=start_timeout,
+                    priority=priority,
+                    execution_timeout=execution_timeout,
                 )
                 if response.status_code in (502, 503):
                     raise _common.error_for(response)

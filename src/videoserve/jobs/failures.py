@@ -19,7 +19,16 @@ class FailureCode(enum.StrEnum):
     INPUT_INVALID = "input_invalid"  # an input failed checks only the worker could make
     MODEL_UNAVAILABLE = "model_unavailable"  # the model could not be loaded on the worker
     MEDIA_ERROR = "media_error"  # encoding or storing the video failed
+    STORAGE_FULL = "storage_full"  # no space left to write the video (scratch or storage)
+    EXPIRED = "expired"  # no worker claimed it before its start deadline (X-Start-Timeout)
+    OUT_OF_MEMORY = "out_of_memory"  # a device (or the host) ran out of memory while it ran
 
+
+# The message beside `STORAGE_FULL`: it names no path (the worker's log does, for the operator).
+STORAGE_FULL_MESSAGE = (
+    "storage full: the server had no space left to store the video; retry once the operator "
+    "has freed space"
+)
 
 # The message beside `CANCELLED`, written by the store (queued job) and the worker (running).
 CANCELLED_MESSAGE = "cancelled by the user"

@@ -10,6 +10,11 @@ the one just submitted), the lease, the fencing token and the per-key cap are th
 
 Only within one process and one event loop: a worker elsewhere hears of the job as before
 (its database's notification, or its poll), and takes it with a claim of its own.
+
+Warm routing here: a submit takes the offer of a slot that has the job's model loaded, if one
+stands by, else the oldest offer. The claim it runs is the plain one, not the warm-first one:
+a slot stands by only when nothing of its models was claimable, so the job just submitted is
+as a rule the one it takes, and a preference among queued jobs has nothing to choose from.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class StandingClaim:
     served_by: tuple[str, ...] | None  # None: every model
     lease_seconds: float
     loop: asyncio.AbstractEventLoop
+    warm: frozenset[str] = frozenset()  # the models its worker had loaded when it stood by
     taken: asyncio.Future[tuple[Job, Lease] | None] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,14 +61,20 @@ class StandingClaims:
         return len(self._offers)
 
     def stand_by(
-        self, worker_id: str, served_by: Sequence[str] | None, lease_seconds: float
+        self,
+        worker_id: str,
+        served_by: Sequence[str] | None,
+        lease_seconds: float,
+        warm: Sequence[str] = (),
     ) -> StandingClaim:
-        """Offer an idle slot to the next submit of one of `served_by`'s models."""
+        """Offer an idle slot to the next submit of one of `served_by`'s models (`warm`: those
+        its worker has loaded, which a submit of theirs prefers)."""
         offer = StandingClaim(
             worker_id,
             None if served_by is None else tuple(served_by),
             lease_seconds,
             asyncio.get_running_loop(),
+            frozenset(warm),
         )
         self._offers.append(offer)
         return offer
@@ -77,13 +89,18 @@ class StandingClaims:
         return True
 
     def take(self, served_by: str) -> StandingClaim | None:
-        """The oldest offer, made in this event loop, of a slot serving `served_by`; it is no
-        longer offered to anyone else."""
+        """The oldest offer, made in this event loop, of a slot with `served_by` loaded, else
+        of one serving it; it is no longer offered to anyone else."""
         if not self._offers:
             return None
         loop = asyncio.get_running_loop()
+        chosen = None
         for offer in self._offers:
             if offer.loop is loop and offer.serves(served_by):
-                self._offers.remove(offer)
-                return offer
-        return None
+                if served_by in offer.warm:
+                    chosen = offer
+                    break
+                chosen = chosen or offer
+        if chosen is not None:
+            self._offers.remove(chosen)
+        return chosen

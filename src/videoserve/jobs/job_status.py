@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
+from videoserve.db.database import Database
 from videoserve.jobs import schema
-from videoserve.jobs.database import Database
 from videoserve.jobs.failures import FailureCode
 from videoserve.jobs.states import Status
 
@@ -42,6 +42,11 @@ class JobStatus(NamedTuple):
     error: str | None
     failure: FailureCode | None
     ticket: int | None
+    phase: str | None
+    step: int | None
+    steps: int | None
+    preview_step: int | None
+    priority: int  # class: 0 low, 1 normal, 2 high (`fairness.Priority`)
 
 
 _COLUMNS = (
@@ -58,6 +63,11 @@ _COLUMNS = (
     jobs.c.error,
     jobs.c.failure,
     jobs.c.ticket,
+    jobs.c.phase,
+    jobs.c.step,
+    jobs.c.steps,
+    jobs.c.preview_step,
+    jobs.c.priority,
 )
 # The same liveness rule as `JobStore.get`: an expired job answers 404 before the sweep runs.
 _READ = sa.select(*_COLUMNS).where(
@@ -87,6 +97,11 @@ def _record(row: Any) -> JobStatus:
         error,
         failure,
         ticket,
+        phase,
+        step,
+        steps,
+        preview_step,
+        priority,
     ) = row
     return JobStatus(
         job_id,
@@ -102,6 +117,11 @@ def _record(row: Any) -> JobStatus:
         error,
         _FAILURES[failure] if failure is not None else None,
         ticket,
+        phase,
+        step,
+        steps,
+        preview_step,
+        priority,
     )
 
 

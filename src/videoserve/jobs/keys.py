@@ -10,12 +10,14 @@ import asyncio
 import hashlib
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from videoserve.jobs import clock, ledger, schema, text
-from videoserve.jobs.database import Database
+from videoserve import clock
+from videoserve.db.database import Database
+from videoserve.jobs import fairness, ledger, schema, text
 from videoserve.jobs.records import ApiKey
 
 KEY_PREFIX = "vs_"
@@ -40,6 +42,9 @@ def _record(row: Any) -> ApiKey:  # a SQLAlchemy Row: columns as attributes
         created_at=row.created_at,
         revoked_at=row.revoked_at,
         unlimited=bool(row.unlimited),
+        share=float(row.share),
+        max_priority=int(row.max_priority),
+        max_running=row.max_running,
     )
 
 
@@ -68,12 +73,19 @@ class KeyStore:
         self._generation = 0
 
     async def create(
-        self, name: str, *, admin: bool = False, credits: float | None = None
+        self,
+        name: str,
+        *,
+        admin: bool = False,
+        credits: float | None = None,
+        scheduling: Scheduling | None = None,
     ) -> tuple[ApiKey, str]:
         """A new key; returns its record and the plaintext, which is never stored.
 
-        Without `credits` the key is unlimited; with them, it starts with that grant."""
+        Without `credits` the key is unlimited; with them, it starts with that grant.
+        `scheduling`: its share, priority bound and running cap (default 1, normal, none)."""
         text.check_field("name", name, MAX_NAME_CHARS)  # the same answer on both databases
+        chosen = (scheduling or Scheduling()).checked()
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(8)
         values = {
@@ -86,6 +98,10 @@ class KeyStore:
             "revoked_at": None,
             "balance": 0.0,
             "unlimited": credits is None,
+            "share": 1.0 if chosen.share is None else chosen.share,
+            "max_priority": int(chosen.max_priority or fairness.Priority.NORMAL),
+            "max_running": chosen.max_running or None,
+            "finish_tag": 0.0,
         }
         async with self._database.transaction() as conn:
             await conn.execute(keys.insert().values(**values))
@@ -104,6 +120,30 @@ class KeyStore:
             if key_id is None:
                 return None
             return await ledger.grant(conn, key_id, amount, note)
+
+    async def update(self, key_id_or_prefix: str, scheduling: Scheduling) -> ApiKey | None:
+        """Change a key's share, priority bound or running cap (those given; a running cap
+        of 0 removes the key's own); its record, or None when no key matches. Other
+        processes see it within their key cache's seconds."""
+        chosen = scheduling.checked()
+        values: dict[str, Any] = {}
+        if chosen.share is not None:
+            values["share"] = chosen.share
+        if chosen.max_priority is not None:
+            values["max_priority"] = int(chosen.max_priority)
+        if chosen.max_running is not None:
+            values["max_running"] = chosen.max_running or None
+        match = sa.or_(keys.c.id == key_id_or_prefix, keys.c.prefix == key_id_or_prefix)
+        statement = keys.update().where(match).returning(*keys.c)
+        if not values:
+            raise ValueError("nothing to update: give a share, a priority bound or a running cap")
+        async with self._database.transaction() as conn:
+            row = (await conn.execute(statement.values(**values))).first()
+        if row is None:
+            return None
+        self._generation += 1
+        self._cache = {d: v for d, v in self._cache.items() if v[1].id != row.id}
+        return _record(row)
 
     async def balance(self, key_id: str) -> float | None:
         """The key's cached ledger sum; None for an unknown key."""
@@ -125,6 +165,13 @@ class KeyStore:
             pending.add_done_callback(lambda done: self._lookup_done(plaintext, done))
         # Shielded: one caller's cancellation (a client gone) does not fail the others.
         return await asyncio.shield(pending)
+
+    def cached_until(self, plaintext: str) -> float | None:
+        """When (`time.monotonic()`) this process stops trusting its cached answer for the key
+        and looks it up again; None when nothing is cached. A long-lived request (an event
+        stream) re-authenticates then, and so sees a revocation no later than a poll would."""
+        cached = self._cache.get(plaintext)
+        return cached[0] if cached is not None else None
 
     async def _remember(self, plaintext: str) -> ApiKey | None:
         generation = self._generation
@@ -173,6 +220,26 @@ class KeyStore:
             return int(
                 (await conn.execute(sa.select(sa.func.count()).select_from(keys))).scalar_one()
             )
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """A key's scheduling settings; None: unchanged (an update) or the default (a create)."""
+
+    share: float | None = None  # weight in fair share, > 0
+    max_priority: fairness.Priority | None = None
+    max_running: int | None = None  # PROCESSING jobs at once; 0: no cap of its own
+
+    def checked(self) -> Scheduling:
+        """Itself, or `ValueError` naming the bad value."""
+        if self.share is not None and not (0 < self.share <= MAX_SHARE):
+            raise ValueError(f"share must be above 0 and at most {MAX_SHARE:g} (got {self.share})")
+        if self.max_running is not None and self.max_running < 0:
+            raise ValueError(f"max running must be 0 (no cap) or more (got {self.max_running})")
+        return self
+
+
+MAX_SHARE = 1_000_000.0
 
 
 class _Values:

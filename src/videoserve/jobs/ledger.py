@@ -20,6 +20,7 @@ prices every sum is exact.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,9 +28,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from videoserve import errors
-from videoserve.jobs import clock, schema
-from videoserve.jobs.database import Database
+from videoserve import clock, errors
+from videoserve.db import dialects
+from videoserve.db.database import Database
+from videoserve.jobs import schema
 
 ledger = schema.credit_ledger
 keys = schema.api_keys
@@ -53,6 +55,7 @@ class Charge:
     price_per_second: float
     steps: int = 0
     price_per_step_second: float = 0.0
+    unit: str | None = None  # a flat price per thing ("character"): `seconds` counts them
 
     @property
     def rate(self) -> float:
@@ -64,6 +67,8 @@ class Charge:
         return self.seconds * self.rate
 
     def describe(self) -> str:
+        if self.unit is not None:
+            return f"{number(self.price_per_second)} credits per {self.unit}"
         if self.price_per_step_second:
             return (
                 f"{number(self.seconds)} s x ({number(self.price_per_second)} + "
@@ -109,6 +114,18 @@ def insufficient(balance: float | None, charge: Charge) -> errors.InsufficientCr
     )
 
 
+async def check_affordable(database: Database, api_key_id: str, price: Charge | None) -> None:
+    """`InsufficientCredits` now when the key's balance does not cover `price`.
+
+    Advisory, before costly work (decoding an upload): the charge itself, in the
+    transaction that records what was bought, still decides."""
+    if price is None or price.amount <= 0:
+        return
+    found = await account(database, api_key_id)
+    if found is not None and not found.unlimited and found.balance < price.amount:
+        raise insufficient(found.balance, price)
+
+
 # --- writes: each runs inside the caller's transaction --------------------------------------
 def charge(conn: Connection, api_key_id: str, job_id: str, price: Charge) -> bool:
     """Deduct the price if the key may spend it and record the charge; False when refused.
@@ -118,12 +135,19 @@ def charge(conn: Connection, api_key_id: str, job_id: str, price: Charge) -> boo
     are one statement (a data-modifying CTE): one round trip less while the key's row is
     locked, which every concurrent submit of that key waits on."""
     params = charge_params(api_key_id, job_id, price)
-    if conn.dialect.name == "postgresql":
+    if dialects.writes_in_ctes(conn.dialect):
         return conn.execute(_TAKE_AND_RECORD, params).first() is not None
-    if conn.execute(TAKE, params).first() is None:
-        return False
-    conn.execute(_RECORD, params)
-    return True
+    return charge_with(conn, TAKE, params) is not None
+
+
+def charge_with(conn: Connection, take: sa.Update, params: dict[str, Any]) -> sa.Row | None:
+    """`charge` with a `take` of the caller's (`take(also, returning)`: the submit's fair-share
+    stamp rides in the same UPDATE of the key's row); its returned row, None when refused.
+    `params`: `charge_params` and what `take` adds."""
+    taken = conn.execute(take, params).first()
+    if taken is not None:
+        conn.execute(_RECORD, params)
+    return taken
 
 
 def charge_params(api_key_id: str, job_id: str, price: Charge) -> dict[str, Any]:
@@ -140,13 +164,23 @@ def charge_params(api_key_id: str, job_id: str, price: Charge) -> dict[str, Any]
 
 # Built once: the charge runs on every submit (see `statements` for why that matters).
 # TAKE deducts the price where the key may spend it (RETURNING the key's id: no row, refused).
-TAKE = (
-    keys.update()
-    .where(keys.c.id == sa.bindparam("key_id"))
-    .where(sa.or_(keys.c.unlimited, keys.c.balance >= sa.bindparam("price")))
-    .values(balance=keys.c.balance - sa.bindparam("price"))
-    .returning(keys.c.id)
-)
+def take(
+    also: dict[str, Any] | None = None, returning: Sequence[sa.ColumnElement[Any]] = ()
+) -> sa.Update:
+    """TAKE, setting `also` on the key's row too and RETURNING `returning` beside its id (the
+    submit's fair-share stamp: one statement may update a row once). Built anew each time:
+    SQLAlchemy keeps a statement's exported columns once a CTE was made of it, so one derived
+    from TAKE would not show the added RETURNING."""
+    return (
+        keys.update()
+        .where(keys.c.id == sa.bindparam("key_id"))
+        .where(sa.or_(keys.c.unlimited, keys.c.balance >= sa.bindparam("price")))
+        .values(balance=keys.c.balance - sa.bindparam("price"), **(also or {}))
+        .returning(keys.c.id, *returning)
+    )
+
+
+TAKE = take()
 _RECORD = ledger.insert().values(
     api_key_id=sa.bindparam("key_id"),
     job_id=sa.bindparam("job_id"),

@@ -1,4 +1,5 @@
-"""Listing a key's jobs page by page, newest first or oldest first.
+"""Listing a key's jobs page by page, newest first or oldest first; and whether any finished
+job has its own webhook URL (the webhook dispatcher's cheap first look).
 
 Keyset pagination on (created_at, id): a page starts strictly after the cursor job's position,
 so jobs submitted while a client pages through never shift or repeat what it has seen, and each
@@ -11,15 +12,31 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from videoserve import errors
-from videoserve.jobs import clock, schema, text
-from videoserve.jobs.database import Database
+from videoserve import clock, errors
+from videoserve.db.database import Database
+from videoserve.jobs import schema, text
 from videoserve.jobs.records import Job
+from videoserve.jobs.states import Status
 
 jobs = schema.jobs
 
 Order = Literal["asc", "desc"]
 MAX_LIMIT = 100
+
+# One seek of the partial index `ix_jobs_request_webhook` (in the loop on SQLite).
+_FINISHED_WITH_OWN_WEBHOOK = (
+    sa.select(jobs.c.id)
+    .where(
+        jobs.c.webhook_url.is_not(None),
+        jobs.c.status.in_([Status.COMPLETED.value, Status.FAILED.value]),
+    )
+    .limit(1)
+)
+
+
+async def any_finished_with_own_webhook(database: Database) -> bool:
+    """Whether any finished job has its own webhook URL (`?webhook=`)."""
+    return await database.first(_FINISHED_WITH_OWN_WEBHOOK) is not None
 
 
 def _owned_and_live(api_key_id: str | None) -> sa.ColumnElement[bool]:

@@ -35,9 +35,13 @@ class JobResult:
     audio_codec: str | None = None  # "aac", when has_audio
     seed: int | None = None
     segments: int = 1  # passes chained for a duration over one pass
-    inference_time: float | None = None  # seconds in the model
+    load_time: float | None = None  # seconds loading its model's weights (0: already loaded)
+    inference_time: float | None = None  # seconds in the model, prompt to decoded frames
     encode_time: float | None = None  # seconds making the thumbnail and the MP4 (not storing)
+    store_time: float | None = None  # seconds storing the files, after encoding
     started_at: float | None = None  # when this attempt began producing it
+    # How a worker group split it: {"ranks": 2, "ulysses": 2}; None: one device.
+    parallel: dict[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -83,6 +87,17 @@ class Job:
     cost: float | None = None  # credits charged at submit; None when nothing was charged
     failure: FailureCode | None = None  # why it FAILED, as a code; `error` is the message
     ticket: int | None = None  # place in its model's queue (see `tickets`); None if never queued
+    phase: str | None = None  # what a PROCESSING job does now (`phases.Phase`'s value)
+    step: int | None = None  # denoising steps done, while denoising
+    steps: int | None = None  # denoising steps in all
+    preview_step: int | None = None  # the step of its latest preview image; None: none yet
+    start_deadline: float | None = None  # unclaimed by then, it fails `expired`; None: never
+    remixed_from: str | None = None  # the video a remix repeats (`remixes`: unread on old rows)
+    priority: int = 1  # class: 0 low, 1 normal, 2 high (`fairness.Priority`)
+    start_tag: float = 0.0  # fair share's virtual start time; the claim's order in a class
+    expected_seconds: float | None = None  # GPU-seconds fair share charged it at submit
+    execution_timeout: float | None = None  # seconds it may run (X-Execution-Timeout); None:
+    # the model's own limit
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -127,6 +142,9 @@ class ApiKey:
     created_at: float
     revoked_at: float | None = None
     unlimited: bool = True  # never refused for its balance (keys created without credits)
+    share: float = 1.0  # weight in fair share across keys
+    max_priority: int = 1  # highest priority class it may ask for (admin keys: any)
+    max_running: int | None = None  # its own cap on PROCESSING jobs; None: the server's
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

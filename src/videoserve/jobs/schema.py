@@ -1,7 +1,7 @@
 """Tables of the job database and the versioned migrations that create them.
 
 Times are UNIX epoch seconds (floats) set by the application clock in one place
-(`videoserve.jobs.clock`): SQLite has no sub-second `now()` before 3.42, and one clock keeps
+(`videoserve.clock`): SQLite has no sub-second `now()` before 3.42, and one clock keeps
 both dialects identical. Hosts are expected to run NTP; leases are tens of seconds long.
 
 Why our own migration runner rather than Alembic: every API and worker process runs the
@@ -16,7 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from videoserve.jobs.database import Migrations
+from videoserve.db.database import Migrations
+from videoserve.jobs.states import Status
 
 metadata = sa.MetaData()
 
@@ -34,7 +35,16 @@ api_keys = sa.Table(
     # transaction that writes the row; it may go negative on an unlimited key or by adjustment.
     sa.Column("balance", sa.Float, nullable=False, server_default=sa.text("0")),
     sa.Column("unlimited", sa.Boolean, nullable=False, server_default=sa.true()),  # never refused
+    # Migration 13, scheduling (see `fairness`): the key's weight in fair share, the highest
+    # priority class it may ask for, its own cap on PROCESSING jobs (NULL: the server's), and
+    # the virtual finish time of its latest queued job.
+    sa.Column("share", sa.Float, nullable=False, server_default=sa.text("1")),
+    sa.Column("max_priority", sa.Integer, nullable=False, server_default=sa.text("1")),
+    sa.Column("max_running", sa.Integer, nullable=True),
+    sa.Column("finish_tag", sa.Float, nullable=False, server_default=sa.text("0")),
 )
+
+LIVE_COLUMNS = ("phase", "step", "steps", "preview_step")  # migration 10
 
 jobs = sa.Table(
     "jobs",
@@ -67,6 +77,26 @@ jobs = sa.Table(
     sa.Column("failure", sa.String(32), nullable=True),
     # Place in its model's queue (migration 5; see `tickets`); NULL for a job never queued.
     sa.Column("ticket", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=True),
+    # What a PROCESSING job is doing (`phases.Phase`), its denoising step of steps, and the
+    # step of its latest preview image (migration 10); NULL before its worker says.
+    sa.Column("phase", sa.String(16), nullable=True),
+    sa.Column("step", sa.Integer, nullable=True),
+    sa.Column("steps", sa.Integer, nullable=True),
+    sa.Column("preview_step", sa.Integer, nullable=True),
+    # When a still-QUEUED job expires (migration 11; `X-Start-Timeout`); NULL: never.
+    sa.Column("start_deadline", sa.Float, nullable=True),
+    # Migration 12: the id of the video a remix repeats; REMIX_SOURCE_UNREAD on rows made
+    # before it, until the job service reads their marker blob once (`jobs/remixes.py`).
+    sa.Column("remixed_from", sa.String(64), nullable=True),
+    # Migration 13 (see `fairness`): the priority class (0 low, 1 normal, 2 high), the virtual
+    # start time the claim orders by within a class, and the GPU-seconds it was expected to
+    # take when stamped (the key's finish tag is corrected by the difference when it ends).
+    sa.Column("priority", sa.Integer, nullable=False, server_default=sa.text("1")),
+    sa.Column("start_tag", sa.Float, nullable=False, server_default=sa.text("0")),
+    sa.Column("expected_seconds", sa.Float, nullable=True),
+    # Seconds the job may run, below its model's limit (migration 14; `X-Execution-Timeout`);
+    # NULL: the model's limit.
+    sa.Column("execution_timeout", sa.Float, nullable=True),
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
 )
 
@@ -108,10 +138,33 @@ job_queues = sa.Table(
     sa.Column("last_ticket", sa.BigInteger, nullable=False),
 )
 
+# Migration 13: the fair-share virtual time, one row (id 1); see `fairness`.
+fair_clock = sa.Table(
+    "fair_clock",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("virtual_time", sa.Float, nullable=False),
+)
+
 sa.Index("ix_credit_ledger_key", credit_ledger.c.api_key_id, credit_ledger.c.created_at)
 
-_ADDED_AFTER_V1 = {"webhook_url", "cost", "failure", "ticket"}
-_KEY_COLUMNS_AFTER_V1 = {"balance", "unlimited"}
+_SCHEDULING_COLUMNS = {"priority", "start_tag", "expected_seconds"}  # migration 13
+_KEY_SCHEDULING_COLUMNS = {"share", "max_priority", "max_running", "finish_tag"}
+_ADDED_AFTER_V1 = {
+    "webhook_url",
+    "cost",
+    "failure",
+    "ticket",
+    *LIVE_COLUMNS,
+    "start_deadline",
+    "remixed_from",
+    *_SCHEDULING_COLUMNS,
+    "execution_timeout",
+}
+# Migration 12's mark on the rows made before it: whether they are remixes, and of what, is
+# in a marker blob the database cannot read (`JobService.settle_remix_sources` reads it once).
+REMIX_SOURCE_UNREAD = "?"
+_KEY_COLUMNS_AFTER_V1 = {"balance", "unlimited", *_KEY_SCHEDULING_COLUMNS}
 _WORKER_COLUMNS_AFTER_V3 = {"ready", "loaded_models"}
 _V1_INDEXES = {"ix_jobs_queue", "ix_jobs_expires", "ix_jobs_lease", "ix_jobs_key_created"}
 
@@ -122,6 +175,26 @@ sa.Index("ix_jobs_key_created", jobs.c.api_key_id, jobs.c.created_at)
 sa.Index("ix_jobs_key_status", jobs.c.api_key_id, jobs.c.status)  # migration 4: the claim cap
 sa.Index("ix_jobs_ticket", jobs.c.served_by, jobs.c.status, jobs.c.ticket)  # migration 5
 sa.Index("ix_jobs_model_ticket", jobs.c.served_by, jobs.c.ticket)  # migration 8: next ticket
+# Migration 11: the expiry's walk to the next start deadline. Status first, so that SQLite,
+# without statistics, prefers it to ix_jobs_queue (which would scan every queued job); partial,
+# so that the many jobs without a deadline cost it nothing.
+sa.Index(
+    "ix_jobs_start_deadline",
+    jobs.c.status,
+    jobs.c.start_deadline,
+    sqlite_where=jobs.c.start_deadline.is_not(None),
+    postgresql_where=jobs.c.start_deadline.is_not(None),
+)
+# Migration 13: the claim's order (see `statements`): priority class, highest first, then the
+# virtual start tag, then age. Status first, as the claim walks QUEUED rows only.
+sa.Index(
+    "ix_jobs_claim_order",
+    jobs.c.status,
+    jobs.c.priority.desc(),
+    jobs.c.start_tag,
+    jobs.c.created_at,
+    jobs.c.id,
+)
 # Migration 9: finished jobs with their own webhook URL (the webhook dispatcher's per-request
 # targets), so that finding those awaiting an event does not walk every finished job.
 sa.Index(
@@ -166,9 +239,26 @@ def _v5_failure_codes(conn: Connection) -> None:
 
 
 def _v6_queue_tickets(conn: Connection) -> None:
-    from videoserve.jobs import tickets
-
-    tickets.migrate(conn)
+    """Queue tickets (`jobs/tickets.py`): the ticket column and its index, the PostgreSQL
+    counters, and tickets for the jobs queued now (in claim order)."""
+    column_type = jobs.c.ticket.type.compile(dialect=conn.dialect)  # BIGINT, or SQLite's INTEGER
+    conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN ticket {column_type}"))
+    _create_jobs_indexes(conn, {"ix_jobs_ticket"})
+    job_queues.create(conn, checkfirst=True)
+    conn.execute(
+        sa.text(
+            "UPDATE jobs SET ticket = ranked.n FROM (SELECT id, row_number() OVER ("
+            "PARTITION BY served_by ORDER BY created_at, id) AS n FROM jobs "
+            "WHERE status = :queued) AS ranked WHERE jobs.id = ranked.id"
+        ),
+        {"queued": Status.QUEUED.value},
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO job_queues (served_by, last_ticket) SELECT served_by, max(ticket) "
+            "FROM jobs WHERE ticket IS NOT NULL GROUP BY served_by"
+        )
+    )
 
 
 def _v7_worker_loads(conn: Connection) -> None:
@@ -178,13 +268,61 @@ def _v7_worker_loads(conn: Connection) -> None:
 
 
 def _v8_tickets_by_model(conn: Connection) -> None:
-    from videoserve.jobs import tickets
-
-    tickets.index_by_model(conn)
+    """An index of (served_by, ticket), so a model's highest ticket (SQLite's next ticket at
+    every submit, and a requeue's fallback) is one seek, not a walk over every status of the
+    model's jobs (10 ms a submit behind 100,000 on SQLite)."""
+    _create_jobs_indexes(conn, {"ix_jobs_model_ticket"})
 
 
 def _v9_request_webhook_index(conn: Connection) -> None:
     _create_jobs_indexes(conn, {"ix_jobs_request_webhook"})
+
+
+def _v10_live_phase(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN phase VARCHAR(16)"))
+    for name in ("step", "steps", "preview_step"):
+        conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN {name} INTEGER"))
+
+
+def _v11_start_deadline(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN start_deadline DOUBLE PRECISION"))
+    _create_jobs_indexes(conn, {"ix_jobs_start_deadline"})
+
+
+def _v12_remix_source(conn: Connection) -> None:
+    """The remix source as a column, so that listing reads no blob per video. Existing rows
+    are marked unread: their source, if any, is in `jobs/<id>/remix.json`."""
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN remixed_from VARCHAR(64)"))
+    conn.execute(sa.text("UPDATE jobs SET remixed_from = :unread"), {"unread": REMIX_SOURCE_UNREAD})
+
+
+def _v13_scheduling(conn: Connection) -> None:
+    """Fair share and priorities: key and job columns, the one-row virtual clock, and the
+    claim's index. Queued jobs keep their order: normal priority, start tag 0, by age."""
+    for name in ("share", "max_priority", "finish_tag"):
+        column = api_keys.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        default = column.server_default.arg.text  # type: ignore[union-attr]
+        conn.execute(
+            sa.text(f"ALTER TABLE api_keys ADD COLUMN {name} {kind} NOT NULL DEFAULT {default}")
+        )
+    conn.execute(sa.text("ALTER TABLE api_keys ADD COLUMN max_running INTEGER"))
+    for name in ("priority", "start_tag"):
+        column = jobs.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        default = column.server_default.arg.text  # type: ignore[union-attr]
+        conn.execute(
+            sa.text(f"ALTER TABLE jobs ADD COLUMN {name} {kind} NOT NULL DEFAULT {default}")
+        )
+    kind = jobs.c.expected_seconds.type.compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN expected_seconds {kind}"))
+    fair_clock.create(conn, checkfirst=True)
+    conn.execute(fair_clock.insert().values(id=1, virtual_time=0.0))
+    _create_jobs_indexes(conn, {"ix_jobs_claim_order"})
+
+
+def _v14_execution_timeout(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN execution_timeout DOUBLE PRECISION"))
 
 
 def _create_jobs_indexes(conn: Connection, names: set[str]) -> None:
@@ -224,6 +362,11 @@ MIGRATIONS = Migrations(
         (7, _v7_worker_loads),
         (8, _v8_tickets_by_model),
         (9, _v9_request_webhook_index),
+        (10, _v10_live_phase),
+        (11, _v11_start_deadline),
+        (12, _v12_remix_source),
+        (13, _v13_scheduling),
+        (14, _v14_execution_timeout),
     ),
     # Versions 1-4 are the shared counter's (the webhook tables of its version 2 moved out).
     from_legacy=lambda version: version,

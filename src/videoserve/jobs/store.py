@@ -13,94 +13,63 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from videoserve.jobs import clock, dialects, ledger, schema, tickets
-from videoserve.jobs.database import Database, Migrations
-from videoserve.jobs.failures import CANCELLED_MESSAGE, Failure, FailureCode
+from videoserve import clock
+from videoserve.db import dialects
+from videoserve.db.database import Database, Migrations
+from videoserve.jobs import deadlines, fairness, ledger, schema, tickets
+from videoserve.jobs.failures import Failure
 from videoserve.jobs.handoff import StandingClaim, StandingClaims
 from videoserve.jobs.job_status import JobStatus
 from videoserve.jobs.records import Job, JobResult, Lease
 from videoserve.jobs.statements import (
     FINISHED_TOPIC,
     HOLDS,
-    NEW_PREFIX,
+    NO_LIVE_STATE,
     QUEUED_TOPIC,
-    SUBMITTED,
     HotStatements,
     holds,
     job_topic,
+    submitted_params,
 )
-from videoserve.jobs.states import TERMINAL, Status, sources
+from videoserve.jobs.states import Status
+from videoserve.jobs.store_records import (
+    Heartbeat,
+    IdempotencyConflict,
+    LiveState,
+    NewJob,
+    Observer,
+    Policy,
+    new_row,
+    queued_row,
+    stamped,
+)
+from videoserve.jobs.sweeps import DELETED_UNFINISHED, Sweeps
 
 log = logging.getLogger("videoserve.jobs")
 jobs = schema.jobs
 
-__all__ = ["FINISHED_TOPIC", "QUEUED_TOPIC", "JobStore", "NewJob", "Policy", "job_topic"]
+__all__ = [
+    "DELETED_UNFINISHED",
+    "FINISHED_TOPIC",
+    "QUEUED_TOPIC",
+    "Heartbeat",
+    "IdempotencyConflict",
+    "JobStore",
+    "LiveState",
+    "NewJob",
+    "Observer",
+    "Policy",
+    "job_topic",
+]
 
 
-@dataclass(frozen=True)
-class NewJob:
-    """What a submit stores."""
-
-    id: str
-    api_key_id: str
-    model: str
-    served_by: str
-    params: dict[str, Any]
-    max_attempts: int
-    input_key: str | None = None
-    idempotency_key: str | None = None
-    request_hash: str | None = None
-    # A job refused before it could run (content policy) is stored already FAILED.
-    failed_with: Failure | None = None
-    retention_seconds: float = 3600.0
-    webhook_url: str | None = None  # per-request webhook (?webhook=URL)
-    charge: ledger.Charge | None = None  # the price to deduct; None: nothing is charged
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Operator choices the store applies inside its statements."""
-
-    max_running_per_key: int = 0  # PROCESSING jobs one key may have at once; 0: no cap
-    refund_content_blocks: bool = True
-    refund_running_cancellations: bool = True
-
-
-class Observer:
-    """Told what the store committed (the metrics subclass it); by default, nothing happens.
-
-    Called after the commit, in the process that made the change; must not block or raise."""
-
-    def claimed(self, job: Job) -> None:
-        """A worker took the job (its `attempt` says which time)."""
-
-    def finished(self, job: Job) -> None:
-        """The job reached COMPLETED or FAILED."""
-
-    def credits(self, kind: ledger.Kind, amount: float) -> None:
-        """Credits were charged or refunded."""
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """What a heartbeat learns: whether the lease still holds, and whether to stop."""
-
-    alive: bool
-    cancel_requested: bool = False
-
-
-class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used before with a different request body."""
-
-
-class JobStore:
+class JobStore(Sweeps):
     """Jobs on SQLite or PostgreSQL; one instance per process, shared by API and worker."""
 
     def __init__(
@@ -116,10 +85,19 @@ class JobStore:
         self.observer = observer or Observer()
         self._first = database.first
         self._write_one = database.write_one
-        self._hot = HotStatements(database, capped=self.policy.max_running_per_key > 0)
+        self.fair = fairness.FairShare(
+            database, self.policy.scheduling, self.policy.default_job_seconds
+        )
+        self._hot = HotStatements(
+            database,
+            capped=self.policy.max_running_per_key > 0,
+            fair=self.fair if self.policy.scheduling == fairness.SchedulingPolicy.FAIR else None,
+        )
         self._queue_head = database.row_reader(self._hot.queue_head)  # a poll's second read
         # This process's idle worker slots, which a submit claims for (`handoff`).
         self.standing = StandingClaims()
+        # Wakes this process's expiry loop for a deadline sooner than it planned (`deadlines`).
+        self.deadline_alarm = deadlines.DeadlineAlarm()
 
     @classmethod
     def open(
@@ -141,6 +119,7 @@ class JobStore:
         await self.database.start()
 
     async def close(self) -> None:
+        await self.fair.drain()
         await self.database.close()
 
     async def migrate(self) -> dict[str, int]:
@@ -160,8 +139,7 @@ class JobStore:
         says so."""
         now = clock.now()
         values: dict[str, Any] = {
-            **_new_row(new, now),
-            "idempotency_key": new.idempotency_key,
+            **new_row(new, now),
             "cost": new.charge.amount if new.charge is not None else None,
         }
         if new.failed_with is None:
@@ -179,22 +157,30 @@ class JobStore:
             if earlier is not None:
                 return self._check_same_request(earlier, new), False
         topic = QUEUED_TOPIC if new.failed_with is None else FINISHED_TOPIC
+        plan: fairness.Plan | None = None
+        if new.failed_with is None:
+            plan = await self.fair.plan(new.api_key_id, new.served_by, new.priority)
+            values |= plan.columns
         refunded = 0.0
-        offer = self._standing_for(new)
+        offer = await self._standing_for(new)
         row: sa.Row | None
         try:
             if offer is not None:
-                row = await self._create_and_claim(new, values, offer)
-            elif new.charge is None and new.failed_with is None:
-                # Nothing to charge or refund: one INSERT, announcing itself (the common case).
-                row = await self._write_one(self._hot.insert, values)
-            elif self._hot.charged_insert is not None and new.failed_with is None:
-                # PostgreSQL: charge, ticket and insert as one statement (see statements).
-                row = await self._write_one(self._hot.charged_insert, _charged(new, values))
+                assert plan is not None
+                row = await self._create_and_claim(new, values, plan, offer)
+            elif new.charge is None and plan is not None and not self._stamp_apart(plan):
+                # Nothing to charge or refund: one INSERT, announcing itself (the common case),
+                # stamping its key (PostgreSQL under fair share).
+                params = self._hot.insert_params(values, new.served_by, plan)
+                row = await self._write_one(self._hot.insert, params)
+            elif new.charge is not None and self._hot.charged_insert is not None and plan:
+                # PostgreSQL: charge, stamp, ticket and insert as one statement (statements).
+                params = _charged(new, values) | plan.params
+                row = await self._write_one(self._hot.charged_insert, params)
                 if row is None:
                     raise _Declined
             else:
-                row, refunded = await self._create_with_credits(new, values, topic)
+                row, refunded = await self._create_with_credits(new, values, topic, plan)
         except _Declined:
             assert new.charge is not None
             # Read only to word the refusal; the decision was the UPDATE's.
@@ -214,6 +200,8 @@ class JobStore:
                 offer.hand(None)  # nothing was claimed for it: the slot claims on its own
         self.notifier.after_commit(topic)
         job = Job.from_row(row)
+        if job.start_deadline is not None and job.status == Status.QUEUED:
+            self.deadline_alarm.noted(job.start_deadline)
         if new.charge is not None:
             self.observer.credits("charge", new.charge.amount)
         if refunded:
@@ -222,19 +210,48 @@ class JobStore:
             self.observer.finished(job)
         return job, True
 
-    def _standing_for(self, new: NewJob) -> StandingClaim | None:
+    async def _standing_for(self, new: NewJob) -> StandingClaim | None:
         """An idle slot of this process to claim for in the submit's transaction, if any.
 
         Not on PostgreSQL with a per-key cap, whose claims take an advisory lock first (see
         `claim`): a submit does not wait on that lock; the slot claims on its own instead."""
         if new.failed_with is not None:
             return None
-        if self.policy.max_running_per_key and self.database.postgres:
+        if self.database.concurrent_writers and await self._serialised_claims():
             return None
         return self.standing.take(new.served_by)
 
+    def _stamp_apart(self, plan: fairness.Plan) -> bool:
+        """Whether the submit's INSERT needs `FairShare.stamp_in` beside it in its transaction
+        (fair share on SQLite, which has no writing CTEs)."""
+        return plan.start_tag is None and not self._hot.stamps_in_insert
+
+    def _insert_queued(
+        self,
+        conn: Connection,
+        new: NewJob,
+        insert: sa.Insert,
+        values: dict[str, Any],
+        plan: fairness.Plan | None,
+    ) -> sa.Row:
+        """In a submit's transaction: stamp the key (where the INSERT does not), charge the
+        price (`_Declined` when the key cannot pay), insert the job; the new row."""
+        if plan is not None and self._stamp_apart(plan):
+            if new.charge is None:
+                start = self.fair.stamp_in(conn, plan)
+            else:  # the charge's UPDATE of the key stamps it too
+                params = ledger.charge_params(new.api_key_id, new.id, new.charge)
+                found = self.fair.stamp_and_charge(conn, plan, params)
+                if found is None:
+                    raise _Declined
+                start = found
+            return conn.execute(insert, values | {"start_tag": start}).one()
+        if plan is not None and insert is self._hot.insert:
+            values = self._hot.insert_params(values, new.served_by, plan)
+        return _charge_and_insert(conn, new, insert, values)
+
     async def _create_and_claim(
-        self, new: NewJob, values: dict[str, Any], offer: StandingClaim
+        self, new: NewJob, values: dict[str, Any], plan: fairness.Plan, offer: StandingClaim
     ) -> sa.Row:
         """The submit's charge and INSERT, then the standing slot's claim, in one transaction
         (see `handoff`); hands the slot what it claimed once committed. Returns the new row."""
@@ -245,14 +262,19 @@ class JobStore:
 
         def work(conn: Connection) -> tuple[sa.Row, sa.Row | None]:
             if new.charge is not None and charged_insert is not None:
-                # PostgreSQL: charge and insert in one statement
-                found = conn.execute(charged_insert, _charged(new, values)).first()
+                # PostgreSQL: charge, stamp and insert in one statement
+                found = conn.execute(charged_insert, _charged(new, values) | plan.params).first()
                 if found is None:
                     raise _Declined
                 row = found
             else:
-                row = _charge_and_insert(conn, new, self._hot.insert, values)
-            return row, conn.execute(claim, params).first()
+                row = self._insert_queued(conn, new, self._hot.insert, values, plan)
+            claimed = conn.execute(claim, params).first()
+            if claimed is not None:
+                advance = self.fair.advance_params(claimed.start_tag)
+                if advance is not None:
+                    conn.execute(self.fair.advance, advance)
+            return row, claimed
 
         row, claimed = await self.database.run_transaction(work)
         if claimed is not None:
@@ -260,7 +282,7 @@ class JobStore:
         return row
 
     async def _create_with_credits(
-        self, new: NewJob, values: dict[str, Any], topic: str
+        self, new: NewJob, values: dict[str, Any], topic: str, plan: fairness.Plan | None
     ) -> tuple[sa.Row, float]:
         """The submit transaction when credits move: charge, insert, and for a job stored
         FAILED its refund, all or nothing. Returns the row and the amount refunded.
@@ -275,7 +297,7 @@ class JobStore:
         refund_blocked = new.failed_with is not None and self.policy.refund_content_blocks
 
         def work(conn: Connection) -> tuple[sa.Row, float]:
-            row = _charge_and_insert(conn, new, insert, values)
+            row = self._insert_queued(conn, new, insert, values, plan)
             refunded = 0.0
             if refund_blocked:
                 assert new.failed_with is not None
@@ -333,10 +355,22 @@ class JobStore:
         by_model: dict[str, list[NewJob]] = {}
         for new in sorted(new_jobs, key=lambda new: new.id):
             by_model.setdefault(new.served_by, []).append(new)
+        # Each key's jobs of a model take consecutive tags, in id order (see `fairness`).
+        stamps: dict[str, fairness.Stamp] = {}
+        for served_by, queued in by_model.items():
+            runs: dict[tuple[str, fairness.Priority], list[NewJob]] = {}
+            for new in queued:
+                runs.setdefault((new.api_key_id, new.priority), []).append(new)
+            for (key_id, priority), run in runs.items():
+                tags = await self.fair.stamp_many(key_id, served_by, priority, len(run))
+                stamps.update((new.id, tag) for new, tag in zip(run, tags, strict=True))
         async with self.database.transaction() as conn:
             for served_by, queued in by_model.items():
                 first = await tickets.reserve(self.database, conn, served_by, len(queued))
-                rows = [_queued_row(new, now, first + i) for i, new in enumerate(queued)]
+                rows = [
+                    queued_row(new, now, first + i) | stamped(stamps[new.id])
+                    for i, new in enumerate(queued)
+                ]
                 await conn.execute(jobs.insert(), rows)
             await self.notifier.send(conn, QUEUED_TOPIC)
         self.notifier.after_commit(QUEUED_TOPIC)
@@ -370,20 +404,21 @@ class JobStore:
         async with self.database.connect() as conn:
             return {(model, status): int(n) for model, status, n in (await conn.execute(query))}
 
-    async def count_live_workers(self, stale_after: float) -> int:
-        """Workers (the `workers` table `WorkerRegistry` keeps) heard from recently."""
-        workers = schema.workers
-        query = sa.select(sa.func.count()).where(
-            workers.c.last_heartbeat >= clock.now() - stale_after
-        )
-        async with self.database.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
-
     # --- the worker's side -------------------------------------------------------------------
     async def claim(
-        self, worker_id: str, served_by: Sequence[str] | None, lease_seconds: float
+        self,
+        worker_id: str,
+        served_by: Sequence[str] | None,
+        lease_seconds: float,
+        warm: Sequence[str] = (),
     ) -> tuple[Job, Lease] | None:
         """Atomically take the oldest queued job of the given models, with a fresh lease.
+
+        `warm`: the models among `served_by` the worker has loaded now. With
+        `policy.warm_skip_seconds`, it first claims the oldest job of those alone, unless a
+        job of any of its models has waited longer than that (`statements._prefer_warm`);
+        finding none, it claims as usual. Only when some of its models are warm and some are
+        not: otherwise the preference changes nothing, and costs no second statement.
 
         With `policy.max_running_per_key`, jobs of a key that already has that many PROCESSING
         are skipped. The count is a subquery of the claim, so on SQLite (one writer at a time)
@@ -392,20 +427,52 @@ class JobStore:
         a transaction-scoped advisory lock first, which serialises them (a claim is one short
         statement; workers claim once per video). Without a cap no lock is taken.
         """
+        if self._prefers(served_by, warm):
+            assert served_by is not None
+            statement, params, token = self._claim_statement(
+                worker_id, served_by, lease_seconds, warm
+            )
+            row = await self._run_claim(statement, params)
+            if row is not None:
+                return self._fair_claimed(row, token)
         statement, params, token = self._claim_statement(worker_id, served_by, lease_seconds)
-        if self.policy.max_running_per_key > 0 and self.database.postgres:
+        row = await self._run_claim(statement, params)
+        return None if row is None else self._fair_claimed(row, token)
+
+    def _fair_claimed(self, row: sa.Row, token: str) -> tuple[Job, Lease]:
+        # V follows the claim, right after its commit: GREATEST keeps it monotonic under
+        # concurrent claims; a crash in between costs one step of V, which the next makes up.
+        self.fair.advanced(row.start_tag)
+        return self._claimed(row, token)
+
+    async def _serialised_claims(self) -> bool:
+        """Whether a running cap applies (the server's, or some key's own): PostgreSQL's
+        claims then take the advisory lock (see `claim`)."""
+        return self.policy.max_running_per_key > 0 or await self.fair.keys_capped()
+
+    def _prefers(self, served_by: Sequence[str] | None, warm: Sequence[str]) -> bool:
+        """Whether a claim first asks for warm jobs: on, and some served models warm, some not."""
+        if not self.policy.warm_skip_seconds or not warm or served_by is None:
+            return False
+        return not set(served_by) <= set(warm)
+
+    async def _run_claim(self, statement: sa.Update, params: dict[str, Any]) -> sa.Row | None:
+        if self.database.concurrent_writers and await self._serialised_claims():
             async with self.database.transaction() as conn:
                 # Held until commit, and each statement after it sees every earlier claim.
                 await self.database.advisory_lock(conn, "claim_cap")
-                row = (await conn.execute(statement, params)).first()
-        else:
-            row = await self._write_one(statement, params)
-        return None if row is None else self._claimed(row, token)
+                return (await conn.execute(statement, params)).first()
+        return await self._write_one(statement, params)
 
     def _claim_statement(
-        self, worker_id: str, served_by: Sequence[str] | None, lease_seconds: float
+        self,
+        worker_id: str,
+        served_by: Sequence[str] | None,
+        lease_seconds: float,
+        warm: Sequence[str] = (),
     ) -> tuple[sa.Update, dict[str, Any], str]:
-        """The claim, its parameters and the new lease's fencing token."""
+        """The claim (warm-first when `warm` is given), its parameters and the new lease's
+        fencing token."""
         now = clock.now()
         token = secrets.token_hex(16)
         params: dict[str, Any] = {
@@ -418,7 +485,10 @@ class JobStore:
             params["models"] = list(served_by)
         if self.policy.max_running_per_key > 0:
             params["cap"] = self.policy.max_running_per_key
-        return self._hot.claim(served_by), params, token
+        if warm:
+            params["warm"] = list(warm)
+            params["skip_before"] = now - self.policy.warm_skip_seconds
+        return self._hot.claim(served_by, warm=bool(warm)), params, token
 
     def _claimed(self, row: sa.Row, token: str) -> tuple[Job, Lease]:
         """After a claim's commit: the job and its lease, announced and observed."""
@@ -428,14 +498,20 @@ class JobStore:
         return job, Lease(job.id, job.attempt, token)
 
     async def heartbeat(
-        self, lease: Lease, lease_seconds: float, progress: int | None = None
+        self,
+        lease: Lease,
+        lease_seconds: float,
+        progress: int | None = None,
+        live: LiveState | None = None,
     ) -> Heartbeat:
-        """Extend the lease (and record progress); tells the worker if it lost the job."""
+        """Extend the lease (and record progress, with the phase, step and latest preview
+        `live` says); tells the worker if it lost the job."""
         params = holds(lease) | {"expires": clock.now() + lease_seconds}
         if progress is None:
             row = await self._write_one(self._hot.heartbeat, params)
         else:
             params["new_progress"] = max(0, min(100, int(progress)))
+            params |= {f"new_{name}": value for name, value in (live or LiveState()).columns()}
             row = await self._write_one(self._hot.heartbeat_progress, params)
         if row is None:
             return Heartbeat(alive=False)
@@ -454,7 +530,9 @@ class JobStore:
         row = await self._write_one(self._hot.complete, params)
         if row is None:
             return False
-        self._announce_finished(Job.from_row(row), 0.0)
+        job = Job.from_row(row)
+        self._announce_finished(job, 0.0)
+        self.fair.served(job.api_key_id, job.expected_seconds, job.started_at, now)
         return True
 
     async def fail(self, lease: Lease, failure: Failure, retention_seconds: float) -> bool:
@@ -463,7 +541,7 @@ class JobStore:
         policy says so."""
         now = clock.now()
         refund_cancelled = self.policy.refund_running_cancellations
-        return await self._finish(
+        failed = await self._finish(
             lease,
             refund=lambda job: refund_cancelled or not job.cancel_requested,
             status=Status.FAILED.value,
@@ -472,10 +550,14 @@ class JobStore:
             finished_at=now,
             expires_at=now + retention_seconds,
         )
+        if failed is not None:
+            self.fair.served(failed.api_key_id, failed.expected_seconds, failed.started_at, now)
+        return failed is not None
 
     async def release(self, lease: Lease) -> bool:
-        """Hand a job back to the queue without spending an attempt (a draining worker)."""
-        return await self._finish(
+        """Hand a job back to the queue without spending an attempt (a draining worker). It
+        keeps its priority and start tag: it is claimed as soon as it would have been."""
+        released = await self._finish(
             lease,
             status=Status.QUEUED.value,
             ticket=tickets.requeued(),
@@ -484,235 +566,35 @@ class JobStore:
             lease_expires_at=None,
             worker_id=None,
             progress=0,
+            **NO_LIVE_STATE,
         )
-
-    def _topics(self, job: Job) -> tuple[str, ...]:
-        """What a worker's transition of `job` announces."""
-        if job.status.value not in _TERMINAL_VALUES:
-            return (job_topic(job.id), QUEUED_TOPIC)  # handed back: claimable again
-        if self.policy.max_running_per_key:  # a capped key may have a job to claim now
-            return (job_topic(job.id), FINISHED_TOPIC, QUEUED_TOPIC)
-        return (job_topic(job.id), FINISHED_TOPIC)
-
-    def _announce_finished(self, job: Job, refunded: float) -> None:
-        """After the commit: wake this process's waiters and tell the observer."""
-        for topic in self._topics(job):
-            self.notifier.after_commit(topic)
-        if refunded:
-            self.observer.credits("refund", refunded)
-        if job.status.value in _TERMINAL_VALUES:
-            self.observer.finished(job)
+        return released is not None
 
     async def _finish(
         self, lease: Lease, *, refund: Callable[[Job], bool] | None = None, **values: Any
-    ) -> bool:
+    ) -> Job | None:
         """One fenced transition (fail, release) in a transaction that announces it, and for a
-        FAILED job carries its refund when `refund(job)` says so."""
+        FAILED job carries its refund when `refund(job)` says so; the job, None when the lease
+        no longer held."""
         refunded = 0.0
         statement = jobs.update().where(HOLDS).values(**values).returning(*jobs.c)
         async with self.database.transaction() as conn:
             row = (await conn.execute(statement, holds(lease))).first()
             if row is None:
-                return False
+                return None
             job = Job.from_row(row)
             if refund is not None and refund(job):
                 refunded = await self._refund(conn, job)
             for topic in self._topics(job):
                 await self.notifier.send(conn, topic)
         self._announce_finished(job, refunded)
-        return True
-
-    async def request_cancel(self, job_id: str, api_key_id: str, retention_seconds: float) -> Job:
-        """Cancel: a queued job fails at once (refunded); a running one is asked to stop at its
-        next step (its refund comes with `fail`)."""
-        now = clock.now()
-        failed = jobs.c.status.in_([s.value for s in sources(Status.FAILED)])
-        refunded = 0.0
-        async with self.database.transaction() as conn:
-            row = (
-                await conn.execute(
-                    jobs.update()
-                    .where(jobs.c.id == job_id, jobs.c.api_key_id == api_key_id)
-                    .where(jobs.c.status == Status.QUEUED.value, failed)
-                    .values(
-                        status=Status.FAILED.value,
-                        error=CANCELLED_MESSAGE,
-                        failure=FailureCode.CANCELLED.value,
-                        finished_at=now,
-                        expires_at=now + retention_seconds,
-                    )
-                    .returning(*jobs.c)
-                )
-            ).first()
-            cancelled = Job.from_row(row) if row is not None else None
-            if cancelled is not None:
-                refunded = await self._refund(conn, cancelled)
-            await conn.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.api_key_id == api_key_id)
-                .where(jobs.c.status == Status.PROCESSING.value)
-                .values(cancel_requested=True)
-            )
-            await self.notifier.send(conn, job_topic(job_id))
-            await self.notifier.send(conn, FINISHED_TOPIC)
-        self.notifier.after_commit(job_topic(job_id))
-        self.notifier.after_commit(FINISHED_TOPIC)
-        if refunded:
-            self.observer.credits("refund", refunded)
-        if cancelled is not None:
-            self.observer.finished(cancelled)
-        job = await self.get(job_id, api_key_id=api_key_id)
-        if job is None:
-            raise KeyError(job_id)
         return job
-
-    # --- maintenance -------------------------------------------------------------------------
-    async def reap_expired_leases(self, retention_seconds: float) -> tuple[int, int]:
-        """Requeue jobs whose worker stopped heartbeating; fail (and refund) those out of
-        attempts. Returns (requeued, failed)."""
-        now = clock.now()
-        lost = sa.and_(
-            jobs.c.status == Status.PROCESSING.value,
-            jobs.c.lease_expires_at < now,
-        )
-        async with self.database.transaction() as conn:
-            failed = (
-                await conn.execute(
-                    jobs.update()
-                    .where(lost, jobs.c.attempt >= jobs.c.max_attempts)
-                    .values(
-                        status=Status.FAILED.value,
-                        error=sa.literal("worker lost: the job's lease expired on each of its ")
-                        + sa.cast(jobs.c.attempt, sa.String)
-                        + sa.literal(" attempts (last worker: ")
-                        + sa.func.coalesce(jobs.c.worker_id, "unknown")
-                        + sa.literal(")"),
-                        failure=FailureCode.WORKER_LOST.value,
-                        finished_at=now,
-                        expires_at=now + retention_seconds,
-                        lease_token=None,
-                    )
-                    .returning(*jobs.c)
-                )
-            ).all()
-            failed_jobs = [Job.from_row(r) for r in failed]
-            refunds = [await self._refund(conn, job) for job in failed_jobs]
-            requeued = (
-                await conn.execute(
-                    jobs.update()
-                    .where(lost, jobs.c.attempt < jobs.c.max_attempts)
-                    .values(
-                        status=Status.QUEUED.value,
-                        ticket=tickets.requeued(),
-                        lease_token=None,
-                        lease_expires_at=None,
-                        worker_id=None,
-                        progress=0,
-                    )
-                    .returning(jobs.c.id)
-                )
-            ).all()
-            topics = [job_topic(r.id) for r in (*failed, *requeued)]
-            if failed:
-                topics.append(FINISHED_TOPIC)
-            if requeued or (failed and self.policy.max_running_per_key):
-                topics.append(QUEUED_TOPIC)
-            for topic in topics:
-                await self.notifier.send(conn, topic)
-        for topic in topics:
-            self.notifier.after_commit(topic)
-        for amount in refunds:
-            if amount:
-                self.observer.credits("refund", amount)
-        for job in failed_jobs:
-            self.observer.finished(job)
-        for r in requeued:
-            log.warning("job %s lost its worker; requeued", r.id)
-        for r in failed:
-            log.error("job %s lost its worker too many times; failed", r.id)
-        return len(requeued), len(failed)
-
-    async def expired(self, limit: int = 100) -> list[Job]:
-        """Terminal jobs past their retention, oldest first."""
-        query = (
-            sa.select(jobs)
-            .where(
-                jobs.c.expires_at.is_not(None),
-                jobs.c.expires_at <= clock.now(),
-                jobs.c.status.in_([s.value for s in TERMINAL]),
-            )
-            .order_by(jobs.c.expires_at)
-            .limit(limit)
-        )
-        async with self.database.connect() as conn:
-            return [Job.from_row(r) for r in (await conn.execute(query)).all()]
-
-    async def delete(self, job_ids: Sequence[str]) -> int:
-        """Delete jobs; one that had not finished is refunded in the same transaction.
-
-        The refund lives here, not in a route, so every path that deletes an unfinished job
-        (the Videos API's DELETE, an admin tool) gives the credits back exactly once: a job
-        that failed first was refunded then, and `ledger.refund` never pays a job twice."""
-        if not job_ids:
-            return 0
-        refunded = 0.0
-        statement = jobs.delete().where(jobs.c.id.in_(list(job_ids))).returning(*jobs.c)
-        async with self.database.transaction() as conn:
-            rows = (await conn.execute(statement)).all()
-            for row in rows:
-                job = Job.from_row(row)
-                if self._refunds_deletion(job):
-                    refunded += await ledger.refund(
-                        self.database, conn, job.api_key_id, job.id, job.cost, DELETED_UNFINISHED
-                    )
-        if refunded:
-            self.observer.credits("refund", refunded)
-        return len(rows)
-
-    def _refunds_deletion(self, job: Job) -> bool:
-        if job.status == Status.QUEUED:
-            return True
-        # A running job deleted is a running job cancelled: the same policy.
-        return job.status == Status.PROCESSING and self.policy.refund_running_cancellations
-
-    async def _refund(self, conn: Any, job: Job) -> float:
-        note = f"refund: {job.error}"
-        return await ledger.refund(self.database, conn, job.api_key_id, job.id, job.cost, note)
 
     async def wait_for_change(self, job_id: str, timeout: float) -> bool:
         return await self.notifier.wait(job_topic(job_id), timeout)
 
     async def wait_for_queued(self, timeout: float) -> bool:
         return await self.notifier.wait(QUEUED_TOPIC, timeout)
-
-
-DELETED_UNFINISHED = "refund: deleted before it finished"
-_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
-
-
-def _new_row(new: NewJob, now: float) -> dict[str, Any]:
-    """The columns every newly queued job starts with."""
-    return {
-        "id": new.id,
-        "api_key_id": new.api_key_id,
-        "model": new.model,
-        "served_by": new.served_by,
-        "params": new.params,
-        "input_key": new.input_key,
-        "status": Status.QUEUED.value,
-        "progress": 0,
-        "attempt": 0,
-        "max_attempts": new.max_attempts,
-        "cancel_requested": False,
-        "created_at": now,
-        "request_hash": new.request_hash,
-        "webhook_url": new.webhook_url,
-    }
-
-
-def _queued_row(new: NewJob, now: float, ticket: int) -> dict[str, Any]:
-    """The row of a job queued in bulk (see `JobStore.enqueue_many`)."""
-    return {**_new_row(new, now), "ticket": ticket}
 
 
 def _charge_and_insert(
@@ -728,8 +610,7 @@ def _charge_and_insert(
 def _charged(new: NewJob, values: dict[str, Any]) -> dict[str, Any]:
     """The parameters of `HotStatements.charged_insert` for a queued, charged submit."""
     assert new.charge is not None
-    params = {NEW_PREFIX + name: values[name] for name in SUBMITTED}
-    params[tickets.QUEUE_PARAM] = new.served_by
+    params = submitted_params(values, new.served_by)
     return params | ledger.charge_params(new.api_key_id, new.id, new.charge)
 
 

@@ -28,11 +28,10 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from videoserve.db.database import Counter, Database
 from videoserve.jobs import schema
-from videoserve.jobs.database import Counter, Database
 from videoserve.jobs.states import Status
 
 jobs = schema.jobs
@@ -101,37 +100,3 @@ def position(ticket: int, head: int | None) -> int:
     """1 for the next job to be claimed; never below 1 (the head may move between the
     poll's reads)."""
     return max(1, ticket - (head if head is not None else ticket) + 1)
-
-
-def migrate(conn: Connection) -> None:
-    """Migration 5: the ticket column and its index, the PostgreSQL counters, and tickets for
-    the jobs queued now (in claim order)."""
-    column_type = jobs.c.ticket.type.compile(dialect=conn.dialect)  # BIGINT, or SQLite's INTEGER
-    conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN ticket {column_type}"))
-    for index in jobs.indexes:
-        if index.name == "ix_jobs_ticket":
-            index.create(conn, checkfirst=True)
-    job_queues.create(conn, checkfirst=True)
-    conn.execute(
-        sa.text(
-            "UPDATE jobs SET ticket = ranked.n FROM (SELECT id, row_number() OVER ("
-            "PARTITION BY served_by ORDER BY created_at, id) AS n FROM jobs "
-            "WHERE status = :queued) AS ranked WHERE jobs.id = ranked.id"
-        ),
-        {"queued": _QUEUED},
-    )
-    conn.execute(
-        sa.text(
-            "INSERT INTO job_queues (served_by, last_ticket) SELECT served_by, max(ticket) "
-            "FROM jobs WHERE ticket IS NOT NULL GROUP BY served_by"
-        )
-    )
-
-
-def index_by_model(conn: Connection) -> None:
-    """Migration 8: an index of (served_by, ticket), so a model's highest ticket (SQLite's
-    next ticket at every submit, and a requeue's fallback) is one seek, not a walk over every
-    status of the model's jobs (10 ms a submit behind 100,000 on SQLite)."""
-    for index in jobs.indexes:
-        if index.name == "ix_jobs_model_ticket":
-            index.create(conn, checkfirst=True)

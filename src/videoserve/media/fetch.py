@@ -3,9 +3,11 @@
 A user-supplied URL makes this server open connections on the user's behalf, so every hop
 (redirects included) must go to a public address: the host is resolved and checked before the
 request, and `httpx-secure` checks the address actually connected to, which also defeats DNS
-rebinding between the two. Bodies are read with a byte cap and decoded with a pixel cap checked
-from the header, before any pixel is decoded (decompression bombs). Every failure is an
-`errors.InvalidRequest` on `input_reference` whose message says what was wrong.
+rebinding between the two. Host names are resolved by a `Resolver` with a deadline, off the
+loop's shared thread pool (see `videoserve.resolver`). Bodies are read with a byte cap and
+decoded with a pixel cap checked from the header, before any pixel is decoded (decompression
+bombs). Every failure is an `errors.InvalidRequest` on `input_reference` whose message says
+what was wrong.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import base64
 import binascii
 import io
 import re
-import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import httpx_secure
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from videoserve import errors
+from videoserve.resolver import Resolver, Unresolvable
 
 PARAM = "input_reference"
 
@@ -105,8 +107,13 @@ def _is_public(address: IPv4Address | IPv6Address) -> bool:
     )
 
 
-async def load_reference(uri: str, policy: FetchPolicy) -> ReferenceImage:
-    """Fetch or decode `uri` (http(s) URL or data:image/...;base64 URI) into a checked image."""
+async def load_reference(
+    uri: str, policy: FetchPolicy, *, resolver: Resolver | None = None
+) -> ReferenceImage:
+    """Fetch or decode `uri` (http(s) URL or data:image/...;base64 URI) into a checked image.
+
+    `resolver` resolves the URL's hosts for the address check; a server passes its own, shared
+    by every request (without one, this call makes one of its own)."""
     text = uri.strip() if isinstance(uri, str) else ""
     if not text:
         raise errors.InvalidRequest(f"{PARAM} is empty", param=PARAM)
@@ -116,7 +123,9 @@ async def load_reference(uri: str, policy: FetchPolicy) -> ReferenceImage:
         return await asyncio.to_thread(_load_data_uri, text, policy)
     if scheme in ("http", "https"):
         async with _http_client(policy) as client:
-            admit = None if policy.allow_private else _admit_public
+            admit = None
+            if not policy.allow_private:
+                admit = public_only(resolver or Resolver(policy.timeout))
             data = await _download(text, policy, client=client, admit=admit)
         return await asyncio.to_thread(_decode_image, data, policy)
     problem = f"has unsupported scheme {scheme!r}" if scheme else "is not a URL"
@@ -184,26 +193,26 @@ def _http_client(policy: FetchPolicy) -> httpx.AsyncClient:
     )
 
 
-async def _admit_public(host: str, port: int) -> None:
-    """Refuse `host` unless every address it resolves to is public.
+def public_only(resolver: Resolver) -> Admit:
+    """The per-hop check: refuse a host unless every address it resolves to is public.
 
     Checked before connecting so a refused host gets no packet at all (httpx-secure alone may
     open a TCP probe to it); httpx-secure then re-checks the address actually used.
     """
-    try:
-        addresses = [str(ip_address(host))]
-    except ValueError:
-        loop = asyncio.get_running_loop()
+
+    async def admit(host: str, port: int) -> None:
         try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise errors.InvalidRequest(
-                f"{PARAM} URL host {host!r} could not be resolved", param=PARAM
-            ) from exc
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    for address in addresses:
-        if not is_public_address(address):
-            raise _refused(address, host)
+            addresses = [str(ip_address(host.strip("[]")))]
+        except ValueError:
+            try:
+                addresses = await resolver.addresses(host, port)
+            except Unresolvable as exc:
+                raise errors.InvalidRequest(f"{PARAM} URL {exc}", param=PARAM) from exc
+        for address in addresses:
+            if not is_public_address(address):
+                raise _refused(address, host)
+
+    return admit
 
 
 async def _download(

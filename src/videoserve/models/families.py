@@ -16,15 +16,15 @@ from videoserve.models import grid as grids
 from videoserve.models import speed
 from videoserve.models.backends import ltx2
 from videoserve.models.backends.diffusion import (
+    PIPELINE_FAMILIES,
     DiffusersBackend,
-    RuntimeOptions,
     read_model_index,
 )
 from videoserve.models.backends.hunyuan15 import HunyuanVideo15Backend
 from videoserve.models.backends.ltx import LTXBackend
 from videoserve.models.backends.ltx2 import LTX2Backend
 from videoserve.models.backends.wan import WanBackend
-from videoserve.models.options import DiffusersOptions
+from videoserve.models.options import DiffusersOptions, RuntimeOptions
 from videoserve.models.weights import Weights
 
 BACKENDS: dict[str, type[DiffusersBackend]] = {
@@ -34,12 +34,9 @@ BACKENDS: dict[str, type[DiffusersBackend]] = {
     "hunyuan15": HunyuanVideo15Backend,
 }
 
-# `_class_name` in model_index.json -> family
-PIPELINE_FAMILIES: dict[str, str] = {
-    class_name: family
-    for family, backend in BACKENDS.items()
-    for class_name in backend.pipeline_classes
-}
+# `PIPELINE_FAMILIES` (`_class_name` in model_index.json -> family) is filled by each family
+# module above as it is imported (`diffusion.register_family`).
+assert set(PIPELINE_FAMILIES.values()) == set(BACKENDS), "every family registers its classes"
 
 # The `family` option names a grid; each grid belongs to one family ("tiny" fits any).
 GRID_FAMILIES: dict[str, str | None] = {

@@ -20,7 +20,7 @@ from pathlib import Path
 from videoserve.models.weights import is_repo_id
 
 DIFFUSERS_LORA_NAME = "pytorch_lora_weights.safetensors"
-_LORA_KEY = re.compile(r"\.(lora_A|lora_B|lora_down|lora_up)(\.[^.]+)?\.weight$")
+_LORA_KEY = re.compile(r"\.(lora_A|lora_B|lora_down|lora_up)(\.[^.]+)?\.weight\Z")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the header
 
 

@@ -9,6 +9,7 @@ when the server starts, not on the first request. Adding an option is one field 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -24,6 +25,33 @@ COMPILE_MODES = ("regional",)
 # torchao configs by the name an entry gives (`quantize`); see `models/speed.py`.
 QUANTIZE_MODES = ("fp8", "fp8_weight_only", "int8", "int8_weight_only")
 DEFAULT_PRICE_PER_SECOND = 1.0
+
+
+class ParallelOptions(BaseModel):
+    """`parallel = { ulysses = N, ring = M, cfg = true }`: one video over a worker group's ranks
+    (`models/backends/parallel.py`); the product (times 2 with `cfg`) is the ranks it needs."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    ulysses: int = Field(1, ge=1, description="an integer >= 1 (Ulysses degree)")
+    ring: int = Field(1, ge=1, description="an integer >= 1 (ring attention degree)")
+    cfg: bool = Field(False, description="true or false (the two CFG branches on two ranks)")
+
+    @property
+    def ranks(self) -> int:
+        """How many ranks (devices) one video of this entry runs on."""
+        return self.ulysses * self.ring * (2 if self.cfg else 1)
+
+    def describe(self) -> dict[str, int | bool]:
+        """What `metrics.parallel` says: the ranks and each split that is on."""
+        split: dict[str, int | bool] = {"ranks": self.ranks}
+        if self.ulysses > 1:
+            split["ulysses"] = self.ulysses
+        if self.ring > 1:
+            split["ring"] = self.ring
+        if self.cfg:
+            split["cfg"] = 2
+        return split
 
 
 class _Options(BaseModel):
@@ -44,13 +72,27 @@ class _Options(BaseModel):
     max_job_seconds: float | None = Field(
         None, gt=0, description="a number > 0 (seconds one job may run)"
     )
+    # Previews while a job denoises (`models/previews.py`): every N steps; unset, one about
+    # every 2 seconds of denoising; 0, none.
+    preview_every: int | None = Field(
+        None, ge=0, description="an integer >= 0 (denoising steps between previews; 0: none)"
+    )
+    # One video over a worker group (VIDEOSERVE_WORKER_DEVICES); checked against the group
+    # and the family when the worker starts (`models/backends/parallel.py`).
+    parallel: ParallelOptions | None = Field(
+        None, description="a table { ulysses = N, ring = M, cfg = true }"
+    )
 
 
 class TinyOptions(_Options):
-    """`backend = "tiny"`: the built-in random-weight Wan pipeline, or another one like it."""
+    """`backend = "tiny"`: a built-in random-weight pipeline (`tiny-t2v`, `tiny-t2av`), or
+    another one like it."""
 
     device: str = Field("cpu", description="a device such as cpu or cuda")
     seed: int = Field(0, description="an integer")
+    layout: Literal["wan", "ltx2"] = Field(
+        "wan", description='"wan" (video, like tiny-t2v) or "ltx2" (video with sound)'
+    )
 
 
 class LoraAdapter(BaseModel):
@@ -147,6 +189,7 @@ ADAPTER_OWN = frozenset(
         "price_per_step_second",
         "max_steps",
         "max_job_seconds",
+        "preview_every",
     }
 )
 
@@ -191,5 +234,45 @@ def _explain(model: type[BaseModel], exc: pydantic.ValidationError) -> str:
         if first["type"] == "extra_forbidden":
             return f"{where}: unknown key (a LoRA has path and scale)"
         return f"{where} must be {expected} (got {first.get('input')!r})"
+    if option == "parallel" and len(first["loc"]) > 1:
+        sub = str(first["loc"][1])
+        if first["type"] == "extra_forbidden":
+            return f"parallel.{sub}: unknown key (parallel has ulysses, ring and cfg)"
+        described = ParallelOptions.model_fields.get(sub)
+        expected = described.description if described else first["msg"]
+        return f"parallel.{sub} must be {expected} (got {first.get('input')!r})"
     expected = field.description if field is not None and field.description else first["msg"]
     return f"{option} must be {expected} (got {first.get('input')!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions:
+    """How a model runs on this host: the runtime part of its entry (`DiffusersOptions`)."""
+
+    cpu_offload: bool = False  # enable_model_cpu_offload: one whole component on the GPU at a time
+    group_offload: bool = False  # group offloading: layers streamed to the GPU as they run
+    vae_tiling: bool = False  # decode in tiles: far less memory for large frames
+    cache: str | None = None  # "first_block": skip the remaining blocks while outputs barely move
+    cache_threshold: float = 0.05  # First Block Cache: higher skips more (faster, rougher)
+    batch_cfg: bool | None = None  # CFG's two forwards as one batch (Wan); None: `batches_cfg`
+    attention_backend: str | None = None  # diffusers `set_attention_backend` (`speed.py`)
+    compile: str | None = None  # "regional": `compile_repeated_blocks`, warmed up at load
+    quantize: str | None = None  # a torchao config of the transformer(s): "fp8", "int8"...
+
+    @classmethod
+    def from_entry(cls, options: DiffusersOptions) -> RuntimeOptions:
+        """The runtime part of an entry's parsed options."""
+        return cls(
+            **{field.name: getattr(options, field.name) for field in dataclasses.fields(cls)}
+        )
+
+    def batches_cfg(self, device: str) -> bool:
+        """Whether CFG runs as one batch on `device`: by default on a GPU, unless offloading.
+
+        A batch of two is faster on a GPU and the same video up to float rounding, but holds
+        twice the activations: an operator who offloads is short of memory, so it stays off
+        there unless `batch_cfg` says otherwise. On a CPU it gains little.
+        """
+        if self.batch_cfg is not None:
+            return self.batch_cfg
+        return device.startswith("cuda") and not (self.cpu_offload or self.group_offload)

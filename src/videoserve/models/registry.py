@@ -24,14 +24,15 @@ Operators describe models in one TOML file (`VIDEOSERVE_MODELS`):
     sora-2-pro = "wan-2.1-t2v-1.3b"
 
 `VIDEOSERVE_ALIASES` is applied after the file's `[aliases]`, so the environment wins. The
-built-in `tiny-t2v` always exists. `sora-2-pro`, unless aliased or configured, is served by the
-first available `diffusers` entry with its own weights that makes sound (LTX-2), else the first
-available one with its own weights, in file order (list the family you prefer first; adapter
-entries are skipped), else by `tiny-t2v` with a warning. Whatever serves it, `sora-2-pro`
-accepts exactly the seed's four parameters; every other name takes its backend's schema. A
-request costs the `price_per_second` of the model that serves it (an alias has no price of its
-own) times its duration, plus `price_per_step_second` (default 0) times its denoising steps
-times its duration.
+built-in `tiny-t2v` always exists; so does `tiny-t2av` (a tiny LTX-2: video with sound) unless
+the file gives that name to a model of its own. `sora-2-pro`, unless aliased or configured, is
+served by the first available `diffusers` entry with its own weights that makes sound (LTX-2),
+else the first available one with its own weights, in file order (list the family you prefer
+first; adapter entries are skipped), else by `tiny-t2v` with a warning. Whatever serves it,
+`sora-2-pro` accepts exactly the seed's four parameters; every other name takes its backend's
+schema. A request costs the `price_per_second` of the model that serves it (an alias has no
+price of its own) times its duration, plus `price_per_step_second` (default 0) times its
+denoising steps times its duration.
 """
 
 from __future__ import annotations
@@ -50,10 +51,16 @@ from typing import Any
 from videoserve import errors
 from videoserve.models import families, lora_files
 from videoserve.models import options as options_
+from videoserve.models.backends import parallel
 from videoserve.models.backends.adapters import AdapterBackend
-from videoserve.models.backends.base import Capabilities, VideoBackend
+from videoserve.models.backends.base import Capabilities, SplitsSequences, VideoBackend
 from videoserve.models.backends.diffusion import DiffusersBackend
-from videoserve.models.backends.tiny import TINY_NAME, TinyBackend
+from videoserve.models.backends.tiny import (
+    TINY_AUDIO_NAME,
+    TINY_NAME,
+    TinyBackend,
+    TinySoundBackend,
+)
 from videoserve.models.params import DURATIONS, SIZES, VideoParams, schema_json
 from videoserve.models.pool import DEFAULT_MAX_LOADED, ModelPool
 from videoserve.models.weights import Weights, is_repo_id
@@ -62,7 +69,7 @@ from videoserve.settings import Settings
 log = logging.getLogger("videoserve.models")
 
 SORA = "sora-2-pro"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # `\Z`: no final newline
 DEFAULT_PRICE_PER_SECOND = options_.DEFAULT_PRICE_PER_SECOND
 
 
@@ -167,9 +174,16 @@ class ModelRegistry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRegistry:
-        """The built-in `tiny-t2v`, then `settings.models` (TOML), then the aliases."""
+        """The built-in `tiny-t2v` and `tiny-t2av`, then `settings.models` (TOML), then the
+        aliases."""
         builtin = ModelEntry(TINY_NAME, "tiny", str(settings.tiny_model_dir()), {})
-        entries: dict[str, ModelEntry] = {TINY_NAME: builtin}
+        sound = ModelEntry(
+            TINY_AUDIO_NAME,
+            "tiny",
+            str(settings.tiny_model_dir().parent / TINY_AUDIO_NAME),
+            {"layout": "ltx2"},
+        )
+        entries: dict[str, ModelEntry] = {TINY_NAME: builtin, TINY_AUDIO_NAME: sound}
         aliases: dict[str, str] = {}
         if settings.models is not None:
             file_entries, aliases = load_models_file(settings.models)
@@ -281,6 +295,35 @@ class ModelRegistry:
             price_per_step_second=options.price_per_step_second,
             max_job_seconds=options.max_job_seconds,
         )
+
+    def preview_every(self, name: str) -> int | None:
+        """Steps between previews of the model that serves `name` (None: by time; 0: none)."""
+        return self._options[self.served_by(name)].preview_every
+
+    def parallel(self, name: str) -> options_.ParallelOptions | None:
+        """How the model that serves `name` splits over a worker group; None: one device."""
+        return self._options[self.served_by(name)].parallel
+
+    def check_split(self, resolved: ResolvedModel, params: VideoParams) -> None:
+        """`InvalidRequest` (400, at submit) when the entry splits each step over a worker
+        group's ranks and this request's token sequence does not divide over them."""
+        plan = self.parallel(resolved.served_by)
+        if plan is None or not isinstance(resolved.backend, SplitsSequences):
+            return
+        lengths = resolved.backend.sequence_lengths(params)
+        refusal = parallel.sequence_refusal(
+            resolved.public_name, plan, params.size, params.duration, lengths or ()
+        )
+        if refusal is not None:
+            raise errors.InvalidRequest(refusal, param="size")
+
+    def parallel_entries(self) -> dict[str, options_.ParallelOptions]:
+        """Every configured entry with a `parallel` table, by name."""
+        return {
+            name: options.parallel
+            for name, options in self._options.items()
+            if options.parallel is not None
+        }
 
     def schema(self, name: str) -> type[VideoParams]:
         """`VideoParams` for `sora-2-pro` whatever serves it, else the backend's own schema."""
@@ -492,12 +535,17 @@ def _check_entry(
 
 
 def tiny_backend(spec: BackendSpec) -> VideoBackend:
-    """The `tiny` kind: a random-weight Wan pipeline built on first use."""
+    """The `tiny` kind: a random-weight Wan pipeline (or LTX-2, with sound) built on first use."""
     options = spec.options
     assert isinstance(options, options_.TinyOptions)
-    return TinyBackend(
-        Path(str(spec.entry.path)), name=spec.entry.name, device=options.device, seed=options.seed
-    )
+    path = Path(str(spec.entry.path))
+    if options.layout == "ltx2":
+        # Typed as its base, as `families.create_backend` returns LTX-2 backends.
+        sound: DiffusersBackend = TinySoundBackend(
+            path, name=spec.entry.name, device=options.device, seed=options.seed
+        )
+        return sound
+    return TinyBackend(path, name=spec.entry.name, device=options.device, seed=options.seed)
 
 
 def diffusers_backend(spec: BackendSpec) -> VideoBackend:

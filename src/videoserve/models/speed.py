@@ -20,10 +20,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from videoserve.models.backends.diffusion import RuntimeOptions
+from videoserve.models.options import RuntimeOptions
 
 log = logging.getLogger("videoserve.models")
 

@@ -34,7 +34,7 @@ job_id: ContextVar[str | None] = ContextVar("videoserve_job_id", default=None)
 REQUEST_ID_HEADER = "x-request-id"
 _HEADER = REQUEST_ID_HEADER.encode()  # ASGI header names are bytes; encoded once, not per header
 # A client's id is echoed and logged, so only a short token of safe characters is taken.
-_ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}\Z")  # `\Z`: no final newline
 
 LogFormat = Literal["text", "json"]
 
@@ -147,6 +147,11 @@ def quiet_model_libraries() -> None:
     global _libraries_quieted
     if not _quiet_libraries or _libraries_quieted:
         return
+    import torch  # noqa: F401  # its import resets the "torch" logger to WARNING: set it after
+
+    # Before diffusers' import, which imports torchao where installed: its enums make torch
+    # warn once each ("... is an Enum subclass ...").
+    logging.getLogger("torch").setLevel(logging.ERROR)
     import diffusers.utils.logging
     import transformers.utils.logging
 

@@ -6,10 +6,11 @@ Two kinds of numbers:
   `Observer` hooks after each commit): jobs finished by terminal state, credits charged and
   refunded, queue time (at a job's first claim) and inference time (at completion). Each
   process counts its own; Prometheus sums the processes it scrapes. `videoserve worker` serves
-  its own on `VIDEOSERVE_WORKER_METRICS_PORT`.
-- State read from the job database at scrape time by a custom collector: queue depth and
-  running jobs per model, and live workers. These are global, so any API process gives the
-  same answer.
+  its own on `VIDEOSERVE_WORKER_METRICS_PORT` (`worker.probes`).
+- State read from the job database at scrape time by a custom collector: queue depth, demand,
+  the oldest queued job's age and running jobs per model, live workers, and per model the
+  workers with it loaded (`jobs.scaling`, which `GET /v1/admin/scaling` reads too). These are
+  global, so any API process gives the same answer.
 
 Multiprocess mode: with `PROMETHEUS_MULTIPROC_DIR` set in the environment of every process on
 a host (an empty folder, cleared before start-up), counters and histograms are written to
@@ -30,16 +31,20 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from videoserve.jobs import ledger
+from videoserve import clock
+from videoserve.jobs import ledger, scaling
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
 from videoserve.jobs.store import JobStore, Observer
+from videoserve.jobs.workers import WorkerRegistry
 
 log = logging.getLogger("videoserve.metrics")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 QUEUE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
+# A tiny model loads in a fraction of a second, a 14B one from a network disk in minutes.
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 
 
 @dataclass
@@ -47,7 +52,10 @@ class _Snapshot:
     """What the database said at the last scrape."""
 
     queued: dict[str, int] = field(default_factory=dict)
+    demand: dict[str, int] = field(default_factory=dict)  # queued, not low priority
     running: dict[str, int] = field(default_factory=dict)
+    oldest: dict[str, float] = field(default_factory=dict)  # seconds the oldest queued waits
+    warm: dict[str, int] = field(default_factory=dict)  # live workers with the model loaded
     workers: int | None = None
 
 
@@ -68,11 +76,32 @@ class _DatabaseCollector(Collector):
         running = GaugeMetricFamily(
             "videoserve_jobs_running", "Jobs PROCESSING, per model", labels=["model"]
         )
-        for model in sorted({*self.models, *snapshot.queued, *snapshot.running}):
+        demand = GaugeMetricFamily(
+            "videoserve_queue_demand",
+            "Jobs waiting for a worker, per model, low priority (X-Queue-Priority) left out",
+            labels=["model"],
+        )
+        oldest = GaugeMetricFamily(
+            "videoserve_queue_oldest_seconds",
+            "Age of the oldest QUEUED job, per model (0 when none)",
+            labels=["model"],
+        )
+        warm = GaugeMetricFamily(
+            "videoserve_workers_warm",
+            "Live workers with the model loaded now, per model",
+            labels=["model"],
+        )
+        for model in sorted({*self.models, *snapshot.queued, *snapshot.running, *snapshot.warm}):
             queued.add_metric([model], snapshot.queued.get(model, 0))
             running.add_metric([model], snapshot.running.get(model, 0))
+            demand.add_metric([model], snapshot.demand.get(model, 0))
+            oldest.add_metric([model], snapshot.oldest.get(model, 0.0))
+            warm.add_metric([model], snapshot.warm.get(model, 0))
         yield queued
         yield running
+        yield demand
+        yield oldest
+        yield warm
         if snapshot.workers is not None:
             yield GaugeMetricFamily(
                 "videoserve_workers_live",
@@ -118,6 +147,21 @@ class Metrics(Observer):
             buckets=INFERENCE_BUCKETS,
             registry=own,
         )
+        # Loads by this process's worker (preloads and cold starts; not failed ones): with
+        # warm routing, how often a worker still pays for a model it did not have.
+        self.model_loads = Counter(
+            "videoserve_model_loads",
+            "Model loads by this process's worker (preloads and cold starts), per model",
+            ["model"],
+            registry=own,
+        )
+        self.model_load_time = Histogram(
+            "videoserve_model_load_seconds",
+            "Seconds each model load took in this process's worker, per model",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=own,
+        )
         self._database = _DatabaseCollector(models)
         if own is not None:
             own.register(self._database)
@@ -142,14 +186,27 @@ class Metrics(Observer):
         elif kind == "refund":
             self.credits_refunded.inc(amount)
 
+    def model_loaded(self, model: str, seconds: float) -> None:
+        """The worker loaded `model` in `seconds` (called from its model threads)."""
+        self.model_loads.labels(model).inc()
+        self.model_load_time.labels(model).observe(seconds)
+
     # --- exposition --------------------------------------------------------------------------
-    async def refresh(self, store: JobStore, worker_stale_after: float) -> None:
+    async def refresh(
+        self, store: JobStore, workers: WorkerRegistry, worker_stale_after: float
+    ) -> None:
         """Read the database-backed gauges for the next render."""
-        counts = await store.count_active()
-        snapshot = _Snapshot(workers=await store.count_live_workers(worker_stale_after))
-        for (model, status), n in counts.items():
-            target = snapshot.queued if status == Status.QUEUED.value else snapshot.running
-            target[model] = n
+        queues = await scaling.queue_states(store.database)
+        counts = await scaling.worker_counts(store.database, worker_stale_after)
+        snapshot = _Snapshot(workers=await workers.count_live(worker_stale_after))
+        now = clock.now()
+        for model, queue in queues.items():
+            snapshot.queued[model] = queue.queued
+            snapshot.demand[model] = queue.demand
+            snapshot.running[model] = queue.running
+            if queue.oldest_queued_at is not None:
+                snapshot.oldest[model] = max(0.0, now - queue.oldest_queued_at)
+        snapshot.warm = {model: n.warm for model, n in counts.items() if n.warm}
         self._database.snapshot = snapshot
 
     def forget_database(self) -> None:
@@ -169,20 +226,6 @@ class Metrics(Observer):
         multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_dir))
         registry.register(self._database)
         return registry
-
-    def serve(self, host: str, port: int) -> Callable[[], None]:
-        """Serve /metrics over HTTP from a thread (for `videoserve worker`); returns a stop."""
-        from prometheus_client import start_http_server
-
-        server, thread = start_http_server(port, addr=host, registry=self._exposition_registry())
-        log.info("metrics on http://%s:%d/metrics", host, port)
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-
-        return stop
 
 
 def models_of(names: Iterable[str], served_by: Callable[[str], str]) -> list[str]:

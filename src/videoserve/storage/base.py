@@ -7,6 +7,7 @@ which one they hold.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -24,9 +25,33 @@ class BlobNotFound(errors.VideoserveError, KeyError):
         return self.message
 
 
+# A write that found no room: the filesystem is full, or the user's disk quota is spent.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """True when `exc`, or what it was raised from (as a traceback shows the chain), is a
+    write that found no space: `StorageFull`, or an `OSError` with ENOSPC or EDQUOT (PyAV's
+    and Pillow's errors are `OSError`s too). Read from the errno, never from the message."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, errors.StorageFull):
+            return True
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            return True
+        seen.add(id(exc))
+        exc = (
+            exc.__cause__
+            if exc.__cause__ is not None
+            else (None if exc.__suppress_context__ else exc.__context__)
+        )
+    return False
+
+
 @runtime_checkable
 class BlobStore(Protocol):
-    """Object storage for outputs. Every write is atomic: readers see all of an object or none."""
+    """Object storage for outputs. Every write is atomic: readers see all of an object or none,
+    and a write that finds no space raises `errors.StorageFull` with nothing left behind."""
 
     async def put_file(self, key: str, source: Path, content_type: str) -> None:
         """Store a copy of the file `source` under `key`, replacing any previous object."""

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from videoserve.storage.base import BlobNotFound
+from videoserve import errors
+from videoserve.storage.base import NO_SPACE_ERRNOS, BlobNotFound
+
+log = logging.getLogger("videoserve.storage")
 
 # Temporary files start with a dot, and keys may not, so a half-written temp file can never be
 # mistaken for an object (by exists, get_bytes or delete_prefix).
@@ -58,6 +62,18 @@ class LocalBlobStore:
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 
+    @contextlib.contextmanager
+    def _room(self) -> Iterator[None]:
+        """A write that finds the disk full raises `StorageFull`, whose message (shown to API
+        callers) names no path; the log says which folder it was, for the operator."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in NO_SPACE_ERRNOS:
+                raise
+            log.error("storage full: no space left under %s (%s)", self.root, exc.strerror)
+            raise errors.StorageFull() from exc
+
     async def put_file(self, key: str, source: Path, content_type: str) -> None:
         target = self._path(key)
         source = Path(source)
@@ -66,7 +82,8 @@ class LocalBlobStore:
             with source.open("rb") as src:
                 shutil.copyfileobj(src, out, length=1024 * 1024)
 
-        await asyncio.to_thread(_write_atomic, target, copy)
+        with self._room():
+            await asyncio.to_thread(_write_atomic, target, copy)
 
     def prepare_move(self, source: Path) -> None:
         """fsync `source`: the data durable before it gets the object's name."""
@@ -83,20 +100,22 @@ class LocalBlobStore:
         most of the time between the encoder and the job's COMPLETED."""
         target = self._path(key)
         source = Path(source)
-        if prepared:
-            # On the event loop: a mkdir, a chmod and a rename are metadata changes the kernel
-            # makes in memory (journalled later), a few tens of microseconds; the trip to a
-            # thread and back cost the worker several times that on every job.
-            moved = _rename_in(source, target)
-        else:
-            moved = await asyncio.to_thread(_rename_durably, source, target)
+        with self._room():
+            if prepared:
+                # On the event loop: a mkdir, a chmod and a rename are metadata changes the
+                # kernel makes in memory (journalled later), a few tens of microseconds; the
+                # trip to a thread and back cost the worker several times that on every job.
+                moved = _rename_in(source, target)
+            else:
+                moved = await asyncio.to_thread(_rename_durably, source, target)
         if not moved:
             await self.put_file(key, source, content_type)
             await asyncio.to_thread(source.unlink)
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         target = self._path(key)
-        await asyncio.to_thread(_write_atomic, target, lambda out: out.write(data))
+        with self._room():
+            await asyncio.to_thread(_write_atomic, target, lambda out: out.write(data))
 
     async def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
@@ -150,7 +169,8 @@ class LocalBlobStore:
 
 
 def _write_atomic(target: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through a temporary sibling, fsync it, then rename it over `target`."""
+    """Write through a temporary sibling, fsync it, then rename it over `target`; on any
+    error (a full disk) the temporary file is removed: no partial object is ever left."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f"{_TEMP_PREFIX}{target.name}.")
     tmp = Path(name)

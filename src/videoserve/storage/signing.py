@@ -12,6 +12,9 @@ import base64
 import hashlib
 import hmac
 
+from videoserve import clock
+from videoserve.storage.base import BlobStore
+
 
 class UrlSigner:
     """Signs and verifies `(key, expires_at)` pairs with HMAC-SHA256."""
@@ -34,3 +37,16 @@ class UrlSigner:
         expected = self.sign(key, expires_at).encode("ascii")
         # Compare bytes: compare_digest rejects non-ASCII str, and a URL can carry anything.
         return hmac.compare_digest(expected, signature.encode("utf-8", "surrogatepass"))
+
+
+async def file_url(
+    blobs: BlobStore, signer: UrlSigner, base: str, key: str, expires_at: float
+) -> str:
+    """An absolute URL for a stored file that needs no API key and dies with the retention:
+    the store's presigned URL, else our own signed `/files/` link. Every link the server
+    hands out (answers and webhook events) is made here."""
+    presigned = await blobs.presigned_get_url(key, max(1.0, expires_at - clock.now()))
+    if presigned:
+        return presigned
+    expires = int(expires_at)
+    return f"{base}/files/{key}?expires={expires}&signature={signer.sign(key, expires)}"

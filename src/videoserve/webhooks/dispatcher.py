@@ -18,14 +18,15 @@ import logging
 import random
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 import httpx_secure
 
-from videoserve.jobs import clock
+from videoserve import clock
 from videoserve.jobs.records import Job
 from videoserve.jobs.store import FINISHED_TOPIC, JobStore
+from videoserve.resolver import Resolver
+from videoserve.settings import Settings
 from videoserve.storage.base import BlobStore
 from videoserve.storage.signing import UrlSigner
 from videoserve.webhooks import events, urls
@@ -51,31 +52,20 @@ class WebhookDispatcher:
     """Emits and delivers webhook events until stopped; see the module docstring."""
 
     def __init__(
-        self,
-        settings: Any,
-        store: JobStore,
-        *,
-        blobs: BlobStore,
-        signer: UrlSigner,
-        retry_seconds: float | None = None,
-        backoff_base_seconds: float | None = None,
-        timeout_seconds: float | None = None,
-        progress_interval_seconds: float | None = None,
+        self, settings: Settings, store: JobStore, *, blobs: BlobStore, signer: UrlSigner
     ) -> None:
         self.settings = settings
         self.store = store
         self.blobs = blobs
         self.signer = signer
         self.webhook_store = WebhookStore(store.database)
-        self.retry_seconds = _tunable(retry_seconds, settings, "webhook_retry_seconds", 3600.0)
-        self.backoff_base = _tunable(
-            backoff_base_seconds, settings, "webhook_backoff_base_seconds", 1.0
-        )
-        self.timeout = _tunable(timeout_seconds, settings, "webhook_timeout_seconds", 10.0)
-        self.progress_interval = _tunable(
-            progress_interval_seconds, settings, "webhook_progress_interval_seconds", 5.0
-        )
-        self.allow_private = bool(getattr(settings, "allow_private_urls", False))
+        self.retry_seconds = settings.webhook_retry_seconds
+        self.backoff_base = settings.webhook_backoff_base_seconds
+        self.timeout = settings.webhook_timeout_seconds
+        self.progress_interval = settings.webhook_progress_interval_seconds
+        self.allow_private = settings.allow_private_urls
+        # Webhook hosts, at registration, submit and every attempt: a channel of their own.
+        self.resolver = Resolver(settings.resolve_timeout_seconds)
         # Long enough for one whole attempt; a sender that dies is replaced after this.
         self.lease_seconds = 2 * self.timeout + 5.0
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -91,8 +81,8 @@ class WebhookDispatcher:
     # --- the loop ----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Emit and deliver until `stop` is set; attempts in flight then finish."""
-        poll = float(self.settings.poll_interval_seconds)
-        prune_every = float(getattr(self.settings, "sweep_interval_seconds", 30.0))
+        poll = self.settings.poll_interval_seconds
+        prune_every = self.settings.sweep_interval_seconds
         last_prune = 0.0
         async with urls.delivery_client(
             timeout=self.timeout, allow_private=self.allow_private
@@ -253,7 +243,9 @@ class WebhookDispatcher:
         error: str | None = None
         try:
             async with asyncio.timeout(self.timeout):
-                target = await urls.admit(delivery.url, allow_private=self.allow_private)
+                target = await urls.admit(
+                    delivery.url, allow_private=self.allow_private, resolver=self.resolver
+                )
                 secret = await self.webhook_store.secret(delivery.api_key_id)
                 headers = events.signed_headers(
                     secret, delivery.event_id, delivery.payload, datetime.now(UTC)
@@ -283,15 +275,8 @@ class WebhookDispatcher:
     # --- housekeeping ------------------------------------------------------------------------
     async def prune(self) -> int:
         """Forget events once their job is gone and their retries are long over."""
-        keep = max(float(self.settings.retention_seconds), self.retry_seconds) + 3600.0
+        keep = max(self.settings.retention_seconds, self.retry_seconds) + 3600.0
         pruned = await self.webhook_store.prune(clock.now() - keep)
         if pruned:
             log.info("webhooks: pruned %d old events", pruned)
         return pruned
-
-
-def _tunable(override: float | None, settings: Any, name: str, default: float) -> float:
-    """A constructor override, else the setting, else the default."""
-    if override is not None:
-        return float(override)
-    return float(getattr(settings, name, default))

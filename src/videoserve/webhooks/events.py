@@ -20,6 +20,7 @@ import standardwebhooks
 from videoserve import errors
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
+from videoserve.storage import signing
 from videoserve.storage.base import BlobStore
 from videoserve.storage.signing import UrlSigner
 
@@ -76,19 +77,6 @@ def _unix(ts: float | None) -> int | None:
     return int(ts) if ts else None
 
 
-async def output_url(
-    blobs: BlobStore, signer: UrlSigner, base: str, key: str, expires_at: float
-) -> str:
-    """The same link `api.views.blob_url` gives: presigned by the store, else HMAC-signed."""
-    presigned = await blobs.presigned_get_url(
-        key, max(1.0, expires_at - datetime.now(UTC).timestamp())
-    )
-    if presigned:
-        return presigned
-    expires = int(expires_at)
-    return f"{base}/files/{key}?expires={expires}&signature={signer.sign(key, expires)}"
-
-
 async def video_data(job: Job, blobs: BlobStore, signer: UrlSigner, base: str) -> dict[str, Any]:
     """`data` of an event: the request as it stands, with signed links once it is COMPLETED."""
     data: dict[str, Any] = {
@@ -109,14 +97,17 @@ async def video_data(job: Job, blobs: BlobStore, signer: UrlSigner, base: str) -
     }
     result = job.result
     if job.status == Status.COMPLETED and job.expires_at and result is not None:
-        data["output"] = await output_url(blobs, signer, base, result.output_key, job.expires_at)
-        data["thumbnail"] = await output_url(
+        data["output"] = await signing.file_url(
+            blobs, signer, base, result.output_key, job.expires_at
+        )
+        data["thumbnail"] = await signing.file_url(
             blobs, signer, base, result.thumbnail_key, job.expires_at
         )
         data["served_by"] = result.served_by
         data["has_audio"] = result.has_audio
         data["audio_sample_rate"] = result.audio_sample_rate
         data["audio_codec"] = result.audio_codec
+        data["metrics"] = {"parallel": result.parallel}
     return data
 
 

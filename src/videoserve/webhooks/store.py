@@ -16,8 +16,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from videoserve.jobs import clock, schema
-from videoserve.jobs.database import Database
+from videoserve import clock
+from videoserve.db.database import Database
+from videoserve.jobs import listing, schema
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
 from videoserve.webhooks import events
@@ -167,15 +168,7 @@ class WebhookStore:
         """Whether any finished job has its own webhook URL (one seek of their partial index,
         in the loop on SQLite): when none has, and no endpoint exists, nothing awaits an
         event."""
-        query = (
-            sa.select(jobs.c.id)
-            .where(
-                jobs.c.webhook_url.is_not(None),
-                jobs.c.status.in_(_FINISHED),
-            )
-            .limit(1)
-        )
-        return await self.database.first(query) is not None
+        return await listing.any_finished_with_own_webhook(self.database)
 
     async def jobs_awaiting_final_event(
         self, limit: int = 100, *, endpoints: bool = True

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from videoserve.jobs.database import Migrations
+from videoserve.db.database import Migrations
 from videoserve.jobs.schema import metadata
 
 webhook_secrets = sa.Table(

@@ -4,20 +4,20 @@ A webhook makes this server POST to an address a user chose, which is the same S
 fetching `input_reference`, so the same rules apply (`videoserve.media.fetch`): only public
 addresses unless `allow_private_urls`, checked before connecting (a refused host gets no
 packet) and again by `httpx-secure` on the address actually connected to (DNS rebinding).
-Redirects are not followed: a 3xx is a failed attempt.
+Redirects are not followed: a 3xx is a failed attempt. Host names are resolved by the
+caller's `Resolver` (a deadline, no shared thread pool: see `videoserve.resolver`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 
 import httpx
 import httpx_secure
 
 from videoserve import errors
 from videoserve.media.fetch import is_public_address
+from videoserve.resolver import Resolver, Unresolvable
 
 PARAM = "webhook"
 MAX_URL_CHARS = 2048
@@ -48,18 +48,16 @@ def parse_url(url: str) -> httpx.URL:
     return parsed
 
 
-async def check_public_host(host: str, port: int) -> None:
+async def check_public_host(host: str, port: int, resolver: Resolver) -> None:
     """Raise `Refused` unless every address `host` resolves to is public."""
     bare = host.strip("[]")
     if _is_ip(bare):
         addresses = [bare]
     else:
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise Refused(f"host {host!r} could not be resolved") from exc
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+            addresses = await resolver.addresses(bare, port)
+        except Unresolvable as exc:
+            raise Refused(str(exc)) from exc
     for address in addresses:
         if not is_public_address(address):
             via = "" if bare == address else f" ({host} resolves to it)"
@@ -79,12 +77,13 @@ def _port(url: httpx.URL) -> int:
 
 
 async def validate_webhook_url(
-    url: str | None, *, allow_private: bool, param: str = PARAM
+    url: str | None, *, allow_private: bool, resolver: Resolver, param: str = PARAM
 ) -> str | None:
     """The webhook URL to store, or None when none was given.
 
     `errors.InvalidRequest` (a 400) for a URL that is not http(s), or whose host is not a
-    public address while private URLs are not allowed. Call it before the job is submitted.
+    public address (or does not resolve within the resolver's timeout) while private URLs are
+    not allowed. Call it before the job is submitted.
     """
     if url is None:
         return None
@@ -94,10 +93,25 @@ async def validate_webhook_url(
         raise errors.InvalidRequest(f"webhook URL {exc}", param=param) from None
     if not allow_private:
         try:
-            await check_public_host(parsed.host, _port(parsed))
+            await check_public_host(parsed.host, _port(parsed), resolver)
         except Refused as exc:
             raise errors.InvalidRequest(f"webhook URL refused: {exc}", param=param) from None
     return str(parsed)
+
+
+class WebhookUrls:
+    """A caller's webhook URLs checked under this server's rule (private addresses allowed or
+    not), through the dispatcher's resolver: what the submit and endpoint routes need."""
+
+    def __init__(self, *, allow_private: bool, resolver: Resolver) -> None:
+        self._allow_private = allow_private
+        self._resolver = resolver
+
+    async def check(self, url: str | None, *, param: str = PARAM) -> str | None:
+        """`validate_webhook_url` under this server's rule."""
+        return await validate_webhook_url(
+            url, allow_private=self._allow_private, resolver=self._resolver, param=param
+        )
 
 
 def delivery_client(*, timeout: float, allow_private: bool) -> httpx.AsyncClient:
@@ -113,12 +127,12 @@ def delivery_client(*, timeout: float, allow_private: bool) -> httpx.AsyncClient
     )
 
 
-async def admit(url: str, *, allow_private: bool) -> httpx.URL:
+async def admit(url: str, *, allow_private: bool, resolver: Resolver) -> httpx.URL:
     """The parsed URL of one attempt; `Refused` when it may not be contacted now."""
     try:
         parsed = parse_url(url)
     except ValueError as exc:
         raise Refused(f"URL {exc}") from None
     if not allow_private:
-        await check_public_host(parsed.host, _port(parsed))
+        await check_public_host(parsed.host, _port(parsed), resolver)
     return parsed

@@ -16,8 +16,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from videoserve.jobs import phases
+from videoserve.jobs.phases import Phase
 from videoserve.jobs.records import Job, Lease
-from videoserve.jobs.store import JobStore
+from videoserve.jobs.store import JobStore, LiveState
 from videoserve.settings import Settings
 
 log = logging.getLogger("videoserve.worker")
@@ -27,10 +29,48 @@ log = logging.getLogger("videoserve.worker")
 class Signals:
     """Shared between the model thread, the heartbeat and the stages."""
 
-    progress: int = 0
+    progress: int = 0  # the whole job's (`phases.progress`), never lower than it was
     stop: threading.Event = field(default_factory=threading.Event)
     stop_reason: str | None = None  # "cancelled", "lease lost", "timeout" or "draining"
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    phase: Phase | None = None
+    step: int | None = None
+    steps: int | None = None
+    preview_step: int | None = None  # the step of the latest preview stored
+    loop: asyncio.AbstractEventLoop | None = None  # set by the attempt: wakes its reporter
+    # Ends the job's previews (waits for one being stored, then deletes it); set by the model
+    # stage when the job has previews.
+    end_previews: Callable[[], Awaitable[None]] | None = None
+
+    def enter(self, phase: Phase) -> None:
+        """The job moved on to `phase` (from any thread)."""
+        self.phase = phase
+        if phase != Phase.DENOISING:
+            self.step = self.steps = None
+        self._advanced(phases.progress(phase))
+
+    def stepped(self, step: int, steps: int) -> None:
+        """Denoising step `step` of `steps` is done (from the model's thread); after the last
+        one the VAE decode follows."""
+        self.phase, self.step, self.steps = Phase.DENOISING, step, steps
+        self._advanced(phases.progress(Phase.DENOISING, step, steps))
+        if step >= steps:
+            self.enter(Phase.DECODING)
+
+    def previewed(self, step: int) -> None:
+        self.preview_step = step
+        self._wake()
+
+    def live(self) -> LiveState:
+        return LiveState(self.phase, self.step, self.steps, self.preview_step)
+
+    def _advanced(self, progress: int) -> None:
+        self.progress = max(self.progress, progress)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.changed.set)
 
     def request_stop(self, reason: str) -> None:
         """Stop the model at its next step; the first reason given is the one that counts."""
@@ -49,7 +89,7 @@ class Attempt:
         self.lease = lease
         self.time_limit = time_limit
         self.started = time.time()
-        self.signals = Signals()
+        self.signals = Signals(loop=asyncio.get_running_loop())
         self._store = store
         self._settings = settings
         self._reporter = asyncio.create_task(self._report(), name=f"lease-{job.id}")
@@ -68,12 +108,13 @@ class Attempt:
         with contextlib.suppress(asyncio.CancelledError):
             await self._reporter
 
-    async def hand_back(self) -> None:
-        """Give the job back to the queue without spending an attempt (shutting down)."""
+    async def hand_back(self, why: str = "worker shutting down") -> None:
+        """Give the job back to the queue without spending an attempt (shutting down, or
+        the worker group lost a rank)."""
         self.signals.request_stop("draining")
         with contextlib.suppress(Exception):
             await asyncio.shield(self._store.release(self.lease))
-        log.warning("job %s handed back to the queue (worker shutting down)", self.job.id)
+        log.warning("job %s handed back to the queue (%s)", self.job.id, why)
 
     async def check_in(self) -> None:
         """Heartbeat now, so a cancel or a takeover committed before this call is seen.
@@ -115,22 +156,28 @@ class Attempt:
     async def _report(self) -> None:
         """Heartbeat every third of a lease, and write progress as it changes (throttled)."""
         signals, settings = self.signals, self._settings
-        reported = -1
+        reported: tuple[int, LiveState] | None = None
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.heartbeat_seconds):
                     await signals.changed.wait()
             signals.changed.clear()
-            progress = signals.progress if signals.progress != reported else None
+            now = (signals.progress, signals.live())
+            changed = now != reported
             try:
-                beat = await self._store.heartbeat(self.lease, settings.lease_seconds, progress)
+                beat = await self._store.heartbeat(
+                    self.lease,
+                    settings.lease_seconds,
+                    now[0] if changed else None,
+                    now[1] if changed else None,
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep the model running; the next beat may get through
                 log.warning("job %s: heartbeat failed: %s", self.lease.job_id, exc)
                 continue
-            if progress is not None:
-                reported = progress
+            if changed:
+                reported = now
             if not beat.alive:
                 signals.request_stop("lease lost")
                 return

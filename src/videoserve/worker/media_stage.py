@@ -8,20 +8,27 @@ attempt that lost its lease can upload but never replace a newer attempt's resul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import errno
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from videoserve.jobs.failures import STORAGE_FULL_MESSAGE, Failure, FailureCode
+from videoserve.jobs.phases import Phase
 from videoserve.jobs.records import JobResult, Lease
-from videoserve.jobs.service import job_blob_prefix
 from videoserve.media.encode import choose_encoder, encode_mp4, write_thumbnail
 from videoserve.media.probe import VideoInfo
 from videoserve.models.backends.base import GeneratedVideo
+from videoserve.services.jobs import job_blob_prefix
 from videoserve.settings import Settings
-from videoserve.storage.base import BlobStore
+from videoserve.storage.base import BlobStore, out_of_space
+
+log = logging.getLogger("videoserve.worker")
 
 
 @dataclass(frozen=True)
@@ -30,10 +37,28 @@ class ProducedVideo:
 
     video: GeneratedVideo
     inference_time: float
+    load_time: float = 0.0  # seconds its model's weights took to load for this job
+    parallel: dict[str, int] | None = None  # a worker group's split (`metrics.parallel`)
 
 
 class MediaStageError(Exception):
-    """Encoding or storing the video failed (not the model): the job fails as media_error."""
+    """Encoding or storing the video failed (not the model): the job fails with `failure`,
+    `media_error` or `storage_full`, whose message names no server path."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def media_failure(exc: BaseException) -> Failure:
+    """What a job fails with when its media stage raised `exc`. No path in the message: it
+    is shown to the job's owner, and an `OSError`'s text ends with the file it was about."""
+    if out_of_space(exc):
+        return Failure(FailureCode.STORAGE_FULL, STORAGE_FULL_MESSAGE)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        reason = exc.strerror or errno.errorcode.get(exc.errno, str(exc.errno))
+        return Failure(FailureCode.MEDIA_ERROR, f"media error: {type(exc).__name__}: {reason}")
+    return Failure(FailureCode.MEDIA_ERROR, f"media error: {type(exc).__name__}: {exc}")
 
 
 class MediaStage:
@@ -51,6 +76,7 @@ class MediaStage:
         produced: ProducedVideo,
         lease: Lease,
         go_ahead: Callable[[], Awaitable[bool]] | None = None,
+        on_phase: Callable[[Phase], None] | None = None,
     ) -> JobResult | None:
         """Encode the MP4 and its thumbnail and store both under the attempt's prefix.
 
@@ -58,9 +84,16 @@ class MediaStage:
         the frames encode, not before: its database round trip was on every job's critical
         path. When it says no, nothing is stored and the answer is None."""
         try:
-            return await self._store(produced, lease, go_ahead)
+            return await self._store(produced, lease, go_ahead, on_phase or _ignore)
         except Exception as exc:
-            raise MediaStageError(f"media error: {type(exc).__name__}: {exc}") from exc
+            failure = media_failure(exc)
+            if failure.code == FailureCode.STORAGE_FULL:
+                log.error("job %s: no space left to store its video: %s", lease.job_id, exc)
+            # The thumbnail may be stored already (the video's move failed): a failed
+            # attempt leaves no files.
+            with contextlib.suppress(Exception):
+                await self.discard(lease)
+            raise MediaStageError(failure) from exc
 
     async def discard(self, lease: Lease) -> None:
         """Delete an attempt's files: its lease was taken over, so they must not outlive it."""
@@ -71,8 +104,10 @@ class MediaStage:
         produced: ProducedVideo,
         lease: Lease,
         go_ahead: Callable[[], Awaitable[bool]] | None,
+        on_phase: Callable[[Phase], None],
     ) -> JobResult | None:
         video, blobs = produced.video, self._blobs
+        on_phase(Phase.ENCODING_VIDEO)
         self._scratch.mkdir(parents=True, exist_ok=True)
         # Named by the attempt, not in a folder of their own: a scratch folder made and
         # removed per job cost the critical path half a millisecond.
@@ -105,6 +140,8 @@ class MediaStage:
                 if not wanted:
                     return None
             prefix = attempt_prefix(lease)
+            on_phase(Phase.STORING)
+            stored_from = time.perf_counter()
             await asyncio.gather(
                 blobs.move_file(prefix + "thumbnail.jpg", thumb_path, "image/jpeg", prepared=True),
                 blobs.move_file(prefix + "video.mp4", video_path, "video/mp4", prepared=True),
@@ -128,8 +165,11 @@ class MediaStage:
             audio_codec=info.audio_codec,
             seed=getattr(video, "seed", None),
             segments=getattr(video, "segments", 1),
+            load_time=round(produced.load_time, 4),
             inference_time=round(produced.inference_time, 4),
             encode_time=round(encode_time, 4),
+            store_time=round(time.perf_counter() - stored_from, 4),
+            parallel=produced.parallel,
         )
 
 
@@ -164,6 +204,10 @@ def _encode(
     finally:
         thumb_ready.result()  # before the caller moves it, or deletes it after a failure
     return info, encode_time
+
+
+def _ignore(phase: Phase) -> None:
+    pass
 
 
 def attempt_prefix(lease: Lease) -> str:

@@ -15,7 +15,12 @@ from videoserve import errors
 from videoserve.jobs.inputs import InputKind, JobInputs, Operation
 from videoserve.media.video_input import VideoLimits, decode_video
 from videoserve.models.backends import continuation
-from videoserve.models.backends.base import GeneratedVideo, ProgressCallback, StopCheck
+from videoserve.models.backends.base import (
+    GeneratedVideo,
+    PreviewSink,
+    ProgressCallback,
+    StopCheck,
+)
 from videoserve.models.params import VideoParams
 from videoserve.storage.base import BlobStore
 
@@ -26,6 +31,7 @@ class SourceOperation:
 
     inputs: JobInputs
     source: continuation.SourceVideo
+    limits: VideoLimits | None = None  # the stitched output's cap, checked before allocating
 
     def run(
         self,
@@ -33,12 +39,18 @@ class SourceOperation:
         params: VideoParams,
         on_progress: ProgressCallback,
         should_stop: StopCheck,
+        preview: PreviewSink | None = None,
     ) -> GeneratedVideo:
+        """Edits and extensions preview like a generation (one step loop for all)."""
         if self.inputs.operation == Operation.EXTEND:
-            return continuation.extend(backend, params, self.source, on_progress, should_stop)
+            return continuation.extend(
+                backend, params, self.source, on_progress, should_stop, self.limits, preview
+            )
         strength = self.inputs.strength
         strength = continuation.DEFAULT_STRENGTH if strength is None else strength
-        return continuation.edit(backend, params, self.source, strength, on_progress, should_stop)
+        return continuation.edit(
+            backend, params, self.source, strength, on_progress, should_stop, self.limits, preview
+        )
 
 
 async def load(inputs: JobInputs, blobs: BlobStore, limits: VideoLimits) -> SourceOperation | None:
@@ -53,6 +65,6 @@ async def load(inputs: JobInputs, blobs: BlobStore, limits: VideoLimits) -> Sour
         decode_video, data, limits, keep=lambda index: True, audio=True
     )
     source_video = continuation.SourceVideo(
-        decoded.kept, decoded.fps, decoded.audio, decoded.audio_sample_rate
+        decoded.kept, decoded.fps, decoded.audio, decoded.audio_sample_rate, decoded.seconds
     )
-    return SourceOperation(inputs, source_video)
+    return SourceOperation(inputs, source_video, limits)

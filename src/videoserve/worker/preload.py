@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +46,11 @@ class ModelLoad:
 class ModelLoads:
     """The loads of one worker, written from model threads and read by its announcements."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_load: Callable[[str, float], None] | None = None) -> None:
+        """`on_load(model, seconds)`: told of each load that succeeded (the metrics)."""
         self._lock = threading.Lock()
         self._loads: dict[str, ModelLoad] = {}
+        self._on_load = on_load
 
     def known(self, model: str) -> bool:
         with self._lock:
@@ -57,6 +59,8 @@ class ModelLoads:
     def record(self, load: ModelLoad) -> None:
         with self._lock:
             self._loads[load.model] = load
+        if self._on_load is not None and load.error is None:
+            self._on_load(load.model, load.seconds)
 
     def all(self) -> list[ModelLoad]:
         with self._lock:

@@ -33,14 +33,18 @@ from videoserve.jobs.workers import WorkerRegistry, WorkerState
 from videoserve.models.backends.base import Cancelled
 from videoserve.models.registry import ModelRegistry
 from videoserve.observability import logs
+from videoserve.observability.metrics import Metrics
 from videoserve.settings import Settings
 from videoserve.storage.base import BlobStore
 from videoserve.worker import preload
 from videoserve.worker.attempt import Attempt
+from videoserve.worker.group import GroupLost, WorkerGroup, check_plans
 from videoserve.worker.media_stage import MediaStage, ProducedVideo
 from videoserve.worker.model_stage import ModelStage, failure_of
 
 log = logging.getLogger("videoserve.worker")
+
+GROUP_LOSSES_PER_JOB = 3  # a job that loses the worker group this often fails (worker_lost)
 
 
 def default_worker_id() -> str:
@@ -58,41 +62,55 @@ class Worker:
         blobs: BlobStore,
         *,
         worker_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        """`metrics`: where its model loads are counted and timed (the process's /metrics)."""
         self.settings = settings
         self.store = store
         self.registry = registry
         self.blobs = blobs
         self.worker_id = worker_id or default_worker_id()
         self.served_by = registry.served_models(settings.worker_models or None)
+        # A group of ranks when VIDEOSERVE_WORKER_DEVICES lists several devices; its entries'
+        # splits are checked now, so a plan that cannot run stops the worker before it starts.
+        devices = settings.worker_devices
+        self.group = WorkerGroup(settings, devices) if len(devices) > 1 else None
+        self.served_by = check_plans(registry, self.served_by, self.group)
+        # With a group, one job at a time: a parallel job holds every device of the group.
+        self.concurrency = 1 if self.group is not None else settings.worker_concurrency
         # Checked here, so a mistyped VIDEOSERVE_PRELOAD stops the worker before it starts.
         self.preloading = preload.models_to_preload(registry, settings.preload, self.served_by)
-        self.loads = preload.ModelLoads()
+        self.loads = preload.ModelLoads(None if metrics is None else metrics.model_loaded)
         self.ready = False  # claims nothing until its preloads are done
         self.current: dict[str, Job] = {}
         self.completed = 0
         self.draining = False
         self.presence = WorkerRegistry(store.database)
-        self._models = ModelStage(settings, registry, blobs, self.loads)
+        self._models = ModelStage(settings, registry, blobs, self.loads, self.group)
         self._media = MediaStage(settings, blobs)
         self._news = asyncio.Event()  # something to announce before the next beat (ready)
+        self._idle_since = time.monotonic()  # when its last job ended (or it became ready)
+        self.exited = False  # run() has returned or raised: nothing claims jobs any more
+        self._group_losses: dict[str, int] = {}  # job id -> times the group was lost running it
 
     async def run(self, stop: asyncio.Event) -> None:
         """Preload, then work until `stop` is set; jobs in hand are finished first (drain)."""
         presence = asyncio.create_task(self._announce(stop), name="worker-presence")
         slots: list[asyncio.Task[None]] = []
+        concurrency = self.concurrency
         try:
             await self._preload()
             log.info(
-                "worker %s serving %s, %d at a time%s",
+                "worker %s serving %s, %d at a time%s%s",
                 self.worker_id,
                 ", ".join(self.served_by) or "nothing",
-                self.settings.worker_concurrency,
+                concurrency,
                 "" if self.settings.worker_pipeline else " (pipelining off)",
+                f", a group of {self.group.size} ranks" if self.group is not None else "",
             )
             slots = [
                 asyncio.create_task(self._slot(stop), name=f"worker-slot-{i}")
-                for i in range(self.settings.worker_concurrency)
+                for i in range(concurrency)
             ]
             await asyncio.gather(*slots)
         finally:
@@ -101,8 +119,28 @@ class Worker:
             # Let cancelled slots hand their jobs back before the worker disappears.
             await asyncio.gather(*slots, return_exceptions=True)
             presence.cancel()
+            if self.group is not None:
+                await asyncio.to_thread(self.group.stop)
+            self.exited = True
             with contextlib.suppress(Exception):
                 await self.presence.remove(self.worker_id)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether this worker's models are loaded, and the body a `/readyz` answers with:
+        `loading` while it preloads, `unavailable` when every model it was to serve failed."""
+        failed = self.loads.failed()
+        body: dict[str, Any] = {
+            "models_loaded": [load.to_json() for load in self.loads.in_memory(self.registry)],
+            "models_failed": [load.to_json() for load in failed],
+        }
+        if not self.ready:
+            loading = ", ".join(self.preloading)
+            return False, {"status": "loading", "error": f"loading models: {loading}"} | body
+        if not self.served_by:
+            names = ", ".join(load.model for load in failed)
+            error = f"no model to serve: every model failed to load ({names})"
+            return False, {"status": "unavailable", "error": error} | body
+        return True, {"status": "ready"} | body
 
     async def _preload(self) -> None:
         """Load VIDEOSERVE_PRELOAD's models, stop serving those that fail, then be ready."""
@@ -119,6 +157,7 @@ class Worker:
                 time.perf_counter() - begun,
             )
         self.ready = True
+        self._idle_since = time.monotonic()
         self._news.set()  # wake the presence loop: say "ready" now, not a beat later
 
     async def _announce(self, stop: asyncio.Event) -> None:
@@ -132,7 +171,7 @@ class Worker:
                         id=self.worker_id,
                         host=socket.gethostname(),
                         models=self.served_by,
-                        concurrency=self.settings.worker_concurrency,
+                        concurrency=self.concurrency,
                         current_jobs=sorted(self.current),
                         draining=self.draining,
                         ready=self.ready,
@@ -196,7 +235,7 @@ class Worker:
             return None  # every model this worker was meant to serve failed to load
         try:
             claimed = await self.store.claim(
-                self.worker_id, self.served_by, self.settings.lease_seconds
+                self.worker_id, self.served_by, self.settings.lease_seconds, self.warm_models()
             )
         except asyncio.CancelledError:
             raise
@@ -204,6 +243,17 @@ class Worker:
             log.exception("worker %s: claim failed; retrying", self.worker_id)
             return None
         return None if claimed is None else self._attempt(*claimed)
+
+    def warm_models(self) -> list[str]:
+        """The served models whose weights are in memory now (an adapter entry's: its base's),
+        which its claims prefer (warm routing, `JobStore.claim`)."""
+        return [model for model in self.served_by if self.registry.is_loaded(model)]
+
+    def idle_seconds(self) -> float:
+        """How long this worker has had no job in hand (0 while it has one, or preloads)."""
+        if self.current or not self.ready:
+            return 0.0
+        return time.monotonic() - self._idle_since
 
     def _attempt(self, job: Job, lease: Lease) -> Attempt:
         self.current[job.id] = job
@@ -214,7 +264,7 @@ class Worker:
         process claims for the waiting slot itself (a standing claim, see `jobs.handoff`):
         then the job it claimed, unless the worker is stopping (it goes back to the queue)."""
         offer = self.store.standing.stand_by(
-            self.worker_id, self.served_by, self.settings.lease_seconds
+            self.worker_id, self.served_by, self.settings.lease_seconds, self.warm_models()
         )
         # Woken at once by a submit in this process (or NOTIFY on PostgreSQL); the timeout
         # is the fallback poll for a worker in another process.
@@ -259,6 +309,25 @@ class Worker:
                 # hand the job back without spending an attempt, so another worker starts it.
                 await self._hand_back(attempt)
                 raise
+            except GroupLost as exc:
+                # A rank died or hung: not the job's fault. The group is stopped; the job goes
+                # back without spending an attempt, and the next parallel job restarts it.
+                # A job that loses the group every time (a rank the kernel kills for memory,
+                # say) fails after a few, rather than going round for ever.
+                job_id = attempt.job.id
+                self._group_losses[job_id] = self._group_losses.get(job_id, 0) + 1
+                if self._group_losses[job_id] < GROUP_LOSSES_PER_JOB:
+                    await self._hand_back(attempt, f"worker group lost: {exc}")
+                    return None
+                message = (
+                    f"worker lost: the worker group failed {GROUP_LOSSES_PER_JOB} times "
+                    f"running this job (last: {exc})"
+                )
+                failure = Failure(FailureCode.WORKER_LOST, message)
+                retention = self.settings.retention_seconds
+                await attempt.persist(lambda: self.store.fail(attempt.lease, failure, retention))
+                await self._close(attempt)
+                return None
             except Exception as exc:
                 await self._end_without_video(attempt, exc)
                 await self._close(attempt)
@@ -278,7 +347,9 @@ class Worker:
                     return attempt.signals.stop_reason is None
 
                 try:
-                    stored = await self._media.store(produced, lease, still_wanted)
+                    stored = await self._media.store(
+                        produced, lease, still_wanted, attempt.signals.enter
+                    )
                 except Exception as exc:
                     await self._end_without_video(attempt, exc)
                     return
@@ -324,10 +395,15 @@ class Worker:
             return
         await attempt.persist(lambda: self.store.fail(lease, failure, retention))
 
-    async def _hand_back(self, attempt: Attempt) -> None:
-        await attempt.hand_back()
+    async def _hand_back(self, attempt: Attempt, why: str = "worker shutting down") -> None:
+        await attempt.hand_back(why)
         await self._close(attempt)
 
     async def _close(self, attempt: Attempt) -> None:
         await attempt.close()
         self.current.pop(attempt.job.id, None)
+        self._idle_since = time.monotonic()
+        if attempt.signals.end_previews is not None:
+            # A preview lives while its job runs; the job has ended (or gone back to the queue).
+            with contextlib.suppress(Exception):
+                await attempt.signals.end_previews()

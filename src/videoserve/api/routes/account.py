@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from videoserve.api.deps import KeyDep, RuntimeDep
+from videoserve.api.deps import AccountsDep, KeyDep
 from videoserve.api.views import iso
 from videoserve.jobs import ledger
 from videoserve.jobs.records import Job
@@ -21,8 +21,8 @@ KeyParam = Annotated[
 
 
 @router.get("/account", summary="The key's credits: balance, spent, refunded")
-async def account(runtime: RuntimeDep, key: KeyDep, key_id: KeyParam = None) -> dict[str, Any]:
-    return _account_view(await runtime.accounts.account(key, key_id))
+async def account(accounts: AccountsDep, key: KeyDep, key_id: KeyParam = None) -> dict[str, Any]:
+    return _account_view(await accounts.account(key, key_id))
 
 
 def _account_view(account: ledger.Account) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def _account_view(account: ledger.Account) -> dict[str, Any]:
 
 @router.get("/requests", summary="Usage history: the key's requests, newest first")
 async def requests(
-    runtime: RuntimeDep,
+    accounts: AccountsDep,
     key: KeyDep,
     after: Annotated[str | None, Query(description="The last id of the previous page")] = None,
     limit: Annotated[int, Query(description="Page size, 1 to 100")] = 20,
@@ -48,7 +48,7 @@ async def requests(
 ) -> dict[str, Any]:
     """Unexpired requests with their model, parameters, cost, refund, timings and error.
     An admin key without `?key=` sees every key's."""
-    page = await runtime.accounts.usage(key, key_id, after=after, limit=limit)
+    page = await accounts.usage(key, key_id, after=after, limit=limit)
     return {
         "object": "list",
         "data": [_request_view(job, page.refunds.get(job.id, 0.0)) for job in page.jobs],

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import dataclasses
 from typing import Any
 
 from fastapi import APIRouter
 
 from videoserve import errors
-from videoserve.api.deps import KeyDep, RuntimeDep
+from videoserve.api.deps import FleetDep, KeyDep, SettingsDep
+from videoserve.api.views import iso
+from videoserve.jobs.records import ApiKey
 
 router = APIRouter(prefix="/v1/admin", tags=["Admin"])
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
 @router.get("/workers", summary="Live workers: models, current jobs, last heartbeat")
-async def list_workers(runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
-    if not key.is_admin:
-        raise errors.Forbidden("this endpoint needs an admin key (videoserve keys create --admin)")
-    # Three missed heartbeats and a worker is no longer live.
-    rows = await runtime.workers.live(stale_after=3 * runtime.settings.heartbeat_seconds + 1)
+async def list_workers(fleet: FleetDep, key: KeyDep) -> dict[str, Any]:
+    _require_admin(key)
+    rows = await fleet.live_workers()
     return {
         "object": "list",
         "data": [
@@ -35,10 +31,30 @@ async def list_workers(runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
                 "draining": bool(r["draining"]),
                 "ready": bool(r["ready"]),
                 "loaded_models": r["loaded_models"] or [],
-                "started_at": _iso(r["started_at"]),
-                "last_heartbeat": _iso(r["last_heartbeat"]),
+                "started_at": iso(r["started_at"]),
+                "last_heartbeat": iso(r["last_heartbeat"]),
             }
             for r in rows
         ],
-        "queue": await runtime.store.count_by_status(),
+        "queue": await fleet.queue(),
     }
+
+
+@router.get(
+    "/scaling",
+    summary="Per model: demand, running, live and warm workers, and the workers it wants",
+)
+async def scaling_signals(fleet: FleetDep, settings: SettingsDep, key: KeyDep) -> dict[str, Any]:
+    _require_admin(key)
+    target = settings.target_wait_seconds
+    entries = await fleet.scaling(target)
+    return {
+        "object": "list",
+        "target_wait_seconds": target,
+        "data": [dataclasses.asdict(entry) for entry in entries],
+    }
+
+
+def _require_admin(key: ApiKey) -> None:
+    if not key.is_admin:
+        raise errors.Forbidden("this endpoint needs an admin key (videoserve keys create --admin)")

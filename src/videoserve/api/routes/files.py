@@ -8,20 +8,19 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from videoserve import errors
-from videoserve.api.deps import RuntimeDep
-from videoserve.jobs import clock
+from videoserve.api.deps import FilesDep
 
 router = APIRouter(tags=["Files"])
 
 
 @router.head("/files/{key:path}", include_in_schema=False)
 @router.get("/files/{key:path}", summary="Download an output (no API key: the link is signed)")
-async def download(key: str, expires: int, signature: str, runtime: RuntimeDep) -> FileResponse:
-    if not runtime.signer.verify(key, expires, signature, now=clock.now()):
+async def download(key: str, expires: int, signature: str, files: FilesDep) -> FileResponse:
+    if not files.verify(key, expires, signature):
         # Tampered and expired links get the same answer: nothing to learn from the difference.
         raise errors.Forbidden("invalid or expired file link")
     try:
-        path = runtime.blobs.local_path(key)
+        path = files.local_path(key)
     except ValueError:
         path = None
     if path is None or not path.is_file():

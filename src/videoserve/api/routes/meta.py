@@ -7,14 +7,20 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from videoserve.api.deps import RuntimeDep
+from videoserve.api.deps import FleetDep, RegistryDep, SettingsDep
 
 router = APIRouter()
 
 
 @router.get("/v1/models", tags=["Models"], summary="Every model, its parameters and availability")
-async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
-    return {"object": "list", "data": runtime.registry.describe()}
+async def list_models(registry: RegistryDep, settings: SettingsDep) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": registry.describe(),
+        # What `POST /v1/videos/characters` costs and how many one key may keep (docs/api.md).
+        "character_price": settings.character_price,
+        "max_characters_per_key": settings.max_characters_per_key,
+    }
 
 
 @router.get("/healthz", tags=["Health"], summary="The process is alive")
@@ -27,29 +33,18 @@ async def healthz() -> dict[str, str]:
     tags=["Health"],
     summary="The database answers, and the embedded worker has loaded its models",
 )
-async def readyz(runtime: RuntimeDep) -> Any:
+async def readyz(fleet: FleetDep) -> Any:
     """503 while the database is unreachable or the embedded worker is still preloading
     (VIDEOSERVE_PRELOAD), or when every model it was to serve failed to load."""
     try:
-        await runtime.store.ping()
+        await fleet.ping()
     except Exception as exc:
         return _unready({"status": "unavailable", "error": f"database: {exc}"})
-    worker = runtime.worker
-    if worker is None:  # an API-only process: no models of its own
+    readiness = fleet.embedded_readiness
+    if readiness is None:  # an API-only process: no models of its own
         return {"status": "ready"}
-    failed = worker.loads.failed()
-    body: dict[str, Any] = {
-        "models_loaded": [load.to_json() for load in worker.loads.in_memory(worker.registry)],
-        "models_failed": [load.to_json() for load in failed],
-    }
-    if not worker.ready:
-        loading = ", ".join(worker.preloading)
-        return _unready({"status": "loading", "error": f"loading models: {loading}"} | body)
-    if not worker.served_by:
-        names = ", ".join(load.model for load in failed)
-        error = f"no model to serve: every model failed to load ({names})"
-        return _unready({"status": "unavailable", "error": error} | body)
-    return {"status": "ready"} | body
+    ready, body = readiness()
+    return body if ready else _unready(body)
 
 
 def _unready(body: dict[str, Any]) -> JSONResponse:

@@ -18,18 +18,39 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from videoserve import errors
 from videoserve.api import openai_views
-from videoserve.api.deps import JsonBody, KeyDep, RuntimeDep, json_body, refuse_repeated_fields
+from videoserve.api.deps import (
+    QUEUE_HEADERS,
+    CharactersDep,
+    FilesDep,
+    JobsDep,
+    JsonBody,
+    KeyDep,
+    KeysDep,
+    QueueDep,
+    RegistryDep,
+    SettingsDep,
+    VideoOpsDep,
+    json_body,
+    refuse_repeated_fields,
+)
 from videoserve.api.openai_views import OpenAIRoute
+from videoserve.api.routes.control import (
+    Follow,
+    event_stream,
+    preview_response,
+    status_events,
+)
 from videoserve.jobs import listing
 from videoserve.jobs.records import Job
-from videoserve.jobs.service import Variant
 from videoserve.jobs.states import Status, is_terminal
-from videoserve.runtime import Runtime
+from videoserve.models.registry import ModelRegistry
+from videoserve.services.files import Files
+from videoserve.services.jobs import Variant
 from videoserve.settings import Settings
 from videoserve.storage.base import BlobNotFound
 
@@ -78,26 +99,47 @@ _CREATE_BODY = {
 # --- create -----------------------------------------------------------------------------------
 
 
-@router.post("", openapi_extra=_CREATE_BODY, summary="Create a video (multipart or JSON)")
+@router.post(
+    "", openapi_extra=_CREATE_BODY | QUEUE_HEADERS, summary="Create a video (multipart or JSON)"
+)
 async def create(
     request: Request,
-    runtime: RuntimeDep,
+    jobs: JobsDep,
+    video_ops: VideoOpsDep,
+    characters: CharactersDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
     key: KeyDep,
+    queue: QueueDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    model, raw = await _create_params(request, runtime)
+    model, raw = await _create_params(request, settings, registry)
     character_ids = _character_ids(raw.pop(CHARACTERS, None))
     try:
-        used = await runtime.video_ops.characters(
-            key, runtime.characters, model, character_ids, raw.get("prompt")
-        )
+        used = await video_ops.characters(key, characters, model, character_ids, raw.get("prompt"))
         if used is not None:
             inputs, files = used
-            job = await runtime.service.submit(
-                key, model, raw, idempotency_key=idempotency_key, inputs=inputs, files=files
+            job = await jobs.submit(
+                key,
+                model,
+                raw,
+                idempotency_key=idempotency_key,
+                inputs=inputs,
+                files=files,
+                start_timeout=queue.start_timeout,
+                priority=queue.priority,
+                execution_timeout=queue.execution_timeout,
             )
         else:
-            job = await runtime.service.submit(key, model, raw, idempotency_key=idempotency_key)
+            job = await jobs.submit(
+                key,
+                model,
+                raw,
+                idempotency_key=idempotency_key,
+                start_timeout=queue.start_timeout,
+                priority=queue.priority,
+                execution_timeout=queue.execution_timeout,
+            )
     except errors.InvalidRequest as exc:
         raise _in_openai_terms(exc) from None
     return openai_views.video(job)
@@ -116,11 +158,13 @@ def _character_ids(value: Any) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-async def _create_params(request: Request, runtime: Runtime) -> tuple[str, dict[str, Any]]:
+async def _create_params(
+    request: Request, settings: Settings, registry: ModelRegistry
+) -> tuple[str, dict[str, Any]]:
     """(model, the service's raw params) from a multipart form or a JSON body."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        fields = await _form_fields(request, runtime)
+        fields = await _form_fields(request, settings)
     else:
         body = await json_body(request)
         if not isinstance(body, dict):
@@ -139,21 +183,19 @@ async def _create_params(request: Request, runtime: Runtime) -> tuple[str, dict[
     raw.setdefault("size", DEFAULT_SIZE)
     if raw.get(REFERENCE) is None:
         raw.pop(REFERENCE, None)
-    return served_name(runtime, model), raw
+    return served_name(registry, model), raw
 
 
-async def _form_fields(request: Request, runtime: Runtime) -> dict[str, Any]:
+async def _form_fields(request: Request, settings: Settings) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     reference: dict[str, Any] = {}
     # A data URI in `input_reference[image_url]` may be megabytes; the body cap still applies.
-    async with request.form(max_part_size=runtime.settings.max_body_bytes) as form:
+    async with request.form(max_part_size=settings.max_body_bytes) as form:
         items = form.multi_items()
         refuse_repeated_fields((name for name, _ in items), lists=(CHARACTERS, CHARACTERS + "[]"))
         for name, value in items:
             if name == REFERENCE and isinstance(value, UploadFile):
-                fields[REFERENCE] = await _upload_as_data_uri(
-                    value, runtime.settings.max_image_bytes
-                )
+                fields[REFERENCE] = await _upload_as_data_uri(value, settings.max_image_bytes)
             elif name.startswith(REFERENCE + "[") and name.endswith("]"):
                 reference[name[len(REFERENCE) + 1 : -1]] = value
             elif isinstance(value, UploadFile):
@@ -196,9 +238,9 @@ def _reference_object(reference: dict[str, Any]) -> str:
     )
 
 
-def served_name(runtime: Runtime, model: str) -> str:
+def served_name(registry: ModelRegistry, model: str) -> str:
     """`sora-2` is OpenAI's default model; it runs as `sora-2-pro` unless configured itself."""
-    if model == DEFAULT_MODEL and model not in runtime.registry.names():
+    if model == DEFAULT_MODEL and model not in registry.names():
         return SORA_2_PRO
     return model
 
@@ -215,39 +257,44 @@ def _in_openai_terms(exc: errors.InvalidRequest) -> errors.InvalidRequest:
 
 
 @router.get("/{video_id}", summary="Retrieve a video's status and metadata")
-async def retrieve(video_id: str, runtime: RuntimeDep, key: KeyDep) -> JSONResponse:
-    job = await runtime.service.get(key, video_id)
-    inputs = await runtime.service.inputs_of(job)
-    remixed_from = await runtime.service.remixed_from(job.id)
+async def retrieve(
+    video_id: str, jobs: JobsDep, settings: SettingsDep, key: KeyDep
+) -> JSONResponse:
+    job = await jobs.get(key, video_id)
+    inputs = await jobs.inputs_of(job)
+    remixed_from = await jobs.remixed_from(job)
     body = openai_views.video(job, remixed_from=remixed_from, inputs=inputs)
+    if job.status == Status.QUEUED:
+        body |= openai_views.waiting_fields(*await jobs.waiting(job))
     headers = {}
     if not is_terminal(job.status):
         # The SDK's poll() waits this long between retrieves.
-        headers["openai-poll-after-ms"] = str(poll_after_ms(job, runtime.settings))
+        headers["openai-poll-after-ms"] = str(poll_after_ms(job, settings))
     return JSONResponse(body, headers=headers)
 
 
 @router.get("", summary="List videos, newest first (cursor pagination)")
 async def list_videos(
-    runtime: RuntimeDep,
+    jobs: JobsDep,
     key: KeyDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=listing.MAX_LIMIT)] = 20,
     order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    jobs, has_more = await runtime.service.list(key, after=after, limit=limit, order=order)
-    sources = await asyncio.gather(*(runtime.service.remixed_from(job.id) for job in jobs))
-    manifests = await asyncio.gather(*(runtime.service.inputs_of(job) for job in jobs))
+    page, has_more = await jobs.list(key, after=after, limit=limit, order=order)
+    # The remix source is the row's (a blob only for a row made before migration 12).
+    sources = await asyncio.gather(*(jobs.remixed_from(job) for job in page))
+    manifests = await asyncio.gather(*(jobs.inputs_of(job) for job in page))
     videos = [
         openai_views.video(job, remixed_from=src, inputs=inputs)
-        for job, src, inputs in zip(jobs, sources, manifests, strict=True)
+        for job, src, inputs in zip(page, sources, manifests, strict=True)
     ]
     return openai_views.page(videos, has_more)
 
 
 @router.delete("/{video_id}", summary="Delete a video, its files and its record")
-async def delete(video_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
-    job = await runtime.service.delete(key, video_id)
+async def delete(video_id: str, jobs: JobsDep, key: KeyDep) -> dict[str, Any]:
+    job = await jobs.delete(key, video_id)
     return openai_views.deleted(job.id)
 
 
@@ -275,6 +322,42 @@ def poll_after_ms(job: Job, settings: Settings, now: float | None = None) -> int
     return round(max(floor, min(POLL_CEILING_MS, wanted)))
 
 
+# --- live events (our extension) ---------------------------------------------------------------
+
+
+@router.get(
+    "/{video_id}/events",
+    summary="Follow a video as server-sent events (our extension): status and previews",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def events(
+    video_id: str,
+    request: Request,
+    jobs: JobsDep,
+    keys: KeysDep,
+    settings: SettingsDep,
+    key: KeyDep,
+) -> StreamingResponse:
+    """`event: status` with the video object on every change (status, phase, step,
+    progress), `event: preview` with its step and URL on every new preview image; ends
+    after the final status."""
+    job = await jobs.get(key, video_id)  # 404 before the stream starts
+    base = str(request.base_url).rstrip("/")
+
+    async def render(found: Job) -> dict[str, Any]:
+        body = openai_views.video(found)
+        if found.status == Status.QUEUED:  # as GET /v1/videos/{id} shows a queued video
+            body |= openai_views.waiting_fields(*await jobs.waiting(found))
+        return body
+
+    def preview_url(step: int) -> str:
+        return f"{base}/v1/videos/{job.id}/content?variant=preview&step={step}"
+
+    follow = Follow(jobs, keys, settings)
+    return event_stream(status_events(follow, key, job.id, request, render, preview_url))
+
+
 # --- content -----------------------------------------------------------------------------------
 
 
@@ -285,21 +368,24 @@ def poll_after_ms(job: Job, settings: Settings, now: float | None = None) -> int
     responses={200: {"content": {"video/mp4": {}, "image/jpeg": {}}}},
 )
 async def content(
-    video_id: str, runtime: RuntimeDep, key: KeyDep, variant: Variant = "video"
+    video_id: str, jobs: JobsDep, files: FilesDep, key: KeyDep, variant: Variant = "video"
 ) -> Response:
-    found = await runtime.service.content(key, video_id, variant)
-    return await _blob_response(runtime, found.blob_key, found.media_type)
+    """`preview` (our extension): the latest preview image while the video is in progress."""
+    if variant == "preview":
+        return preview_response(await jobs.preview(key, video_id))
+    found = await jobs.content(key, video_id, variant)
+    return await _blob_response(files, found.blob_key, found.media_type)
 
 
-async def _blob_response(runtime: Runtime, blob_key: str, media_type: str) -> Response:
+async def _blob_response(files: Files, blob_key: str, media_type: str) -> Response:
     """The bytes themselves (a local file is served with Range support)."""
-    path = runtime.blobs.local_path(blob_key)
+    path = files.local_path(blob_key)
     if path is not None:
         if not path.is_file():
             raise errors.NotFound("content not found (it may have expired)")
         return FileResponse(path, media_type=media_type)
     try:
-        data = await runtime.blobs.get_bytes(blob_key)
+        data = await files.read(blob_key)
     except BlobNotFound:
         raise errors.NotFound("content not found (it may have expired)") from None
     return Response(data, media_type=media_type)
@@ -308,12 +394,17 @@ async def _blob_response(runtime: Runtime, blob_key: str, media_type: str) -> Re
 # --- remix -------------------------------------------------------------------------------------
 
 
-@router.post("/{video_id}/remix", summary="A new video from a completed one, with a new prompt")
+@router.post(
+    "/{video_id}/remix",
+    openapi_extra=QUEUE_HEADERS,
+    summary="A new video from a completed one, with a new prompt",
+)
 async def remix(
     video_id: str,
-    runtime: RuntimeDep,
+    video_ops: VideoOpsDep,
     key: KeyDep,
     body: JsonBody,
+    queue: QueueDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     if not isinstance(body, dict):
@@ -324,7 +415,13 @@ async def remix(
             f"unknown parameter(s): {', '.join(unknown)}; a remix takes only prompt",
             param=unknown[0],
         )
-    job, inputs = await runtime.video_ops.remix(
-        key, video_id, body.get("prompt"), idempotency_key=idempotency_key
+    job, inputs = await video_ops.remix(
+        key,
+        video_id,
+        body.get("prompt"),
+        idempotency_key=idempotency_key,
+        start_timeout=queue.start_timeout,
+        priority=queue.priority,
+        execution_timeout=queue.execution_timeout,
     )
     return openai_views.video(job, remixed_from=video_id, inputs=inputs)

@@ -15,11 +15,23 @@ from starlette.datastructures import UploadFile
 
 from videoserve import errors
 from videoserve.api import openai_views
-from videoserve.api.deps import KeyDep, RuntimeDep, json_body, refuse_repeated_fields
+from videoserve.api.deps import (
+    QUEUE_HEADERS,
+    CharactersDep,
+    KeyDep,
+    QueueDep,
+    QueueOptions,
+    RegistryDep,
+    SettingsDep,
+    VideoOpsDep,
+    json_body,
+    refuse_repeated_fields,
+)
 from videoserve.api.openai_views import OpenAIRoute
 from videoserve.api.routes.openai import DEFAULT_MODEL, served_name
-from videoserve.jobs.video_ops import PARAM, SourceRef
-from videoserve.runtime import Runtime
+from videoserve.models.registry import ModelRegistry
+from videoserve.services.video_ops import PARAM, SourceRef
+from videoserve.settings import Settings
 
 router = APIRouter(prefix="/v1/videos", tags=["OpenAI Videos"], route_class=OpenAIRoute)
 
@@ -66,66 +78,92 @@ _STRENGTH = {"type": "number", "minimum": 0, "maximum": 1, "default": 0.6}
 
 @router.post(
     "/extensions",
-    openapi_extra=_body_doc(["prompt", PARAM], {"seconds": _SECONDS}),
+    openapi_extra=_body_doc(["prompt", PARAM], {"seconds": _SECONDS}) | QUEUE_HEADERS,
     summary="Continue a video from its last frame; one stitched video",
 )
 async def extend(
     request: Request,
-    runtime: RuntimeDep,
+    video_ops: VideoOpsDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
     key: KeyDep,
+    queue: QueueDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
+    fields, ref = await source_request(request, settings)
     return await _on_source(
-        request, runtime, key, idempotency_key, runtime.video_ops.extend, "seconds"
+        fields,
+        ref,
+        registry,
+        key,
+        idempotency_key,
+        queue,
+        video_ops.extend,
+        "seconds",
     )
 
 
 @router.post(
     "/edits",
-    openapi_extra=_body_doc(["prompt", PARAM], {"strength": _STRENGTH}),
+    openapi_extra=_body_doc(["prompt", PARAM], {"strength": _STRENGTH}) | QUEUE_HEADERS,
     summary="Edit a video with a prompt (video-to-video); same duration and aspect",
 )
 async def edit(
     request: Request,
-    runtime: RuntimeDep,
+    video_ops: VideoOpsDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
     key: KeyDep,
+    queue: QueueDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
+    fields, ref = await source_request(request, settings)
     return await _on_source(
-        request, runtime, key, idempotency_key, runtime.video_ops.edit, "strength"
+        fields,
+        ref,
+        registry,
+        key,
+        idempotency_key,
+        queue,
+        video_ops.edit,
+        "strength",
     )
 
 
 async def _on_source(
-    request: Request,
-    runtime: Runtime,
+    fields: dict[str, Any],
+    ref: SourceRef,
+    registry: ModelRegistry,
     key: Any,
     idempotency_key: str | None,
+    queue: QueueOptions,
     operation: Any,
     amount: str,
 ) -> dict[str, Any]:
     """Extensions and edits read the same body: the source, prompt, model and one amount
     (`seconds` or `strength`); only the operation differs."""
-    fields, ref = await source_request(request, runtime)
     model = fields.pop("model", None)
     job, inputs = await operation(
         key,
-        served_name(runtime, model) if model else None,
+        served_name(registry, model) if model else None,
         fields.pop("prompt", None),
         fields.pop(amount, None),
         ref,
         fields,
-        default_model=served_name(runtime, DEFAULT_MODEL),
+        default_model=served_name(registry, DEFAULT_MODEL),
         idempotency_key=idempotency_key,
+        start_timeout=queue.start_timeout,
+        execution_timeout=queue.execution_timeout,
+        priority=queue.priority,
     )
     return openai_views.video(job, inputs=inputs)
 
 
-async def source_request(request: Request, runtime: Runtime) -> tuple[dict[str, Any], SourceRef]:
+async def source_request(request: Request, settings: Settings) -> tuple[dict[str, Any], SourceRef]:
     """(the other fields, the source) from multipart/form or a JSON body."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        return await _form_request(request, runtime)
+        return await _form_request(request, settings)
     body = await json_body(request)
     if not isinstance(body, dict):
         raise errors.InvalidRequest("request body must be a JSON object")
@@ -142,11 +180,11 @@ async def source_request(request: Request, runtime: Runtime) -> tuple[dict[str, 
     return fields, SourceRef(video_id=video["id"])
 
 
-async def _form_request(request: Request, runtime: Runtime) -> tuple[dict[str, Any], SourceRef]:
+async def _form_request(request: Request, settings: Settings) -> tuple[dict[str, Any], SourceRef]:
     fields: dict[str, Any] = {}
     ref = SourceRef()
-    limit = runtime.settings.max_video_bytes
-    async with request.form(max_part_size=runtime.settings.max_body_bytes) as form:
+    limit = settings.max_video_bytes
+    async with request.form(max_part_size=settings.max_body_bytes) as form:
         items = form.multi_items()
         # `video` and `video[id]` name one source: together they are sent twice too.
         refuse_repeated_fields(PARAM if name == f"{PARAM}[id]" else name for name, _ in items)
@@ -176,28 +214,34 @@ async def _form_request(request: Request, runtime: Runtime) -> tuple[dict[str, A
     openapi_extra=_body_doc(["name", PARAM], {"name": {"type": "string"}}),
     summary="Create a character: reference frames taken from a video, under a name",
 )
-async def create_character(request: Request, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
-    fields, ref = await source_request(request, runtime)
+async def create_character(
+    request: Request, characters: CharactersDep, settings: SettingsDep, key: KeyDep
+) -> dict[str, Any]:
+    fields, ref = await source_request(request, settings)
     if ref.video_id is not None:
         raise errors.InvalidRequest(
             f"{PARAM}: a character is made from an uploaded video file", param=PARAM
         )
-    character = await runtime.characters.create(key, fields.get("name"), ref.upload)
+    character = await characters.create(key, fields.get("name"), ref.upload)
     return openai_views.character(character)
 
 
 @router.get("/characters", summary="List your characters, newest first")
-async def list_characters(runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
-    characters = [openai_views.character(c) for c in await runtime.characters.list(key)]
-    return openai_views.page(characters, has_more=False)
+async def list_characters(characters: CharactersDep, key: KeyDep) -> dict[str, Any]:
+    listed = [openai_views.character(c) for c in await characters.list(key)]
+    return openai_views.page(listed, has_more=False)
 
 
 @router.get("/characters/{character_id}", summary="Retrieve a character")
-async def get_character(character_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
-    return openai_views.character(await runtime.characters.get(key, character_id))
+async def get_character(
+    character_id: str, characters: CharactersDep, key: KeyDep
+) -> dict[str, Any]:
+    return openai_views.character(await characters.get(key, character_id))
 
 
 @router.delete("/characters/{character_id}", summary="Delete a character and its frames")
-async def delete_character(character_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
-    character = await runtime.characters.delete(key, character_id)
+async def delete_character(
+    character_id: str, characters: CharactersDep, key: KeyDep
+) -> dict[str, Any]:
+    character = await characters.delete(key, character_id)
     return {"id": character.id, "object": "character.deleted", "deleted": True}

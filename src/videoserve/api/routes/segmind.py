@@ -8,9 +8,18 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from videoserve.api import views
-from videoserve.api.deps import JsonBody, KeyDep, RuntimeDep, base_url
+from videoserve.api.deps import (
+    QUEUE_HEADERS,
+    FilesDep,
+    JobsDep,
+    JsonBody,
+    KeyDep,
+    QueueDep,
+    SettingsDep,
+    WebhookUrlsDep,
+    base_url,
+)
 from videoserve.jobs.states import Status
-from videoserve.webhooks.urls import validate_webhook_url
 
 router = APIRouter(tags=["Segmind"])
 # The polls, in a router of their own that the app matches before all others, then submits:
@@ -47,68 +56,93 @@ def _answer(job_status: Status, body: dict[str, Any]) -> JSONResponse:
 
 @submits.post(
     "/v2/{model}",
-    openapi_extra=_BODY,
+    openapi_extra=_BODY | QUEUE_HEADERS,
     summary="Submit a request (returns at once)",
     response_model=dict[str, Any],
 )
 async def submit(
     model: str,
     request: Request,
-    runtime: RuntimeDep,
+    jobs: JobsDep,
+    webhook_urls: WebhookUrlsDep,
     key: KeyDep,
     body: JsonBody,
+    queue: QueueDep,
     idempotency_key: Annotated[str | None, Header()] = None,
     webhook: Annotated[
         str | None, Query(description="URL that receives video.completed / video.failed")
     ] = None,
 ) -> JSONResponse:
-    webhook_url = await validate_webhook_url(
-        webhook, allow_private=runtime.settings.allow_private_urls
-    )
-    job = await runtime.service.submit(
-        key, model, body, idempotency_key=idempotency_key, webhook_url=webhook_url
+    # The job service's settings, not a dependency of their own: the hot path's route
+    # resolves as few as it can (see `deps.queue_options`).
+    webhook_url = await webhook_urls.check(webhook)
+    job = await jobs.submit(
+        key,
+        model,
+        body,
+        idempotency_key=idempotency_key,
+        webhook_url=webhook_url,
+        start_timeout=queue.start_timeout,
+        priority=queue.priority,
+        execution_timeout=queue.execution_timeout,
     )
     # JSON types already: no walk through jsonable_encoder (see `_answer`).
-    return JSONResponse(views.submitted(job, base_url(request, runtime)))
+    return JSONResponse(views.submitted(job, base_url(request, jobs.settings)))
 
 
 @polls.get("/v2/requests/{request_id}/status", summary="Poll a request's status")
-async def status(request_id: str, runtime: RuntimeDep, key: KeyDep) -> Any:
+async def status(request_id: str, jobs: JobsDep, key: KeyDep) -> Any:
     # Most polls are answered before this route (`api.polls`); it answers the rest.
-    return _answer(*await views.poll(runtime, key, request_id))
+    return _answer(*await views.poll(jobs, key, request_id))
 
 
 @polls.get("/v2/requests/{request_id}", summary="Read a request's final response")
-async def result(request_id: str, request: Request, runtime: RuntimeDep, key: KeyDep) -> Any:
-    job = await runtime.service.get(key, request_id)
-    return _answer(job.status, await views.result(runtime, job, base_url(request, runtime)))
+async def result(
+    request_id: str,
+    request: Request,
+    jobs: JobsDep,
+    files: FilesDep,
+    settings: SettingsDep,
+    key: KeyDep,
+) -> Any:
+    job = await jobs.get(key, request_id)
+    return _answer(job.status, await views.result(jobs, files, job, base_url(request, settings)))
 
 
 @router.post(
     "/v1/{model}",
-    openapi_extra=_BODY,
+    openapi_extra=_BODY | QUEUE_HEADERS,
     summary="Run a request and wait for the video (MP4 bytes)",
     response_class=Response,
     responses={200: {"content": {"video/mp4": {}}}},
 )
 async def run_blocking(
     model: str,
-    runtime: RuntimeDep,
+    jobs: JobsDep,
+    files: FilesDep,
+    settings: SettingsDep,
     key: KeyDep,
     body: JsonBody,
+    queue: QueueDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
-    job = await runtime.service.submit(key, model, body, idempotency_key=idempotency_key)
-    job = await runtime.service.wait(key, job.id, runtime.settings.sync_timeout_seconds)
+    job = await jobs.submit(
+        key,
+        model,
+        body,
+        idempotency_key=idempotency_key,
+        start_timeout=queue.start_timeout,
+        priority=queue.priority,
+        execution_timeout=queue.execution_timeout,
+    )
+    job = await jobs.wait(key, job.id, settings.sync_timeout_seconds)
     if job.status == Status.FAILED:
         body = {"error": job.error, "code": job.failure, "request_id": job.id}
         return JSONResponse(body, status_code=422)
     assert job.result is not None
     headers = {"X-Request-Id": job.id, "X-Served-By": job.result.served_by}
     output_key = job.result.output_key
-    path = runtime.blobs.local_path(output_key)
+    path = files.local_path(output_key)
     if path is not None:
         return FileResponse(path, media_type="video/mp4", headers=headers)
-    return Response(
-        await runtime.blobs.get_bytes(output_key), media_type="video/mp4", headers=headers
-    )
+    return Response(await files.read(output_key), media_type="video/mp4", headers=headers)

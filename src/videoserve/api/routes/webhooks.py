@@ -12,9 +12,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from videoserve import errors
-from videoserve.api.deps import KeyDep, RuntimeDep
+from videoserve.api.deps import KeyDep, WebhooksDep, WebhookUrlsDep
 from videoserve.jobs import text
-from videoserve.webhooks import events, urls
+from videoserve.webhooks import events
 from videoserve.webhooks.records import Attempt, Endpoint
 
 router = APIRouter(prefix="/v1/webhooks", tags=["Webhooks"])
@@ -65,13 +65,12 @@ def _attempt(attempt: Attempt) -> dict[str, Any]:
 
 
 @router.post("", summary="Register an endpoint for this key's events")
-async def create_endpoint(body: EndpointCreate, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
+async def create_endpoint(
+    body: EndpointCreate, hooks: WebhooksDep, webhook_urls: WebhookUrlsDep, key: KeyDep
+) -> dict[str, Any]:
     event_types = events.parse_event_types(body.events)
-    url = await urls.validate_webhook_url(
-        body.url, allow_private=runtime.settings.allow_private_urls, param="url"
-    )
+    url = await webhook_urls.check(body.url, param="url")
     assert url is not None
-    hooks = runtime.webhooks.webhook_store
     if len(await hooks.endpoints(key.id)) >= MAX_ENDPOINTS_PER_KEY:
         raise errors.InvalidRequest(
             f"this key already has {MAX_ENDPOINTS_PER_KEY} webhook endpoints; delete one first"
@@ -80,35 +79,34 @@ async def create_endpoint(body: EndpointCreate, runtime: RuntimeDep, key: KeyDep
 
 
 @router.get("", summary="This key's endpoints")
-async def list_endpoints(runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
-    found = await runtime.webhooks.webhook_store.endpoints(key.id)
+async def list_endpoints(hooks: WebhooksDep, key: KeyDep) -> dict[str, Any]:
+    found = await hooks.endpoints(key.id)
     return {"object": "list", "data": [_endpoint(e) for e in found]}
 
 
 @router.get("/secret", summary="The key's signing secret (created on first use)")
-async def get_secret(runtime: RuntimeDep, key: KeyDep) -> dict[str, str]:
-    return {"secret": await runtime.webhooks.webhook_store.secret(key.id)}
+async def get_secret(hooks: WebhooksDep, key: KeyDep) -> dict[str, str]:
+    return {"secret": await hooks.secret(key.id)}
 
 
 @router.post("/secret/rotate", summary="Replace the signing secret; the old one stops at once")
-async def rotate_secret(runtime: RuntimeDep, key: KeyDep) -> dict[str, str]:
-    return {"secret": await runtime.webhooks.webhook_store.rotate_secret(key.id)}
+async def rotate_secret(hooks: WebhooksDep, key: KeyDep) -> dict[str, str]:
+    return {"secret": await hooks.rotate_secret(key.id)}
 
 
 @router.get("/deliveries", summary="The delivery attempt log, newest first")
 async def list_deliveries(
-    runtime: RuntimeDep,
+    hooks: WebhooksDep,
     key: KeyDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
-    found = await runtime.webhooks.webhook_store.attempts(key.id, limit=limit)
+    found = await hooks.attempts(key.id, limit=limit)
     return {"object": "list", "data": [_attempt(a) for a in found]}
 
 
 @router.delete("/{endpoint_id}", summary="Delete an endpoint; its pending deliveries stop")
-async def delete_endpoint(endpoint_id: str, runtime: RuntimeDep, key: KeyDep) -> dict[str, Any]:
+async def delete_endpoint(endpoint_id: str, hooks: WebhooksDep, key: KeyDep) -> dict[str, Any]:
     # An id that cannot be stored names no endpoint: 404 without asking the database.
-    hooks = runtime.webhooks.webhook_store
     if not text.could_be_id(endpoint_id) or not await hooks.delete_endpoint(key.id, endpoint_id):
         raise errors.NotFound(f"webhook endpoint '{endpoint_id}' not found")
     return {"id": endpoint_id, "object": "webhook_endpoint.deleted", "deleted": True}

@@ -28,7 +28,8 @@ class Operation:
     failed: type[BaseModel] | None = None  # the 422 body of a FAILED request, where served
 
 
-_SUBMIT = (404, 406, 502)
+# 507: these store the request's files (an input image, an upload) before answering.
+_SUBMIT = (404, 406, 502, 507)
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/v2/{model}"): Operation(segmind.Submitted, _SUBMIT),
     ("get", "/v2/requests/{request_id}/status"): Operation(
@@ -38,6 +39,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         segmind.RequestResult, failed=segmind.RequestResult
     ),
     ("get", "/v2/requests/{request_id}/events"): Operation(),
+    ("get", "/v2/requests/{request_id}/preview"): Operation(),
+    ("get", "/v1/videos/{video_id}/events"): Operation(),
     ("post", "/v2/requests/{request_id}/cancel"): Operation(segmind.CancelOutcome),
     ("post", "/v1/{model}"): Operation(None, (*_SUBMIT, 504), failed=SegmindError),
     ("get", "/v1/models"): Operation(segmind.ModelList),
@@ -47,6 +50,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/v1/account"): Operation(segmind.Account, (403, 404)),
     ("get", "/v1/requests"): Operation(segmind.UsagePage, (403,)),
     ("get", "/v1/admin/workers"): Operation(segmind.WorkerList, (403,)),
+    ("get", "/v1/admin/scaling"): Operation(segmind.ScalingReport, (403,)),
     ("post", "/v1/webhooks"): Operation(segmind.WebhookEndpoint),
     ("get", "/v1/webhooks"): Operation(segmind.WebhookEndpointList),
     ("get", "/v1/webhooks/secret"): Operation(segmind.WebhookSecret),
@@ -57,15 +61,32 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/v1/videos"): Operation(openai.VideoList),
     ("get", "/v1/videos/{video_id}"): Operation(openai.Video),
     ("delete", "/v1/videos/{video_id}"): Operation(openai.VideoDeleted),
-    ("get", "/v1/videos/{video_id}/content"): Operation(),
+    # A spritesheet is made and stored on its first request.
+    ("get", "/v1/videos/{video_id}/content"): Operation(None, (507,)),
     ("post", "/v1/videos/{video_id}/remix"): Operation(openai.Video, _SUBMIT),
     # The source video is a 404 when it is not the caller's (or not there).
     ("post", "/v1/videos/extensions"): Operation(None, _SUBMIT),
     ("post", "/v1/videos/edits"): Operation(None, _SUBMIT),
-    ("post", "/v1/videos/characters"): Operation(None, (404,)),
+    ("post", "/v1/videos/characters"): Operation(None, (404, 406, 507)),
 }
 
 UNAUTHENTICATED = {"/", "/healthz", "/readyz", "/v1/models", "/files/{key}"}
+# The two ways a request may carry its key (api/credentials.py): each operation that needs one
+# lists both as alternatives, so Swagger UI's "Authorize" fills in either and "Try it out"
+# sends it. Without them every tried call answered 401.
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "ApiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": "An API key (`videoserve keys create`); `serve` prints one on first start",
+    },
+    "Bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The same API key as `Authorization: Bearer KEY` (the openai SDK's way)",
+    },
+}
 NO_DATABASE = {"/", "/healthz"}
 RATE_LIMITED_PREFIXES = ("/v1/", "/v2/")  # as api/ratelimit.py counts them
 # Answered by middleware in the flat shape, before a route's envelope applies.
@@ -87,6 +108,7 @@ def document(app: FastAPI) -> None:
 
 def add_contract(schema: dict[str, Any]) -> None:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
+    schema["components"]["securitySchemes"] = SECURITY_SCHEMES
 
     def ref(model: type[BaseModel]) -> dict[str, Any]:
         if model.__name__ not in components:
@@ -100,6 +122,8 @@ def add_contract(schema: dict[str, Any]) -> None:
     for path, methods in schema.get("paths", {}).items():
         for method, operation in methods.items():
             spec = OPERATIONS.get((method, path), Operation())
+            if path not in UNAUTHENTICATED:
+                operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
             responses: dict[str, Any] = operation.setdefault("responses", {})
             # FastAPI's default 422 (HTTPValidationError) never happens: validation is a 400.
             responses.pop("422", None)
@@ -130,7 +154,8 @@ def _errors(method: str, path: str, operation: dict[str, Any], spec: Operation) 
     if path not in NO_DATABASE:
         codes.add(503)
     if path not in UNAUTHENTICATED:
-        codes.add(401)
+        # 400 too: a key given twice, or by both schemes with different values, is ambiguous.
+        codes.update((400, 401))
     if operation.get("parameters") or operation.get("requestBody"):
         codes.add(400)
     if "{" in path:

@@ -47,4 +47,5 @@ REASONS: dict[int, str] = {
     502: "The model is unavailable on this server",
     503: "The job database is unavailable, or the server is overloaded (see Retry-After)",
     504: "Timed out waiting for the video",
+    507: "The server's storage is full: the request's files could not be stored",
 }

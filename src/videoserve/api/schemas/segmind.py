@@ -12,6 +12,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 RequestStatus = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]
+# X-Queue-Priority's classes (`jobs.fairness.Priority`).
+QueuePriority = Literal["low", "normal", "high"]
+# `jobs.phases.Phase`: what a request is doing now (docs/api.md, "Phases and previews").
+RequestPhase = Literal[
+    "queued",
+    "starting",
+    "loading_model",
+    "encoding_prompt",
+    "denoising",
+    "decoding",
+    "encoding_video",
+    "storing",
+    "completed",
+    "failed",
+]
 
 
 class _Open(BaseModel):
@@ -33,21 +48,51 @@ class RequestStatusBody(_Open):
     request_id: str
     status: RequestStatus
     model: str
+    priority: QueuePriority = Field(
+        description="Its queue priority class (X-Queue-Priority; normal unless asked)"
+    )
     created_at: str | None = Field(description="ISO 8601, UTC")
     started_at: str | None
     completed_at: str | None
     expires_at: str | None = None
     queue_position: int | None = Field(default=None, description="While QUEUED; 1 is next")
-    progress: int | None = Field(default=None, description="0-100 while PROCESSING")
+    estimated_start_seconds: float | None = Field(
+        default=None,
+        description="While QUEUED: about how many seconds until it starts, from its model's "
+        "recent job times and live workers; null when unknown",
+    )
+    waiting_reason: str | None = Field(
+        default=None,
+        description="While QUEUED, when no live worker serves its model: why it waits",
+    )
+    progress: int | None = Field(
+        default=None, description="0-100 over the whole job; 100 only once COMPLETED"
+    )
+    phase: RequestPhase | None = Field(default=None, description="What it is doing now")
+    step: int | None = Field(default=None, description="Denoising steps done, while denoising")
+    steps: int | None = Field(default=None, description="Denoising steps in all")
+    preview_step: int | None = Field(
+        default=None, description="The step of its latest preview (GET .../preview)"
+    )
     error: str | None = Field(default=None, description="Why it FAILED")
     code: str | None = Field(default=None, description="The failure code, when FAILED")
 
 
 class Metrics(_Open):
+    """Where a request's wall time went: queued, loading its model (0 when it was loaded),
+    in the model, encoding, storing; `total_time` is from submit to completion."""
+
     queue_time: float
+    load_time: float | None = None
     inference_time: float | None
     encode_time: float | None
+    store_time: float | None = None
     total_time: float
+    parallel: dict[str, int] | None = Field(
+        default=None,
+        description='How a worker group split it, e.g. {"ranks": 2, "ulysses": 2}; null: one '
+        "device",
+    )
 
 
 class RequestResult(RequestStatusBody):
@@ -174,6 +219,31 @@ class WorkerList(_Open):
     object: Literal["list"]
     data: list[LiveWorker]
     queue: dict[str, int] = Field(description="Jobs per status")
+
+
+class ModelScaling(_Open):
+    model: str = Field(description="The configured model (after aliases)")
+    demand: int = Field(description="Jobs QUEUED for it")
+    running: int = Field(description="Jobs PROCESSING on it")
+    live_workers: int = Field(description="Live, undrained workers that serve it")
+    warm_workers: int = Field(description="Live, undrained workers with it loaded now")
+    recent_job_seconds: float | None = Field(
+        description="Mean inference + encode seconds of its last 20 completed jobs; null: none"
+    )
+    oldest_queued_seconds: float | None = Field(
+        description="Age of its oldest QUEUED job; null when none"
+    )
+    desired_workers: int = Field(
+        description="ceil(demand x recent_job_seconds / target_wait_seconds) (1 while "
+        "recent_job_seconds is null and demand > 0) + ceil(running / slots per live worker); "
+        "0 when nothing is queued or running"
+    )
+
+
+class ScalingReport(_Open):
+    object: Literal["list"]
+    target_wait_seconds: float = Field(description="VIDEOSERVE_TARGET_WAIT_SECONDS")
+    data: list[ModelScaling]
 
 
 class WebhookEndpoint(_Open):

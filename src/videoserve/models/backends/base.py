@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,6 +52,8 @@ class GenerationInputs:
     # An extension's pass: its first frame re-renders the source's last and is dropped, so
     # the backend delivers one frame more than the duration (where its pass has it).
     continues: bool = False
+    # Where preview frames go while it denoises (the worker's, per job); None: no previews.
+    preview: PreviewSink | None = None
 
 
 @dataclass
@@ -73,6 +75,25 @@ class Cancelled(Exception):
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
+
+
+class PreviewSink(Protocol):
+    """Takes a call's preview frames as it denoises: a per-call value, in `GenerationInputs`."""
+
+    every: int  # a preview after every `every` steps; 0: by `seconds` (never after the last)
+    seconds: float  # without `every`: a preview when this long has passed since the last
+
+    def offer(self, step: int, total: int, frames: np.ndarray) -> None:
+        """Float RGB frames (T, H, W, 3) in [0, 1] at the latents' resolution, after `step`."""
+        ...
+
+
+@runtime_checkable
+class SplitsSequences(Protocol):
+    """A backend that can say how many video tokens each pass of a request is (what a worker
+    group's context parallelism splits; `parallel.sequence_refusal`)."""
+
+    def sequence_lengths(self, params: VideoParams) -> tuple[int, ...] | None: ...
 
 
 class VideoBackend(Protocol):

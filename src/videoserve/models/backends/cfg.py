@@ -103,13 +103,20 @@ class CFGBatchHook(ModelHook):
             else:
                 reason = _unbatchable(args, kwargs, run.embeddings)
                 if reason is None:
-                    output = _batched_forward(module, forward, kwargs, run)
+                    output = self.forward_both(module, forward, kwargs, run)
                     if output is not None:
                         return output
                 else:
                     run.stop(reason)
         run.plain += 1
         return forward(*args, **kwargs)
+
+    def forward_both(
+        self, module: torch.nn.Module, forward: Any, kwargs: dict[str, Any], run: CFGRun
+    ) -> tuple[torch.Tensor] | None:
+        """Both halves of a CFG step: this call's returned, the other kept in `run` (None:
+        cannot). Here one batched forward; CFG parallelism (`cfg_parallel.py`) overrides it."""
+        return _batched_forward(module, forward, kwargs, run)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         if self.run is not None:

@@ -17,6 +17,7 @@ The refusals say, before a job is queued, why a model cannot do either.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from dataclasses import dataclass
@@ -26,15 +27,17 @@ import numpy as np
 from PIL import Image
 
 from videoserve import errors
-from videoserve.media.video_input import resample_audio
+from videoserve.media.video_input import VideoLimits, check_decoded_bytes, resample_audio
 from videoserve.models import grid as grids
 from videoserve.models.backends import seams
 from videoserve.models.backends.base import (
     GeneratedVideo,
     GenerationInputs,
+    PreviewSink,
     ProgressCallback,
     StopCheck,
 )
+from videoserve.models.backends.diffusion import DiffusersBackend, fit_image, read_model_index
 from videoserve.models.params import SIZES, VideoParams
 
 DEFAULT_STRENGTH = 0.6  # an edit keeps the source's layout and motion, changes its look
@@ -49,10 +52,12 @@ class SourceVideo:
     fps: float
     audio: np.ndarray | None = None
     audio_sample_rate: int | None = None
+    duration: float | None = None  # measured from its timestamps (a sparse clip's count / fps
+    # would over-count it); None: count / fps
 
     @property
     def seconds(self) -> float:
-        return len(self.frames) / self.fps
+        return self.duration if self.duration is not None else len(self.frames) / self.fps
 
     @property
     def size(self) -> tuple[int, int]:
@@ -76,8 +81,6 @@ def extend_refusal(backend: Any) -> str | None:
     if capabilities is not None:
         able = capabilities.extend or capabilities.image_to_video
     else:
-        from videoserve.models.backends.diffusion import DiffusersBackend, read_model_index
-
         if not isinstance(backend, DiffusersBackend):
             able = False
         else:
@@ -119,20 +122,42 @@ def edit_passes(backend: Any, seconds: float) -> tuple[int, ...]:
     return tuple(grids.chain_frames(wanted, longest, grid.frame_rule))
 
 
+def added_frames(seconds: float, fps: float) -> int:
+    """How many frames an extension of `seconds` adds at the source's rate `fps` (a rate
+    already capped by `max_video_fps` when the source was decoded)."""
+    return max(1, round(seconds * fps))
+
+
+def check_output_size(frames: int, width: int, height: int, limits: VideoLimits) -> None:
+    """A 400 (`VideoInputInvalid`) when a stitched video of `frames` pictures at the
+    source's size would exceed the decoded-size cap: checked before it is planned."""
+    check_decoded_bytes(frames, width, height, limits, "video")
+
+
+def edit_frames(backend: Any, seconds: float) -> int:
+    """How many frames an edit of `seconds` gives: the source's duration at the model's rate."""
+    return max(1, round(seconds * backend.grid.fps))
+
+
 def extend(
     backend: Any,
     params: VideoParams,
     source: SourceVideo,
     on_progress: ProgressCallback,
     should_stop: StopCheck,
+    limits: VideoLimits | None = None,
+    preview: PreviewSink | None = None,
 ) -> GeneratedVideo:
     """The source, then `params.duration` seconds continued from its end: one video, with
-    sound over all of it where the source or the model has sound."""
-    generated = backend.generate(
-        params, _continuation_inputs(backend, source), on_progress, should_stop
-    )
+    sound over all of it where the source or the model has sound. With `limits`, the
+    stitched output's size is checked before anything is generated or allocated; `preview`
+    gets the continuation's previews as a generation's."""
     width, height = source.size
-    added = max(1, round(params.duration * source.fps))
+    added = added_frames(params.duration, source.fps)
+    if limits is not None:
+        check_output_size(len(source.frames) + added, width, height, limits)
+    inputs = dataclasses.replace(_continuation_inputs(backend, source), preview=preview)
+    generated = backend.generate(params, inputs, on_progress, should_stop)
     # Drop the re-rendered seam frame; then pick frames at the source's rate.
     new = generated.frames[1:] if len(generated.frames) > 1 else generated.frames
     step = generated.fps / source.fps
@@ -157,11 +182,17 @@ def edit(
     strength: float,
     on_progress: ProgressCallback,
     should_stop: StopCheck,
+    limits: VideoLimits | None = None,
+    preview: PreviewSink | None = None,
 ) -> GeneratedVideo:
-    """Video-to-video on the source: same duration (at the model's rate), aspect and sound."""
+    """Video-to-video on the source: same duration (at the model's rate), aspect and sound.
+    With `limits`, the output's size is checked before anything is generated; `preview` gets
+    each pass's previews."""
     grid = backend.grid
     passes = edit_passes(backend, source.seconds)
-    wanted = max(1, round(source.seconds * grid.fps))
+    wanted = edit_frames(backend, source.seconds)
+    if limits is not None:
+        check_output_size(wanted, *source.size, limits)
     shape = grids.plan(grid, params.size, params.duration, chain=True)
     seed = getattr(params, "seed", None)
     seed = secrets.randbits(32) if seed is None else seed
@@ -188,7 +219,9 @@ def edit(
             for i in indexes
         ]
         # seed + k, as chained generation does: one seed still gives one video.
-        floats = backend.run_video_to_video(call, seed + k, video, strength, progress, should_stop)
+        floats = backend.run_video_to_video(
+            call, seed + k, video, strength, progress, should_stop, preview
+        )
         parts.append(floats[1:] if k else floats)
         start += count - 1
     floats = np.concatenate(parts)
@@ -259,8 +292,6 @@ def _stitched_sound(
 
 
 def _fit(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    from videoserve.models.backends.diffusion import fit_image
-
     if frame.shape[1] == width and frame.shape[0] == height:
         return frame
     return np.asarray(fit_image(Image.fromarray(frame), width, height))

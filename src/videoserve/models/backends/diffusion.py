@@ -14,35 +14,38 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
-import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from videoserve import errors
 from videoserve.models import grid as grids
-from videoserve.models import speed
+from videoserve.models import previews, speed
 from videoserve.models.backends import seams
 from videoserve.models.backends.base import (
-    Availability,
     Cancelled,
-    Capabilities,
     GeneratedVideo,
     GenerationInputs,
     ProgressCallback,
     StopCheck,
 )
+from videoserve.models.backends.configs import read_model_index
+from videoserve.models.backends.diffusers_family import (
+    PIPELINE_FAMILIES,
+    DiffusersFamily,
+    register_family,
+)
+from videoserve.models.backends.frames import fit_image, to_uint8
 from videoserve.models.backends.lora import LoadedAdapters, Profile
-from videoserve.models.options import DTYPES, DiffusersOptions
-from videoserve.models.params import DURATIONS, DiffusersParams, VideoParams
+from videoserve.models.options import DTYPES, RuntimeOptions
+from videoserve.models.params import VideoParams
 from videoserve.models.weights import Weights
 
 if TYPE_CHECKING:
@@ -50,89 +53,21 @@ if TYPE_CHECKING:
 
     from videoserve.models.pool import ModelPool
 
+# The backend and its per-call value; the rest is re-exported for callers of the module
+# before it was split (configs, frames and the family half live in their own modules).
+__all__ = [
+    "PIPELINE_FAMILIES",
+    "DiffusersBackend",
+    "DiffusersFamily",
+    "PerCall",
+    "fit_image",
+    "read_model_index",
+    "register_family",
+    "resolve_device",
+    "to_uint8",
+]
+
 log = logging.getLogger("videoserve.models")
-
-
-@dataclasses.dataclass(frozen=True)
-class RuntimeOptions:
-    """How a model runs on this host, from its TOML entry (parsed and checked in `options.py`)."""
-
-    cpu_offload: bool = False  # enable_model_cpu_offload: one whole component on the GPU at a time
-    group_offload: bool = False  # group offloading: layers streamed to the GPU as they run
-    vae_tiling: bool = False  # decode in tiles: far less memory for large frames
-    cache: str | None = None  # "first_block": skip the remaining blocks while outputs barely move
-    cache_threshold: float = 0.05  # First Block Cache: higher skips more (faster, rougher)
-    batch_cfg: bool | None = None  # CFG's two forwards as one batch (Wan); None: `batches_cfg`
-    attention_backend: str | None = None  # diffusers `set_attention_backend` (`speed.py`)
-    compile: str | None = None  # "regional": `compile_repeated_blocks`, warmed up at load
-    quantize: str | None = None  # a torchao config of the transformer(s): "fp8", "int8"...
-
-    @classmethod
-    def from_entry(cls, options: DiffusersOptions) -> RuntimeOptions:
-        """The runtime part of an entry's parsed options."""
-        return cls(
-            **{field.name: getattr(options, field.name) for field in dataclasses.fields(cls)}
-        )
-
-    def batches_cfg(self, device: str) -> bool:
-        """Whether CFG runs as one batch on `device`: by default on a GPU, unless offloading.
-
-        A batch of two is faster on a GPU and the same video up to float rounding, but holds
-        twice the activations: an operator who offloads is short of memory, so it stays off
-        there unless `batch_cfg` says otherwise. On a CPU it gains little.
-        """
-        if self.batch_cfg is not None:
-            return self.batch_cfg
-        return device.startswith("cuda") and not (self.cpu_offload or self.group_offload)
-
-
-# A file's identity for the config cache: it changed if any of these did.
-Stamp = tuple[int, int, int]  # (st_mtime_ns, st_size, st_ino)
-
-# Weights' JSON configs by file, with the stamp they were read at. Why a cache: `check` runs
-# on every submit and read `model_index.json` (open, read, parse) twice per call, a third of
-# the submit service's time; a stat is a tenth of that. Keyed on the stamp rather than loaded
-# once at startup, because weights can arrive or change while serving (`videoserve pull`, the
-# tiny model's first build) and every reader must see the folder as it is now.
-# Keyed by the path's string (building `Path` children cost more than the stat).
-_configs: dict[str, tuple[Stamp, dict[str, Any] | None]] = {}
-
-
-def stamp(file: str | Path) -> Stamp | None:
-    """The file's (mtime, size, inode), or None when it is absent or unreadable."""
-    try:
-        found = os.stat(file)
-    except OSError:
-        return None
-    return (found.st_mtime_ns, found.st_size, found.st_ino)
-
-
-def read_json_config(file: str) -> dict[str, Any] | None:
-    """The JSON object in `file`, or None when it is missing, unreadable or not an object.
-
-    Read again only when the file's stamp changed; the caller gets its own shallow copy."""
-    now = stamp(file)
-    if now is None:
-        _configs.pop(file, None)
-        return None
-    cached = _configs.get(file)
-    if cached is not None and cached[0] == now:
-        return dict(cached[1]) if cached[1] is not None else None
-    try:
-        with open(file, encoding="utf-8") as handle:
-            loaded = json.load(handle)
-    except (OSError, ValueError):
-        loaded = None
-    config = loaded if isinstance(loaded, dict) else None
-    _configs[file] = (now, config)
-    return dict(config) if config is not None else None
-
-
-def read_model_index(path: Path | None) -> dict[str, Any] | None:
-    """The folder's `model_index.json`, or None when it is missing or unreadable."""
-    if path is None:
-        return None
-    return read_json_config(os.path.join(path, "model_index.json"))
 
 
 def resolve_device(device: str) -> str:
@@ -144,32 +79,20 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale to cover `width`x`height`, center-cropping what sticks out, so nothing is stretched."""
-    image = image.convert("RGB")
-    if image.size == (width, height):
-        return image
-    scale = max(width / image.width, height / image.height)
-    crop_w, crop_h = width / scale, height / scale
-    left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
-    return image.resize(
-        (width, height), Image.Resampling.LANCZOS, box=(left, top, left + crop_w, top + crop_h)
-    )
+@dataclasses.dataclass
+class PerCall:
+    """One generation's own choices and findings, handed down the family hooks
+    (`_run_segments`, `_run`, `_pipeline_for`): a backend serves calls from several threads,
+    so nothing of one call is kept on the backend."""
+
+    audio: bool = True  # whether the request wants sound (`audio: false` skips its decode)
+    passes: int | None = None  # the passes run, where a family plans its own (else the plan's)
 
 
-class DiffusersBackend:
-    """A diffusers video pipeline from a folder or the hub cache: T2V, and I2V where it can."""
+class DiffusersBackend(DiffusersFamily):
+    """A diffusers video pipeline from a folder or the hub cache: T2V, and I2V where it can.
 
-    family: ClassVar[str] = ""  # "wan", "ltx": what `families.family_of` maps classes to
-    pipeline_classes: ClassVar[tuple[str, ...]] = ()  # the `_class_name`s this family loads
-    takes_loras: ClassVar[bool] = True  # its pipelines have diffusers' `load_lora_weights`
-    required_components: ClassVar[tuple[str, ...]] = ()  # checked at startup, named if absent
-    default_grid: ClassVar[grids.FamilyGrid]
-    DEFAULT_STEPS: ClassVar[int] = 40
-    DEFAULT_GUIDANCE: ClassVar[float] = 5.0
-    DEFAULT_NEGATIVE_PROMPT: ClassVar[str] = ""
-
-    schema: type[VideoParams] = DiffusersParams
+    Loads, places and calls; what the family says from its configs is `DiffusersFamily`'s."""
 
     def __init__(
         self,
@@ -218,98 +141,16 @@ class DiffusersBackend:
         self._i2v: Any = None
         self._offload_hooked: Any = None  # the pipeline whose CPU-offload hooks are installed
         self._adapters = LoadedAdapters()  # LoRAs of adapter entries over this pipeline
-
-    # --- what the weights are ----------------------------------------------------------
-    @property
-    def path(self) -> Path | None:
-        """The folder holding `model_index.json` now; None for a repo not in the cache."""
-        return self.weights.folder()
-
-    @property
-    def grid(self) -> grids.FamilyGrid:
-        base = self._grid or self._detected_grid()
-        return dataclasses.replace(base, **self._grid_overrides) if self._grid_overrides else base
+        # Latents -> RGB for previews, fitted from the loaded VAE on first use; None: not yet.
+        self._projection: previews.LatentProjection | None = None
 
     @property
     def loaded(self) -> bool:
         return self._t2v is not None or self._i2v is not None
 
-    def availability(self) -> Availability:
-        folder = self.path
-        if folder is None:
-            return Availability(False, self.weights.missing_reason(self.name))
-        if not folder.is_dir():
-            return Availability(False, f"no model folder at {folder}")
-        index = read_model_index(folder)
-        if index is None:
-            return Availability(
-                False, f"{folder} has no readable model_index.json (a diffusers pipeline folder)"
-            )
-        class_name = index.get("_class_name")
-        if class_name not in self.pipeline_classes:
-            from videoserve.models import families
-
-            where = folder / "model_index.json"
-            other = families.PIPELINE_FAMILIES.get(str(class_name))
-            if other is not None:
-                # The weights changed family after startup (e.g. pulled while serving).
-                return Availability(
-                    False,
-                    f"{where} names {class_name!r}, a {other} pipeline, but '{self.name}' was "
-                    f"set up as {self.family} when its weights were absent: restart videoserve",
-                )
-            return Availability(
-                False,
-                f"{where} names {class_name!r}, not a supported pipeline "
-                f"({', '.join(families.PIPELINE_FAMILIES)})",
-            )
-        return Availability(True)
-
-    @property
-    def profile(self) -> Profile:
-        """This entry's own generations: its defaults, no adapters."""
-        return Profile(
-            self.name, self.default_steps, self.default_guidance, self.default_negative_prompt
-        )
-
-    def check(self, params: VideoParams, *, model: str | None = None) -> None:
-        """Refuse at submit time (400) what `generate` would refuse later; reads no weights.
-
-        `model`: the public model the message names (an adapter entry over this base).
-        """
-        name = model or self.name
-        index = read_model_index(self.path)
-        # No index yet (the tiny model before its first build): `generate` decides.
-        grids.plan(self.grid, params.size, params.duration, chain=self._chains(index or {}))
-        if not index:
-            return
-        if params.input_reference is not None and not self._accepts_image(index):
-            raise errors.InvalidRequest(
-                f"input_reference: model '{name}' does not accept an input image",
-                param="input_reference",
-            )
-        if params.input_reference is None and self._requires_image(index):
-            raise errors.InvalidRequest(
-                f"input_reference: model '{name}' needs an input image",
-                param="input_reference",
-            )
-
-    def durations(self) -> tuple[int, ...]:
-        """The public durations this model makes with its defaults (sound on where it has it)."""
-        index = read_model_index(self.path) or {}
-        chain = self._chains(index)
-        able = []
-        for duration in DURATIONS:
-            try:
-                grids.plan(self.grid, "1280x720", duration, chain=chain)
-            except errors.InvalidRequest:
-                continue
-            able.append(duration)
-        return tuple(able)
-
-    def pull(self) -> Path:
-        """Download the weights into the Hugging Face cache; `weights.PullFailed` if it cannot."""
-        return self.weights.pull(self.name)
+    def loaded_pipelines(self) -> tuple[Any, ...]:
+        """The loaded pipelines (sharing modules): what a worker group's rank splits."""
+        return tuple(pipe for pipe in (self._t2v, self._i2v) if pipe is not None)
 
     # --- loading -------------------------------------------------------------------------
     def load(self) -> None:
@@ -324,6 +165,7 @@ class DiffusersBackend:
             if self.loaded:
                 self._t2v = self._i2v = self._offload_hooked = None
                 self._adapters = LoadedAdapters()
+                self._projection = None
                 gc.collect()
                 if self._device and self._device.startswith("cuda"):
                     import torch
@@ -487,7 +329,8 @@ class DiffusersBackend:
             "num_inference_steps": getattr(params, "num_inference_steps", None) or profile.steps,
             "guidance_scale": profile.guidance if guidance is None else guidance,
         }
-        with_audio = self.makes_audio and getattr(params, "audio", True)
+        this_call = PerCall(audio=bool(getattr(params, "audio", True)))
+        with_audio = self.makes_audio and this_call.audio
         with self._in_use():
             self.load()
             with self._lock:
@@ -502,7 +345,7 @@ class DiffusersBackend:
                 pipe = self._t2v if self._t2v is not None else self._i2v
                 self._adapters.activate(pipe, profile.adapters, self.name)
                 frames, waveform = self._run_segments(
-                    call, shape, seed, inputs, on_progress, should_stop
+                    call, shape, seed, inputs, on_progress, should_stop, this_call
                 )
         frames = to_uint8(frames[: shape.out_frames + int(inputs.continues)])
         if frames.shape[1:3] != (shape.out_height, shape.out_width):
@@ -518,7 +361,7 @@ class DiffusersBackend:
             fps=float(shape.fps),
             model=profile.model,
             seed=seed,
-            segments=shape.segments,
+            segments=shape.segments if this_call.passes is None else this_call.passes,
             audio=waveform if rate else None,  # the encoder fits it to the frames' length
             audio_sample_rate=rate,
         )
@@ -537,6 +380,7 @@ class DiffusersBackend:
         inputs: GenerationInputs,
         on_progress: ProgressCallback,
         should_stop: StopCheck,
+        this_call: PerCall,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Every pass of the plan, joined: float frames in [0, 1] at the generated size, and the
         waveform (channels, samples) where the passes made sound, else None.
@@ -559,7 +403,9 @@ class DiffusersBackend:
                 inputs = dataclasses.replace(inputs, image=last)
             width, height = self._stage_size(shape)
             size = {"height": height, "width": width, "num_frames": frames}
-            output = self._run({**call, **size}, shape, seed + k, inputs, progress, should_stop)
+            output = self._run(
+                {**call, **size}, shape, seed + k, inputs, progress, should_stop, this_call
+            )
             segment = self._finish(np.asarray(output.frames[0]), width, height)
             parts.append(segment[1:] if k else segment)
             waves.append(self._waveform(output))
@@ -581,10 +427,11 @@ class DiffusersBackend:
         inputs: GenerationInputs,
         on_progress: ProgressCallback,
         should_stop: StopCheck,
+        this_call: PerCall,
     ) -> Any:
         """One pipeline call under the lock, with progress and cancellation between steps."""
         image = inputs.image
-        pipe = self._pipeline_for(inputs)
+        pipe = self._pipeline_for(inputs, this_call)
         if pipe is None:
             needs = "does not accept" if image is not None else "needs"
             raise errors.InvalidRequest(
@@ -593,17 +440,6 @@ class DiffusersBackend:
             )
         if should_stop():
             raise Cancelled(f"{self.name}: cancelled before the first step")
-        import torch
-
-        def on_step_end(
-            pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]
-        ) -> dict[str, Any]:
-            on_progress(step + 1, pipeline.num_timesteps)
-            # Raising here skips the remaining steps and the VAE decode.
-            if should_stop():
-                raise Cancelled(f"{self.name}: cancelled after step {step + 1}")
-            return {}
-
         fitted = dataclasses.replace(
             inputs,
             image=None if image is None else fit_image(image, shape.gen_width, shape.gen_height),
@@ -612,15 +448,62 @@ class DiffusersBackend:
                 for picture in inputs.reference_images
             ),
         )
+        return self._step_loop(
+            pipe,
+            call,
+            seed,
+            on_progress,
+            should_stop,
+            preview=inputs.preview,
+            family_kwargs=lambda: self._call_kwargs(pipe, shape, call["num_frames"], fitted),
+        )
+
+    def _step_loop(
+        self,
+        pipe: Any,
+        call: dict[str, Any],
+        seed: int,
+        on_progress: ProgressCallback,
+        should_stop: StopCheck,
+        *,
+        preview: Any = None,
+        family_kwargs: Callable[[], dict[str, Any]] | None = None,
+        batched_prompts: bool = True,
+    ) -> Any:
+        """The one step loop of every pipeline call (text-, image- and video-to-video): the
+        call's output, with progress after each step, cancellation between steps (skipping
+        the rest and the VAE decode) and previews to `preview`, a sink, where it has one.
+
+        `family_kwargs` (the family's own arguments) is read inside inference mode, as are
+        the prompts, which go through the family's `_pipeline_call` where `batched_prompts`."""
+        import torch
+
+        previewer = previews.StepPreviews(
+            preview, lambda pipeline, latents: self.preview_frames(pipeline, latents, call)
+        )
+
+        def on_step_end(
+            pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
+            on_progress(step + 1, pipeline.num_timesteps)
+            # Raising here skips the remaining steps and the VAE decode.
+            if should_stop():
+                raise Cancelled(f"{self.name}: cancelled after step {step + 1}")
+            previewer.after_step(pipeline, step + 1, tensors.get("latents"))
+            return {}
+
+        prompts = (
+            self._pipeline_call(pipe, call) if batched_prompts else contextlib.nullcontext(call)
+        )
         self._hook_offload(pipe)
         try:
-            with torch.inference_mode(), self._pipeline_call(pipe, call) as arguments:
+            with torch.inference_mode(), prompts as arguments:
                 return pipe(
                     **arguments,
                     generator=torch.Generator(self._device).manual_seed(seed),
                     output_type="np",
                     callback_on_step_end=on_step_end,
-                    **self._call_kwargs(pipe, shape, call["num_frames"], fitted),
+                    **(family_kwargs() if family_kwargs is not None else {}),
                 )
         except Cancelled:
             # A stopped call skips the pipeline's own cleanup: reset step caches and offload
@@ -628,17 +511,37 @@ class DiffusersBackend:
             pipe.maybe_free_model_hooks()
             raise
 
-    # --- edits: video-to-video over the same weights ------------------------------------
-    def edit_refusal(self) -> str | None:
-        """Why this model cannot edit a video, or None when it can; reads configs only."""
-        index = read_model_index(self.path) or {}
-        if index and not self._edits(index):
-            return (
-                f"model '{self.name}' has no video-to-video pipeline over its weights "
-                f"({index.get('_class_name')}); edits need a Wan text-to-video model"
-            )
+    # --- previews ------------------------------------------------------------------------
+    def preview_decoder(self, pipe: Any) -> previews.Decoder | None:
+        """How this family's VAE decodes the denoiser's latents, for fitting the preview
+        projection; None: the family shows no previews (its latents are not (C, T, H, W))."""
         return None
 
+    def preview_latents(self, pipe: Any, latents: Any, call: Mapping[str, Any]) -> Any:
+        """The denoiser's latents of this `call` as (1, C, T, H, W), or None where they are
+        in a layout the family does not know (packed layouts unpack here: LTX)."""
+        return latents if getattr(latents, "ndim", 0) == 5 else None
+
+    def preview_frames(self, pipe: Any, latents: Any, call: Mapping[str, Any] | None = None) -> Any:
+        """The latents as float RGB frames (T, H, W, 3), or None."""
+        latents = self.preview_latents(pipe, latents, call or {})
+        if latents is None:
+            return None
+        if self._projection is None:
+            self._projection = previews.load(self.path)
+        if self._projection is None:
+            decoder = self.preview_decoder(pipe)
+            if decoder is None:
+                return None
+            self._projection = previews.fit_projection(
+                decoder.decode,
+                decoder.channels,
+                spatial=decoder.spatial,
+                temporal=decoder.temporal,
+            )
+        return self._projection.rgb(latents[0].float().cpu().numpy())
+
+    # --- edits: video-to-video over the same weights ------------------------------------
     def run_video_to_video(
         self,
         call: dict[str, Any],
@@ -647,12 +550,11 @@ class DiffusersBackend:
         strength: float,
         on_progress: ProgressCallback,
         should_stop: StopCheck,
+        preview: Any = None,
     ) -> np.ndarray:
-        """One video-to-video call over the loaded modules: float frames in [0, 1].
-
-        Its own small copy of `_run`'s step loop, so `_run` (whose inputs are changing with
-        the backend protocol) stays untouched; fold the two together once that has landed.
-        """
+        """One video-to-video call over the loaded modules: float frames in [0, 1], through
+        the same step loop as `_run` (the prompts as given: no batched CFG here, as before),
+        previews to `preview` as a generation's."""
         with self._in_use():
             self.load()
             with self._lock:
@@ -664,62 +566,18 @@ class DiffusersBackend:
                 pipe.set_progress_bar_config(disable=True)
                 if should_stop():
                     raise Cancelled(f"{self.name}: cancelled before the first step")
-                import torch
-
-                def on_step_end(
-                    pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]
-                ) -> dict[str, Any]:
-                    on_progress(step + 1, pipeline.num_timesteps)
-                    if should_stop():
-                        raise Cancelled(f"{self.name}: cancelled after step {step + 1}")
-                    return {}
-
-                self._hook_offload(pipe)
-                try:
-                    with torch.inference_mode():
-                        output = pipe(
-                            **call,
-                            video=video,
-                            strength=strength,
-                            generator=torch.Generator(self._device).manual_seed(seed),
-                            output_type="np",
-                            callback_on_step_end=on_step_end,
-                        )
-                except Cancelled:
-                    pipe.maybe_free_model_hooks()
-                    raise
+                output = self._step_loop(
+                    pipe,
+                    {**call, "video": video, "strength": strength},
+                    seed,
+                    on_progress,
+                    should_stop,
+                    preview=preview,
+                    batched_prompts=False,
+                )
         return np.asarray(output.frames[0])
 
-    def _edits(self, index: Mapping[str, Any]) -> bool:
-        """Whether the family builds a video-to-video pipeline over these weights."""
-        return False
-
-    def _video_pipeline(self, t2v: Any) -> Any:
-        """A video-to-video pipeline over the text pipeline's modules; None if none."""
-        return None
-
-    # --- what a family says --------------------------------------------------------------
-    makes_audio: ClassVar[bool] = False  # the pipeline returns a waveform with the frames
-
-    @property
-    def audio_sample_rate(self) -> int | None:
-        """The waveform's sample rate (a loaded pipeline's vocoder says), else None."""
-        return None
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """What these weights can do, from their configs (no weights read)."""
-        index = read_model_index(self.path) or {}
-        image_to_video = bool(index) and self._accepts_image(index)
-        return Capabilities(
-            text_to_video=not index or not self._requires_image(index),
-            image_to_video=image_to_video,
-            audio=self.makes_audio,
-            video_to_video=bool(index) and self._edits(index),
-            extend=image_to_video,  # an extension starts image-to-video from the last frame
-        )
-
-    def _pipeline_for(self, inputs: GenerationInputs) -> Any:
+    def _pipeline_for(self, inputs: GenerationInputs, this_call: PerCall) -> Any:
         """The loaded pipeline one pass runs on (None where there is none for these inputs):
         image-to-video for an input image, else text-to-video. A family may choose others
         (LTX-2's frame conditioning for a source's last frames)."""
@@ -730,80 +588,6 @@ class DiffusersBackend:
         passes' sound, if any, is joined at the seams)."""
         return self._i2v is not None
 
-    def _stage_size(self, shape: grids.GenerationPlan) -> tuple[int, int]:
-        """(width, height) the denoising runs at: the plan's, unless a family upsamples after."""
-        return shape.gen_width, shape.gen_height
-
-    def _finish(self, frames: np.ndarray, width: int, height: int) -> np.ndarray:
-        """One pass's float frames after denoising (a family may upsample them here)."""
-        return frames
-
-    def _waveform(self, output: Any) -> np.ndarray | None:
-        """The (channels, samples) float waveform of one pipeline output, if it has one."""
-        return None
-
-    def _detect_grid(self, folder: Path | None) -> grids.FamilyGrid:
-        """The family's grid for these weights (configs only, no weights read)."""
-        return self.default_grid
-
-    def _detected_grid(self) -> grids.FamilyGrid:
-        """`_detect_grid` of the weights now, kept while the configs it reads are unchanged
-        (`model_index.json` and the transformer's `config.json`: two stats per call instead
-        of reading and parsing them on every submit's `check`)."""
-        folder = self.path
-        key = (
-            folder,
-            None if folder is None else stamp(os.path.join(folder, "model_index.json")),
-            None if folder is None else stamp(os.path.join(folder, "transformer", "config.json")),
-        )
-        cached = self._grid_seen
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        detected = self._detect_grid(folder)
-        self._grid_seen = (key, detected)
-        return detected
-
-    def _from_pretrained(self, folder: Path, class_name: str, dtype: torch.dtype) -> Any:
-        """Load the folder's own pipeline class on the CPU."""
-        raise NotImplementedError
-
-    def _pipelines(self, primary: Any, class_name: str) -> tuple[Any, Any]:
-        """(text-to-video, image-to-video) over the loaded modules; None where it cannot."""
-        raise NotImplementedError
-
-    def _accepts_image(self, index: Mapping[str, Any]) -> bool:
-        return True
-
-    def _chains(self, index: Mapping[str, Any]) -> bool:
-        """Whether a duration over one pass is chained: image-to-video with the same weights.
-
-        An empty index (weights not there yet) passes here; `generate` checks the pipelines.
-        """
-        return not index or self._accepts_image(index)
-
-    def _requires_image(self, index: Mapping[str, Any]) -> bool:
-        return False
-
-    def _call_kwargs(
-        self, pipe: Any, shape: grids.GenerationPlan, frames: int, inputs: GenerationInputs
-    ) -> dict[str, Any]:
-        """The family's own pipeline arguments (the input image among them, fitted to the
-        generated size, as are the reference images)."""
-        return {"image": inputs.image} if inputs.image is not None else {}
-
-    @contextlib.contextmanager
-    def _pipeline_call(self, pipe: Any, call: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """The prompt arguments of one pipeline call, and what must hold while it runs.
-
-        A family may swap the prompts for embeddings it made (Wan's batched CFG).
-        """
-        yield call
-
 
 def _warm_shape(width: int, height: int, frames: int, fps: int) -> grids.GenerationPlan:
     return grids.GenerationPlan(width, height, width, height, frames, frames, fps)
-
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """Pipeline frames in [0, 1] floats -> uint8."""
-    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

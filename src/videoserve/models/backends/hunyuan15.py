@@ -35,10 +35,12 @@ from PIL import Image
 
 from videoserve import errors
 from videoserve.models import grid as grids
+from videoserve.models import previews
 from videoserve.models.backends.diffusion import (
     DiffusersBackend,
     fit_image,
     read_model_index,
+    register_family,
     to_uint8,
 )
 from videoserve.models.params import VideoParams
@@ -108,7 +110,8 @@ def steps_and_guidance(class_name: str) -> Any:
             done += 1
             if callback_on_step_end is not None:
                 timestep = step_args[1] if len(step_args) > 1 else step_kwargs.get("timestep")
-                callback_on_step_end(self, done - 1, timestep, {})
+                latents = result[0] if isinstance(result, tuple) else result.prev_sample
+                callback_on_step_end(self, done - 1, timestep, {"latents": latents})
             return result
 
         scheduler.step = step  # an instance attribute: shadows the method for this call
@@ -123,6 +126,7 @@ def steps_and_guidance(class_name: str) -> Any:
     return type(base.__name__, (base,), {"__call__": __call__, "__module__": __name__})
 
 
+@register_family
 class HunyuanVideo15Backend(DiffusersBackend):
     """A HunyuanVideo 1.5 folder: T2V, I2V where its SigLIP parts are there."""
 
@@ -187,6 +191,9 @@ class HunyuanVideo15Backend(DiffusersBackend):
         text_parts = {k: v for k, v in primary.components.items() if k not in IMAGE_PARTS}
         return steps_and_guidance(T2V_CLASS)(**text_parts), primary
 
+    def preview_decoder(self, pipe: Any) -> previews.Decoder | None:
+        return hunyuan15_decoder(pipe.vae)
+
     def _finish(self, frames: np.ndarray, width: int, height: int) -> np.ndarray:
         if frames.shape[1:3] == (height, width):
             return frames
@@ -202,3 +209,27 @@ class HunyuanVideo15Backend(DiffusersBackend):
         # The image pipeline sizes itself from the image (fitted to the plan) and its
         # `target_size`: it takes no height or width.
         yield {k: v for k, v in call.items() if k not in ("height", "width")}
+
+
+def hunyuan15_decoder(vae: Any) -> previews.Decoder:
+    """HunyuanVideo 1.5's VAE as its pipelines decode: the denoiser's latents are the VAE's
+    scaled by `scaling_factor`, undone before the decode (32 channels, 16x spatial, 4x time)."""
+    import torch
+
+    config = vae.config
+    scale = float(config.scaling_factor)
+    parameter = next(vae.parameters())
+
+    def decode(latents: Any) -> Any:
+        with torch.inference_mode():
+            raw = (latents / scale).to(parameter.device, parameter.dtype)
+            video = vae.decode(raw, return_dict=False)[0][0].float().cpu()
+        # (3, T, H, W) in [-1, 1] -> (T, H, W, 3) in [0, 1]
+        return ((video.permute(1, 2, 3, 0).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+
+    return previews.Decoder(
+        decode,
+        int(config.latent_channels),
+        int(config.spatial_compression_ratio),
+        int(config.temporal_compression_ratio),
+    )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -38,15 +38,21 @@ import numpy as np
 from PIL import Image
 
 from videoserve.models import grid as grids
+from videoserve.models import previews
 from videoserve.models.backends.base import (
-    GeneratedVideo,
     GenerationInputs,
     ProgressCallback,
     StopCheck,
 )
-from videoserve.models.backends.diffusion import DiffusersBackend, fit_image, to_uint8
-from videoserve.models.backends.lora import Profile
-from videoserve.models.params import AudioDiffusersParams, VideoParams
+from videoserve.models.backends.diffusion import (
+    DiffusersBackend,
+    PerCall,
+    fit_image,
+    register_family,
+    to_uint8,
+)
+from videoserve.models.backends.ltx import ltx_decoder, unpacked
+from videoserve.models.params import AudioDiffusersParams
 
 if TYPE_CHECKING:
     import torch
@@ -96,6 +102,7 @@ def upsampler_folder(path: Path) -> Path:
     )
 
 
+@register_family
 class LTX2Backend(DiffusersBackend):
     """An LTX-2 pipeline folder: T2V and I2V with sound over one set of weights."""
 
@@ -120,8 +127,6 @@ class LTX2Backend(DiffusersBackend):
         self.upsampler = None if upsampler is None else Path(upsampler)
         self._upsample: Any = None  # LTX2LatentUpsamplePipeline over our VAE, once loaded
         self._condition: Any = None  # LTX2ConditionPipeline over the same modules, when used
-        # Whether this thread's generation wants sound: `_pipeline_for` reads it mid-call.
-        self._call = threading.local()
 
     @property
     def audio_sample_rate(self) -> int | None:
@@ -162,26 +167,8 @@ class LTX2Backend(DiffusersBackend):
         self._upsample = self._condition = None
         super().unload()
 
-    def generate_for(
-        self,
-        profile: Profile,
-        params: VideoParams,
-        inputs: GenerationInputs,
-        on_progress: ProgressCallback,
-        should_stop: StopCheck,
-    ) -> GeneratedVideo:
-        self._call.audio = bool(getattr(params, "audio", True))
-        self._call.passes = None
-        try:
-            video = super().generate_for(profile, params, inputs, on_progress, should_stop)
-        finally:
-            del self._call.audio
-        if self._call.passes is not None:  # a continuation plans its own passes
-            video.segments = self._call.passes
-        return video
-
-    def _pipeline_for(self, inputs: GenerationInputs) -> Any:
-        pipe = super()._pipeline_for(inputs)
+    def _pipeline_for(self, inputs: GenerationInputs, this_call: PerCall) -> Any:
+        pipe = super()._pipeline_for(inputs, this_call)
         if inputs.image is None and inputs.video is not None and pipe is not None:
             if self._condition is None:
                 from diffusers import LTX2ConditionPipeline
@@ -189,7 +176,7 @@ class LTX2Backend(DiffusersBackend):
                 self._condition = LTX2ConditionPipeline(**pipe.components)
                 self._condition.set_progress_bar_config(disable=True)
             pipe = self._condition
-        if pipe is not None and not getattr(self._call, "audio", True):
+        if pipe is not None and not this_call.audio:
             return _VideoOnly(pipe)
         return pipe
 
@@ -201,12 +188,15 @@ class LTX2Backend(DiffusersBackend):
         inputs: GenerationInputs,
         on_progress: ProgressCallback,
         should_stop: StopCheck,
+        this_call: PerCall,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """A continuation of `inputs.video`: its frames, then `shape.out_frames` more (over one
         pass: chained by image-to-video as usual), returned from the re-rendering of its last
         frame on, with the sound of that frame on."""
         if inputs.video is None or inputs.image is not None:
-            return super()._run_segments(call, shape, seed, inputs, on_progress, should_stop)
+            return super()._run_segments(
+                call, shape, seed, inputs, on_progress, should_stop, this_call
+            )
         lead = len(inputs.video)
         rule = math.lcm(self.grid.frame_rule, TEMPORAL_RATIO)
         longest = (self.grid.max_frames - 1) // rule * rule + 1
@@ -217,14 +207,22 @@ class LTX2Backend(DiffusersBackend):
             later_frames=tuple(counts[1:]),
             out_frames=lead + shape.out_frames,
         )
-        self._call.passes = len(counts)
-        video, wave = super()._run_segments(call, planned, seed, inputs, on_progress, should_stop)
+        this_call.passes = len(counts)  # a continuation plans its own passes
+        video, wave = super()._run_segments(
+            call, planned, seed, inputs, on_progress, should_stop, this_call
+        )
         video = video[lead - 1 :]
         if wave is not None:
             rate = self.audio_sample_rate
             assert rate is not None  # a pipeline that made sound says its rate
             wave = wave[:, round((lead - 1) * rate / shape.fps) :]
         return video, wave
+
+    def preview_decoder(self, pipe: Any) -> previews.Decoder | None:
+        return ltx_decoder(pipe.vae)
+
+    def preview_latents(self, pipe: Any, latents: Any, call: Mapping[str, Any]) -> Any:
+        return unpacked(pipe, latents, call)
 
     def _stage_size(self, shape: grids.GenerationPlan) -> tuple[int, int]:
         if self.upsampler is None:

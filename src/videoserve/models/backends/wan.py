@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from videoserve.models import grid as grids
+from videoserve.models import previews
 from videoserve.models.backends.base import Capabilities, GenerationInputs
-from videoserve.models.backends.diffusion import DiffusersBackend, read_model_index
+from videoserve.models.backends.diffusion import DiffusersBackend, read_model_index, register_family
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +58,7 @@ def detect_grid(path: Path | None) -> grids.FamilyGrid:
     return grids.WAN_720P_GRID if width >= 5120 else grids.WAN21_GRID
 
 
+@register_family
 class WanBackend(DiffusersBackend):
     """A Wan pipeline folder: T2V, and I2V from the same weights where the layout allows."""
 
@@ -138,11 +140,37 @@ class WanBackend(DiffusersBackend):
         with cfg.batching(pipe, *embeds):
             yield {**rest, "prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
 
+    def preview_decoder(self, pipe: Any) -> previews.Decoder | None:
+        return wan_decoder(pipe.vae)
+
     def _edits(self, index: Mapping[str, Any]) -> bool:
         return index.get("_class_name") == T2V_CLASS and index.get("boundary_ratio") is None
 
     def _video_pipeline(self, t2v: Any) -> Any:
         return _video_pipeline_sharing(t2v)
+
+
+def wan_decoder(vae: Any) -> previews.Decoder:
+    """Wan's VAE as its pipelines decode: the denoiser's latents are normalised per channel
+    (`latents_mean`, `latents_std` of the VAE's config), undone before the decode."""
+    import torch
+
+    config = vae.config
+    channels = int(config.z_dim)
+    mean = torch.tensor(config.latents_mean).view(1, channels, 1, 1, 1)
+    std = torch.tensor(config.latents_std).view(1, channels, 1, 1, 1)
+    parameter = next(vae.parameters())
+
+    def decode(latents: Any) -> Any:
+        with torch.inference_mode():
+            raw = (latents * std + mean).to(parameter.device, parameter.dtype)
+            video = vae.decode(raw, return_dict=False)[0][0].float().cpu()
+        # (3, T, H, W) in [-1, 1] -> (T, H, W, 3) in [0, 1]
+        return ((video.permute(1, 2, 3, 0).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+
+    spatial = int(getattr(config, "scale_factor_spatial", 8) or 8)
+    temporal = int(getattr(config, "scale_factor_temporal", 4) or 4)
+    return previews.Decoder(decode, channels, spatial, temporal)
 
 
 def first_frame_conditions(image: Image.Image, frames: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ const TITLES = {
   502: "Model or worker unavailable (502)",
   503: "Service unavailable (503)",
   504: "Timed out (504)",
+  507: "Storage full (507)",
 };
 
 // A job's failure code (jobs/failures.py), and the title the page gives each.
@@ -31,6 +32,8 @@ const FAILURE_TITLES = {
   input_invalid: "Invalid input",
   model_unavailable: "Model unavailable",
   media_error: "Encoding failed",
+  storage_full: "Storage full",
+  out_of_memory: "Out of memory",
 };
 
 const number = (value) => (typeof value === "number" && Number.isFinite(value) ? value : null);
@@ -65,9 +68,12 @@ export function describe(result) {
   if (status === 400 && fields.param) out.field = String(fields.param).split(".")[0];
   if (status === 401) {
     out.field = "api-key";
-    out.hint = apiKey()
-      ? "The key was not accepted: check it in the API key field at the top."
-      : "This server needs an API key: enter it in the API key field at the top.";
+    out.hint =
+      (apiKey()
+        ? "The key was not accepted: check it in the API key field at the top."
+        : "This server needs an API key: enter it in the API key field at the top.") +
+      " To get one, run `videoserve keys create --name NAME` on the server (the key is the last" +
+      " line it prints); `videoserve serve` also prints an admin key when it first starts.";
   }
   if (status === 403) out.hint = "This API key lacks the permission for that.";
   if (status === 406) {

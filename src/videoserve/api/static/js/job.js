@@ -1,7 +1,7 @@
 // The job view: one request's status, progress, failure or video, followed over the live
 // event stream when the server has it, else by polling its status.
 
-import { api, followEvents, retryAfterSeconds } from "./api.js";
+import { api, authHeaders, followEvents, retryAfterSeconds } from "./api.js";
 import { $, el, formatHertz, formatSeconds, isAbort, sleep, toast } from "./dom.js";
 import { describe, failureMessage, failureOf, failureTitle, isCancelled, renderAlert } from "./errors.js";
 import { followupButtons } from "./followups.js";
@@ -11,7 +11,16 @@ import { emit, state, statusOf, TERMINAL } from "./state.js";
 const isFinal = (body) => TERMINAL.has(statusOf(body));
 const cancelRequested = () => Boolean(state.job && state.job.cancelRequested);
 
+// The request in view is kept in the address (#request=ID), so a reload shows it again.
+const HASH = /^#request=([^&]+)$/;
+
+export function requestInAddress() {
+  const match = HASH.exec(location.hash);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
 function resetJobView(id) {
+  if (requestInAddress() !== id) history.replaceState(null, "", `#request=${encodeURIComponent(id)}`);
   $("job-empty").hidden = true;
   $("job").hidden = false;
   $("job-id").textContent = id;
@@ -24,6 +33,7 @@ function resetJobView(id) {
   player.load();
   setProgress(0);
   $("progress-row").hidden = false;
+  hidePreview();
   $("job-transport").textContent = "";
   $("job-panel").dataset.status = "";
 }
@@ -35,9 +45,74 @@ function setProgress(percent) {
   $("job-progress-label").textContent = `${value}%`;
 }
 
-function queueDetail(position) {
-  if (position === undefined || position === null) return "Waiting in the queue…";
-  return Number(position) <= 1 ? `Queue position ${position}: next to run.` : `Queue position ${position}.`;
+// What each phase is called on the page (jobs/phases.py names them).
+const PHASE_WORDS = {
+  starting: "Starting…",
+  loading_model: "Loading the model…",
+  encoding_prompt: "Reading the prompt…",
+  denoising: "Generating",
+  decoding: "Decoding the frames…",
+  encoding_video: "Encoding the video…",
+  storing: "Saving the video…",
+};
+
+function phaseDetail(body) {
+  const phase = body.phase;
+  if (phase === "denoising" && body.step !== undefined) return `Generating: step ${body.step} of ${body.steps}`;
+  return PHASE_WORDS[phase] || "Generating…";
+}
+
+// The latest preview image of a running request, fetched with the key (an <img> cannot send
+// it) whenever the status names a newer one; dropped when the request ends.
+const preview = { id: null, step: null, url: null, loading: false };
+
+function hidePreview() {
+  if (preview.url) URL.revokeObjectURL(preview.url);
+  Object.assign(preview, { id: null, step: null, url: null, loading: false });
+  $("preview").hidden = true;
+  $("preview-image").removeAttribute("src");
+}
+
+async function showPreview(id, body) {
+  const step = body.preview_step;
+  if (step === undefined || step === null || preview.loading) return;
+  if (preview.id === id && preview.step === step) return;
+  preview.loading = true;
+  try {
+    const response = await fetch(`/v2/requests/${encodeURIComponent(id)}/preview`, {
+      headers: authHeaders({ Accept: "image/jpeg" }),
+      cache: "no-store",
+    });
+    if (!response.ok || !state.job || state.job.id !== id || state.job.done) return;
+    const url = URL.createObjectURL(await response.blob());
+    if (preview.url) URL.revokeObjectURL(preview.url);
+    Object.assign(preview, { id, step: Number(response.headers.get("X-Preview-Step") || step), url });
+    $("preview-image").src = url;
+    $("preview-caption").textContent = `Preview at step ${preview.step}${body.steps ? ` of ${body.steps}` : ""} (a rough look, not the final frames)`;
+    $("preview").hidden = false;
+  } catch {
+    // A preview is a courtesy: the next status tries again.
+  } finally {
+    preview.loading = false;
+  }
+}
+
+function startEstimate(seconds) {
+  // About when it starts, from its model's recent job times and live workers (null: unknown).
+  if (seconds === undefined || seconds === null) return "";
+  const s = Number(seconds);
+  if (s < 1) return " Starts in about a second.";
+  if (s < 90) return ` Starts in about ${Math.round(s)} s.`;
+  return ` Starts in about ${Math.round(s / 60)} min.`;
+}
+
+function queueDetail(position, waitingReason, estimate) {
+  let line;
+  if (position === undefined || position === null) line = "Waiting in the queue…";
+  else line = Number(position) <= 1 ? `Queue position ${position}: next to run.` : `Queue position ${position}.`;
+  // The server says why a queued job cannot start yet (no live worker serves its model).
+  if (waitingReason) return `${line} Waiting: ${waitingReason}.`;
+  return line + startEstimate(estimate);
 }
 
 function showStatus(body) {
@@ -48,12 +123,12 @@ function showStatus(body) {
   $("job-panel").dataset.status = status;
   const detail = $("job-detail");
   if (status === "QUEUED") {
-    detail.textContent = queueDetail(body.queue_position);
+    detail.textContent = queueDetail(body.queue_position, body.waiting_reason, body.estimated_start_seconds);
     setProgress(0);
   } else if (status === "PROCESSING") {
-    const progress = Number(body.progress || 0);
-    detail.textContent = progress > 0 ? `Generating… ${Math.round(progress)}%` : "Generating… (loading the model)";
-    setProgress(progress);
+    detail.textContent = phaseDetail(body);
+    setProgress(Number(body.progress || 0));
+    if (state.job && body.request_id === state.job.id) showPreview(body.request_id, body);
   } else if (status === "COMPLETED") {
     detail.textContent = "Done.";
     setProgress(100);
@@ -61,6 +136,7 @@ function showStatus(body) {
     detail.textContent = isCancelled(body, cancelRequested()) ? "The request was cancelled." : "The request failed.";
   }
   const active = !TERMINAL.has(status);
+  if (!active) hidePreview();
   $("progress-row").hidden = !active && status !== "COMPLETED";
   $("cancel").hidden = !active;
   $("cancel").disabled = !active;

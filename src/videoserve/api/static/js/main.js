@@ -14,7 +14,7 @@ import { describe } from "./errors.js";
 import { initFollowups } from "./followups.js";
 import { clearErrors, collect, markInvalid, refreshFormAlert, renderForm, setFieldError, showFormError, showProblems } from "./form.js";
 import { initGallery, refreshGallery, remember, renderGallery } from "./gallery.js";
-import { initJobView, track } from "./job.js";
+import { initJobView, openRequest, requestInAddress, track } from "./job.js";
 import { initSnippets, updateSnippet } from "./snippets.js";
 import { on, state } from "./state.js";
 
@@ -48,7 +48,8 @@ function chooseModel(id) {
   if (state.model) {
     storage.set(STORE.model, state.model.id);
     const bits = [];
-    if (state.model.alias_of) bits.push(`Served by ${state.model.served_by || state.model.alias_of}.`);
+    // The warning of a stand-in already says what serves it: say it once.
+    if (state.model.alias_of && !state.model.warning) bits.push(`Served by ${state.model.served_by || state.model.alias_of}.`);
     if (state.model.available === false) bits.push(`Unavailable: ${state.model.reason || "no reason given"}.`);
     if (state.model.warning) bits.push(state.model.warning);
     note.textContent = bits.join(" ");
@@ -145,7 +146,12 @@ function init() {
   initGallery();
   on("form-changed", updateSnippet);
   on("submitted", showSubmitted);
-  loadModels().then(() => refreshGallery());
+  loadModels().then(() => {
+    refreshGallery();
+    // A reload keeps the request in view: shown again, and followed if it still runs.
+    const shown = requestInAddress();
+    if (shown) openRequest(shown);
+  });
 }
 
 // A module script runs after the document is parsed: the elements are there.

@@ -4,12 +4,12 @@ Why: through SQLAlchemy's async engine a one-row read by primary key cost ~260 u
 process's CPU (a pool checkout through the greenlet adapter ~65 us, the execution and the Row
 most of the rest); on an asyncpg connection the same statement costs ~50 us. The status poll
 is the most frequent request by far, so its read (`jobs/job_status.py`) runs here; everything
-else stays on the engine. As `sqlite_direct` does for a SQLite file: only for queries whose
+else stays on the engine. As `db.sqlite` does for a SQLite file: only for queries whose
 columns and parameters need no type conversion (strings, numbers).
 
 The pool is small and fixed (`POOL_SIZE` connections beside the engine's), opened on first
-use. It connects as the engine does, from the same URL (`connect_args`: host, port, user,
-password, database, `ssl`), and each connection gets the engine's session settings
+use. It connects as the engine does, from the same URL (`dialects.asyncpg_connect_args`, which
+the LISTEN connection uses too), and each connection gets the engine's session settings
 (`dialects.POSTGRES_SETTINGS`).
 A connection that breaks (a restarted server) fails its read, which the poll answers 503 with
 `Retry-After`, as the engine's disconnects are; asyncpg's pool then replaces it.
@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 from videoserve import errors
-from videoserve.jobs import dialects
+from videoserve.db import dialects
 
 POOL_SIZE = 4  # a read takes ~0.1 ms of wall time: four serve tens of thousands a second
 
@@ -35,7 +35,7 @@ class PgReader:
     """Single-statement reads of one PostgreSQL database, on asyncpg directly."""
 
     def __init__(self, url: str) -> None:
-        self._connect = connect_args(url)
+        self._connect = dialects.asyncpg_connect_args(url)
         self._pool: Any = None
         self._opening: asyncio.Future[Any] | None = None  # one open, however many ask
 
@@ -102,22 +102,6 @@ class PgReader:
             await asyncio.wait_for(pool.close(), 5)
         except Exception:
             pool.terminate()  # a connection hung on a server that is gone, say
-
-
-# URL query options asyncpg's connect takes as they are (the engine passes its URL's query to
-# asyncpg the same way). Others, which only SQLAlchemy's dialect understands, are left out.
-_ASYNCPG_OPTIONS = ("host", "port", "ssl")
-
-
-def connect_args(url: str) -> dict[str, Any]:
-    """asyncpg's `connect` arguments for a SQLAlchemy PostgreSQL URL, as the engine connects."""
-    parsed = make_url(url)
-    args: dict[str, Any] = parsed.translate_connect_args(username="user")
-    for name in _ASYNCPG_OPTIONS:
-        value = parsed.query.get(name)
-        if isinstance(value, str):
-            args[name] = int(value) if name == "port" else value
-    return args
 
 
 def _unreachable(exc: Exception) -> bool:

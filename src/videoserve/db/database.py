@@ -1,4 +1,9 @@
-"""The one seam to the database: engines, transactions, locks, dialect switches, migrations.
+"""The one seam to the database: its executor, transactions, locks, dialect switches,
+migrations.
+
+Statements run through one executor chosen once per URL (`db/executors.py`: `first`,
+`row_reader`, `write_one`, `run_transaction`); async multi-statement work takes an engine
+connection (`transaction`, `connect`).
 
 Built once per process (by the runtime, or `JobStore.open`) and handed to every store: the job
 store, keys, the ledger, the worker registry, the listing and the webhook store. Only this
@@ -16,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,9 +30,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from videoserve.jobs import clock, dialects
-from videoserve.jobs.postgres_direct import PgReader
-from videoserve.jobs.sqlite_direct import SqliteWriter, SyncReader
+from videoserve import clock
+from videoserve.db import dialects, executors
 
 log = logging.getLogger("videoserve.jobs")
 
@@ -110,11 +114,13 @@ class Database:
         self.notifier = dialects.create_notifier(self.engine, url)
         self.migrations = tuple(migrations)
         self.postgres = dialects.is_postgres(self.engine)
-        # SQLite's fast path: reads and one-statement writes off aiosqlite (see sqlite_direct).
-        self._sync_reader = SyncReader.for_url(url)
-        self._sqlite_writer = SqliteWriter.for_url(url)
-        # PostgreSQL's: the status poll's read on asyncpg directly (see postgres_direct).
-        self._pg_reader = PgReader.for_url(url)
+        # The differences the stores may ask about, as capabilities (never "which database").
+        # Two transactions may write at once (PostgreSQL); SQLite has one writer at a time.
+        self.concurrent_writers = self.postgres
+        # One statement may modify data in a CTE and use the result (PostgreSQL).
+        self.writable_ctes = dialects.writes_in_ctes(self.engine.dialect)
+        # How statements run on this database, chosen once (see db/executors.py).
+        self.executor = executors.for_url(url, self.engine, self.read_engine)
 
     # --- connections ---------------------------------------------------------------------------
     def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
@@ -129,57 +135,25 @@ class Database:
         self, query: sa.Executable, params: dict[str, Any] | None = None
     ) -> sa.Row | None:
         """One row of a single-statement read (synchronously on a SQLite file)."""
-        if self._sync_reader is not None:
-            return self._sync_reader.first(query, params)
-        async with self.read_engine.connect() as conn:
-            return (await conn.execute(query, params)).first()
+        return await self.executor.first(query, params)
 
-    def row_reader(
-        self, query: sa.Select
-    ) -> Callable[[dict[str, Any]], Awaitable[tuple[Any, ...] | None]]:
+    def row_reader(self, query: sa.Select) -> executors.RowReader:
         """`query`, a one-row read of columns that need no type conversion (strings, numbers),
         prepared the cheapest way this database allows; a call returns its first row as a
-        tuple, or None. On a SQLite file it runs on the DB-API cursor in the loop
-        (`SyncReader.prepared`), on PostgreSQL on asyncpg directly (`PgReader.prepared`),
-        elsewhere (`:memory:`) through the engine. For the status poll's reads."""
-        if self._sync_reader is not None:
-            run = self._sync_reader.prepared(query)
-
-            async def in_the_loop(params: dict[str, Any]) -> tuple[Any, ...] | None:
-                return run(params)
-
-            return in_the_loop
-        if self._pg_reader is not None:
-            return self._pg_reader.prepared(query)
-
-        async def through_the_engine(params: dict[str, Any]) -> tuple[Any, ...] | None:
-            row = await self.first(query, params)
-            return tuple(row) if row is not None else None
-
-        return through_the_engine
+        tuple, or None. For the status poll's reads."""
+        return self.executor.row_reader(query)
 
     async def write_one(
         self, statement: sa.Executable, params: dict[str, Any] | None = None
     ) -> sa.Row | None:
         """Run one writing statement on its own, atomically: one round trip, no BEGIN."""
-        if self._sqlite_writer is not None:
-            return await self._sqlite_writer.first(statement, params)
-        async with self.read_engine.connect() as conn:
-            row = (await conn.execute(statement, params)).first()
-            await conn.commit()  # ends SQLAlchemy's own transaction; the database's is done
-        return row
+        return await self.executor.write_one(statement, params)
 
     async def run_transaction(self, work: Callable[[Connection], T]) -> T:
         """Run `work`'s statements (synchronous, on the connection it is given) as one write
-        transaction, committed when it returns; its result.
-
-        On a SQLite file the whole transaction is one hop to the writer thread (through
-        aiosqlite each statement, BEGIN and COMMIT were hops of their own); elsewhere it runs
-        on the async engine through `run_sync`."""
-        if self._sqlite_writer is not None:
-            return await self._sqlite_writer.transaction(work)
-        async with self.transaction() as conn:
-            return await conn.run_sync(work)
+        transaction, committed when it returns; its result. On a SQLite file the whole
+        transaction is one hop to the writer thread."""
+        return await self.executor.run_transaction(work)
 
     async def ping(self) -> None:
         async with self.read_engine.connect() as conn:
@@ -207,6 +181,10 @@ class Database:
         module = postgresql if self.postgres else sqlite
         return module.insert(table).on_conflict_do_nothing(index_elements=conflict)
 
+    def greatest(self, *values: Any) -> Any:
+        """The largest of the values in one row: GREATEST on PostgreSQL, SQLite's scalar max."""
+        return sa.func.greatest(*values) if self.postgres else sa.func.max(*values)
+
     def claim_subquery(self, select: sa.Select) -> sa.Select:
         """The oldest-claimable-row SELECT, made safe for concurrent claimers on this dialect:
         `FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers anyway."""
@@ -224,15 +202,7 @@ class Database:
         assert isinstance(table, sa.Table)
         group: sa.BindParameter[Any] = sa.bindparam(group_param)
         if self.postgres:
-            bumped = (
-                postgresql.insert(counter.key.table)
-                .values({counter.key.name: group, counter.last.name: 1})
-                .on_conflict_do_update(
-                    index_elements=[counter.key], set_={counter.last.name: counter.last + 1}
-                )
-                .returning(counter.last)
-                .cte("next_number")
-            )
+            bumped = self.next_number(counter, group_param)
             number = sa.select(bumped.c[counter.last.name]).scalar_subquery()
             return table.insert().add_cte(bumped).values({counter.number.name: number})
         prior = table.alias("prior")
@@ -242,6 +212,21 @@ class Database:
             .scalar_subquery()
         )
         return table.insert().values({counter.number.name: number})
+
+    def next_number(self, counter: Counter, group_param: str) -> sa.CTE:
+        """PostgreSQL: a CTE bumping the group's counter, RETURNING the number taken in
+        `counter.last` (for an INSERT that selects its number from it)."""
+        assert self.postgres, "next_number is PostgreSQL's (SQLite: numbered_insert)"
+        group: sa.BindParameter[Any] = sa.bindparam(group_param, type_=counter.key.type)
+        return (
+            postgresql.insert(counter.key.table)
+            .values({counter.key.name: group, counter.last.name: 1})
+            .on_conflict_do_update(
+                index_elements=[counter.key], set_={counter.last.name: counter.last + 1}
+            )
+            .returning(counter.last)
+            .cte("next_number")
+        )
 
     def numbered_for(self, counter: Counter, group_param: str, rows: sa.CTE) -> sa.CTE:
         """PostgreSQL: a CTE bumping the group's counter once if `rows` (a CTE) has a row,
@@ -297,13 +282,8 @@ class Database:
 
     async def close(self) -> None:
         await self.notifier.close()
+        await self.executor.close()
         await self.engine.dispose()
-        if self._sync_reader is not None:
-            self._sync_reader.dispose()
-        if self._sqlite_writer is not None:
-            self._sqlite_writer.dispose()
-        if self._pg_reader is not None:
-            await self._pg_reader.close()
 
     async def migrate(self) -> dict[str, int]:
         """Bring every registered package's tables to its latest version; safe to run from many

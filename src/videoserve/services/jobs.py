@@ -18,10 +18,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from PIL import Image
+from sqlalchemy.exc import DataError, IntegrityError
 
-from videoserve import errors
-from videoserve.jobs import clock, ledger, listing, text
+from videoserve import clock, errors
+from videoserve.jobs import deadlines, ledger, listing, remixes, text
+from videoserve.jobs.estimates import StartEstimates
 from videoserve.jobs.failures import Failure, FailureCode
+from videoserve.jobs.fairness import Priority, check_bound
 from videoserve.jobs.inputs import (
     InputKind,
     JobInput,
@@ -36,11 +39,13 @@ from videoserve.jobs.keys import ANONYMOUS
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status, is_terminal
 from videoserve.jobs.store import IdempotencyConflict, JobStore, NewJob
+from videoserve.jobs.workers import ServedModels
 from videoserve.media.fetch import FetchPolicy, load_reference
 from videoserve.media.spritesheet import build_spritesheet
 from videoserve.models.params import validate_params
 from videoserve.models.registry import ModelRegistry
 from videoserve.moderation import Moderator
+from videoserve.resolver import Resolver
 from videoserve.settings import Settings
 from videoserve.storage.base import BlobNotFound, BlobStore
 
@@ -74,9 +79,14 @@ def job_blob_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/"
 
 
+def preview_key(job_id: str) -> str:
+    """The latest preview image of a running job (deleted when the job ends)."""
+    return f"{job_blob_prefix(job_id)}preview.jpg"
+
+
 def remix_marker_key(job_id: str) -> str:
-    """A remix records its source here, beside the job's other files: it shares their
-    lifetime (retention and delete remove the whole prefix)."""
+    """Where a remix made before migration 12 recorded its source (now the `remixed_from`
+    column; the marker is read once, by `JobService.settle_remix_sources`)."""
     return f"{job_blob_prefix(job_id)}remix.json"
 
 
@@ -85,7 +95,7 @@ def spritesheet_key(output_key: str) -> str:
     return output_key.rsplit("/", 1)[0] + "/spritesheet.jpg"
 
 
-Variant = Literal["video", "thumbnail", "spritesheet"]
+Variant = Literal["video", "thumbnail", "spritesheet", "preview"]
 _CONTENT_GONE = "content not found (it may have expired)"
 
 
@@ -97,6 +107,15 @@ class Content:
     media_type: str
 
 
+@dataclass(frozen=True)
+class Preview:
+    """A running job's latest preview: a JPEG strip of a few frames across time."""
+
+    image: bytes
+    step: int  # the denoising step it shows
+    steps: int | None
+
+
 class JobService:
     def __init__(
         self,
@@ -105,8 +124,14 @@ class JobService:
         registry: ModelRegistry,
         blobs: BlobStore,
         moderator: Moderator,
+        served_models: ServedModels | None = None,
+        start_estimates: StartEstimates | None = None,
     ) -> None:
         self.settings = settings
+        # What live workers serve, re-read every second or two: a queued job's waiting reason.
+        self._served_models = served_models
+        # About when a queued job starts, from per-model facts re-read every few seconds.
+        self._start_estimates = start_estimates
         self.store = store
         self.registry = registry
         self.blobs = blobs
@@ -117,6 +142,8 @@ class JobService:
             timeout=settings.fetch_timeout_seconds,
             allow_private=settings.allow_private_urls,
         )
+        # input_reference hosts: a resolver of their own, so webhook names cannot slow them.
+        self.input_hosts = Resolver(settings.resolve_timeout_seconds)
         self._statuses = StatusReader(store.database)
 
     async def submit(
@@ -130,15 +157,26 @@ class JobService:
         stored_input: str | None = None,
         inputs: JobInputs | None = None,
         files: Sequence[PendingInput] = (),
+        remixed_from: str | None = None,
+        start_timeout: float | None = None,
+        priority: Priority | None = None,
+        execution_timeout: float | None = None,
     ) -> Job:
         """Validate, moderate, charge and durably queue a request; returns the stored job.
 
         `stored_input` is the blob key of a reference image already checked and stored for
         another job (a remix): it is copied, never decoded from base64 again. `inputs` (an
         edit, an extension, characters) with its `files` are stored under the job's prefix
-        before the job is, and the job's `input_key` names their manifest.
-        `InsufficientCredits` when the key cannot pay the price: nothing is stored."""
+        before the job is, and the job's `input_key` names their manifest. `remixed_from`:
+        the id of the video a remix repeats, recorded in the job's row. `start_timeout`
+        (X-Start-Timeout, else the server's default) bounds its wait for a worker; `priority`
+        (X-Queue-Priority, default normal) is its class, at most the key's bound (`Forbidden`
+        naming it); `execution_timeout` (X-Execution-Timeout) bounds its run, within the
+        model's own limit (above it, `InvalidRequest`). `InsufficientCredits` when the key
+        cannot pay, `StorageFull` when the disk is: either way nothing is stored."""
         text.check_field("Idempotency-Key", idempotency_key, text.MAX_IDEMPOTENCY_KEY_CHARS)
+        priority = Priority.NORMAL if priority is None else priority
+        check_bound(priority, Priority(key.max_priority), admin=key.is_admin)
         text.check_tree(raw_params)  # multipart fields and the CLI's too, not only JSON bodies
         resolved = self.registry.resolve(model)
         params = validate_params(resolved.schema, raw_params)
@@ -149,6 +187,11 @@ class JobService:
                 param="prompt",
             )
         limits = self.registry.compute_limits(model)
+        deadlines.check_execution_timeout(
+            execution_timeout,
+            limits.max_job_seconds or self.settings.max_job_seconds,
+            resolved.served_by,
+        )
         steps = getattr(params, "num_inference_steps", None)
         if limits.max_steps is not None and steps is not None and steps > limits.max_steps:
             raise errors.InvalidRequest(
@@ -169,28 +212,39 @@ class JobService:
         # (`continuation.edit_passes`, checked by `VideoOperations.edit`), chained or not.
         if inputs is None or inputs.operation != Operation.EDIT:
             resolved.backend.check(checked)
+            self.registry.check_split(resolved, checked)
         job_id = new_request_id()
         png: bytes | None = None
         image: Image.Image | None = None
         if params.input_reference is not None:
-            reference = await load_reference(params.input_reference, self.fetch_policy)
+            reference = await load_reference(
+                params.input_reference, self.fetch_policy, resolver=self.input_hosts
+            )
             png, image = reference.png, reference.image
         elif stored_input is not None:
             png = await self.blobs.get_bytes(stored_input)
             image = await asyncio.to_thread(_decode_png, png)
         blocked = self.moderator.check(params.prompt, image)
-        input_key = None
-        if png is not None and blocked is None:
-            input_key = input_blob_key(job_id)
-            await self.blobs.put_bytes(input_key, png, "image/png")
-        if inputs is not None and blocked is None:
-            input_key = await self._store_inputs(job_id, inputs, files, input_key)
         price = self.price(key, resolved.served_by, params.duration, limits.steps(steps))
         stored_params = params.model_dump(exclude_none=True)
         if params.input_reference is not None and params.input_reference.startswith("data:"):
             # The image itself lives in blob storage under `input_key`, which is the record;
             # a multi-megabyte URI (or a note standing in for it) has no place in the row.
             del stored_params["input_reference"]
+        input_key = None
+        stores_files = blocked is None and (png is not None or inputs is not None)
+        try:
+            if png is not None and blocked is None:
+                input_key = input_blob_key(job_id)
+                await self.blobs.put_bytes(input_key, png, "image/png")
+            if inputs is not None and blocked is None:
+                input_key = await self._store_inputs(job_id, inputs, files, input_key)
+        except Exception:
+            # The disk filled up part way (`StorageFull`): no row will name what was stored,
+            # and the retention sweep, which works from rows, would never find it.
+            if stores_files:
+                await self._forget_inputs(job_id)
+            raise
         try:
             job, created = await self.store.create(
                 NewJob(
@@ -211,24 +265,42 @@ class JobService:
                     retention_seconds=self.settings.retention_seconds,
                     webhook_url=webhook_url,
                     charge=price,
+                    start_timeout=(
+                        self.settings.start_timeout_seconds
+                        if start_timeout is None
+                        else start_timeout
+                    ),
+                    priority=priority,
+                    execution_timeout=execution_timeout,
+                    remixed_from=remixed_from,
                 )
             )
-        except errors.InsufficientCredits:
-            if input_key:
-                await self.blobs.delete_prefix(job_blob_prefix(job_id))
+        except (errors.InsufficientCredits, IdempotencyConflict, DataError, IntegrityError) as exc:
+            # The row was refused, so nothing holds the inputs: none may stay. (Other errors
+            # leave them: the row may have been committed before the error reached us.)
+            if stores_files:
+                await self._forget_inputs(job_id)
+            if isinstance(exc, IdempotencyConflict):
+                raise errors.InvalidRequest(
+                    "Idempotency-Key was already used with a different request; "
+                    "use a new key for a new request"
+                ) from None
             raise
-        except IdempotencyConflict:
-            if input_key:
-                await self.blobs.delete_prefix(job_blob_prefix(job_id))
-            raise errors.InvalidRequest(
-                "Idempotency-Key was already used with a different request; "
-                "use a new key for a new request"
-            ) from None
-        if not created and input_key:
-            await self.blobs.delete_prefix(job_blob_prefix(job_id))
+        if not created and stores_files:  # the earlier request's job has its own
+            await self._forget_inputs(job_id)
         if blocked:
             log.info("request %s blocked: %s", job.id, blocked)
         return job
+
+    async def _forget_inputs(self, job_id: str) -> None:
+        """Delete the files stored for a job that was never written (or that an earlier
+        request with the same Idempotency-Key already is). Shielded: a client hanging up
+        must not cancel the cleanup half way; a failure is logged, never raised over the
+        error that brought us here."""
+        try:
+            await asyncio.shield(self.blobs.delete_prefix(job_blob_prefix(job_id)))
+        except Exception:
+            log.exception("request %s: its stored inputs could not be deleted", job_id)
 
     async def _store_inputs(
         self,
@@ -318,6 +390,23 @@ class JobService:
     async def queue_position(self, job: Job | JobStatus) -> int | None:
         return await self.store.queue_position(job) if job.status == Status.QUEUED else None
 
+    async def waiting_reason(self, job: Job | JobStatus) -> str | None:
+        """Why a QUEUED job waits beyond its place in line (no live worker serves its model);
+        None when nothing but the line holds it. From a per-process set: no read here."""
+        if self._served_models is None:
+            return None
+        return await self._served_models.waiting_reason(job.served_by)
+
+    async def waiting(self, job: Job | JobStatus) -> tuple[int | None, str | None, float | None]:
+        """A QUEUED job's place in line, why it waits beyond that (None: a live worker serves
+        its model) and about when it starts: one index seek, the rest from per-process caches."""
+        position = await self.queue_position(job)
+        reason = await self.waiting_reason(job)
+        estimate = None
+        if self._start_estimates is not None:
+            estimate = await self._start_estimates.seconds(job.served_by, position)
+        return position, reason, estimate
+
     async def cancel(self, key: ApiKey, job_id: str) -> Job:
         job = await self.get(key, job_id)
         if is_terminal(job.status):
@@ -374,8 +463,27 @@ class JobService:
         return deleted
 
     # --- content and remix ---------------------------------------------------------------------
+    async def preview(self, key: ApiKey, job_id: str) -> Preview:
+        """The latest preview image of the caller's running job; 404 before the first and
+        after the job ends (previews live only while it runs)."""
+        job = await self.get(key, job_id)
+        if job.status != Status.PROCESSING:
+            state = "has not started" if job.status == Status.QUEUED else "has ended"
+            raise errors.NotFound(
+                f"no preview: request '{job.id}' {state} (previews exist only while it runs)"
+            )
+        if job.preview_step is None:
+            raise errors.NotFound(f"no preview of request '{job.id}' yet")
+        try:
+            data = await self.blobs.get_bytes(preview_key(job.id))
+        except BlobNotFound:
+            raise errors.NotFound(f"no preview of request '{job.id}' now") from None
+        return Preview(data, job.preview_step, job.steps)
+
     async def content(self, key: ApiKey, job_id: str, variant: Variant) -> Content:
         """Which stored file answers a download; a spritesheet is made on first request."""
+        if variant == "preview":
+            raise AssertionError("a preview is `preview`'s, not a stored file's")
         job = await self.get(key, job_id)
         if job.status != Status.COMPLETED or job.result is None:
             raise errors.InvalidRequest(
@@ -408,7 +516,15 @@ class JobService:
         return sheet_key
 
     async def remix(
-        self, key: ApiKey, source_id: str, prompt: Any, *, idempotency_key: str | None = None
+        self,
+        key: ApiKey,
+        source_id: str,
+        prompt: Any,
+        *,
+        idempotency_key: str | None = None,
+        start_timeout: float | None = None,
+        priority: Priority | None = None,
+        execution_timeout: float | None = None,
     ) -> Job:
         """A new job from a completed one: its parameters and reference image, a new prompt."""
         source = await self.get(key, source_id)
@@ -418,7 +534,7 @@ class JobService:
                 "can be remixed"
             )
         if is_manifest(source.input_key):
-            # An edit or an extension: `jobs.video_ops` repeats it on the same source.
+            # An edit or an extension: `services.video_ops` repeats it on the same source.
             raise errors.InvalidRequest(f"video '{source.id}' is an edit or an extension")
         raw = {k: v for k, v in source.params.items() if k != "input_reference"}
         raw["prompt"] = prompt
@@ -428,18 +544,32 @@ class JobService:
             raw,
             idempotency_key=idempotency_key,
             stored_input=source.input_key,
+            remixed_from=source.id,
+            start_timeout=start_timeout,
+            priority=priority,
+            execution_timeout=execution_timeout,
         )
-        await self.mark_remix(job.id, source.id)
         return job
 
-    async def mark_remix(self, job_id: str, source_id: str) -> None:
-        """Record that `job_id` was remixed from `source_id` (a blob under the job's prefix,
-        so the one deletion path removes it with the job)."""
-        marker = json.dumps({"remixed_from_video_id": source_id}).encode()
-        await self.blobs.put_bytes(remix_marker_key(job_id), marker, "application/json")
+    async def remixed_from(self, job: Job) -> str | None:
+        """The id of the video `job` was remixed from, if it was: its column, read with the job
+        (a row made before migration 12 and not settled yet: its marker blob)."""
+        if remixes.known(job.remixed_from):
+            return job.remixed_from
+        return await self._read_remix_marker(job.id)
 
-    async def remixed_from(self, job_id: str) -> str | None:
-        """The id of the video this one was remixed from, if it was."""
+    async def settle_remix_sources(self, batch: int = 100) -> int:
+        """Move the remix sources of rows made before migration 12 from their marker blobs to
+        the column; the rows settled. Run once per process, at its first sweep."""
+        database = self.store.database
+        settled = 0
+        while unread := await remixes.unread(database, batch):
+            for job_id in unread:
+                await remixes.settle(database, job_id, await self._read_remix_marker(job_id))
+            settled += len(unread)
+        return settled
+
+    async def _read_remix_marker(self, job_id: str) -> str | None:
         try:
             marker = json.loads(await self.blobs.get_bytes(remix_marker_key(job_id)))
         except BlobNotFound:

@@ -1,28 +1,33 @@
 """Edits and extensions of a caller's video: checks, then one ordinary job with its inputs.
 
 The source is an uploaded file or one of the caller's own completed videos (another key's id
-is a 404, like every id). It is decoded here, under the `max_video_*` limits, so a file that is
-not a video is a 400 before anything is queued or charged; the model is asked whether it can
-do the operation at all, so a refusal names the model. The job itself is a normal job whose
+is a 404, like every id). The key's credits are checked first (a 406 costs no decode), then
+the source is decoded here on the process's bounded decoder, under the `max_video_*` limits,
+so a file that is not a video is a 400 before anything is queued or charged; an extension's
+stitched output (the source's frames and the new ones, at the source's measured rate) is
+checked against the decoded-size cap before it is queued, as the worker checks it again before
+allocating it; the model is asked whether it can do the operation at all, so a refusal names
+the model. The job itself is a normal job whose
 input manifest says what to do (`jobs.inputs`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from videoserve import errors
-from videoserve.jobs.characters import Characters, frames_of
+from videoserve.jobs import ledger
+from videoserve.jobs.fairness import Priority
 from videoserve.jobs.inputs import InputKind, JobInputs, Operation, PendingInput
 from videoserve.jobs.records import ApiKey, Job
-from videoserve.jobs.service import JobService
 from videoserve.jobs.states import Status
-from videoserve.media.video_input import DecodedVideo, decode_video, video_limits
+from videoserve.media.video_input import DecodedVideo, VideoDecoder
 from videoserve.models.backends import continuation
+from videoserve.services.characters import Characters, frames_of
+from videoserve.services.jobs import JobService
 from videoserve.storage.base import BlobNotFound
 
 PARAM = "video"
@@ -60,11 +65,20 @@ class Source:
 class VideoOperations:
     """Extensions and edits, over the job service."""
 
-    def __init__(self, service: JobService) -> None:
+    def __init__(self, service: JobService, decoder: VideoDecoder) -> None:
         self.service = service
+        self.decoder = decoder
 
-    async def source(self, key: ApiKey, ref: SourceRef) -> Source:
-        """The source's bytes, decoded and checked; 404 for an id that is not the caller's."""
+    async def source(
+        self,
+        key: ApiKey,
+        ref: SourceRef,
+        before_decode: Callable[[Job | None], Awaitable[None]] | None = None,
+    ) -> Source:
+        """The source's bytes, decoded and checked; 404 for an id that is not the caller's.
+
+        `before_decode` (given the source video's job, if any) runs the cheap checks that
+        would refuse the request anyway, so a refused request costs no decode."""
         job = None
         if ref.video_id is not None:
             job = await self.service.get(key, ref.video_id)
@@ -86,10 +100,38 @@ class VideoOperations:
                 "of a completed video",
                 param=PARAM,
             )
-        limits = video_limits(self.service.settings)
+        if before_decode is not None:
+            await before_decode(job)
         # The sound too: a broken audio stream is the caller's 400 now, not a failed job later.
-        decoded = await asyncio.to_thread(decode_video, data, limits, what=PARAM, audio=True)
+        decoded = await self.decoder.decode(data, what=PARAM, audio=True)
         return Source(data, decoded, job)
+
+    def _afford(
+        self,
+        key: ApiKey,
+        model: str | None,
+        default_model: str,
+        seconds: Any,
+        extra: dict[str, Any],
+    ) -> Callable[[Job | None], Awaitable[None]]:
+        """A `before_decode` check: a 406 when the key cannot pay the request's least price
+        (its model at `seconds`, or at the shortest duration when that is the source's)."""
+
+        async def check(job: Job | None) -> None:
+            name = model or (job.model if job else None) or default_model
+            duration = 4.0 if seconds is None else _seconds(seconds)
+            try:
+                served_by = self.service.registry.resolve(name).served_by
+            except errors.VideoserveError:
+                return  # the full validation after the decode answers it precisely
+            if duration is None:
+                return
+            steps = extra.get("num_inference_steps")
+            steps = int(steps) if isinstance(steps, int | str) and str(steps).isdigit() else 0
+            price = self.service.price(key, served_by, duration, steps)
+            await ledger.check_affordable(self.service.store.database, key.id, price)
+
+        return check
 
     async def extend(
         self,
@@ -102,18 +144,33 @@ class VideoOperations:
         *,
         default_model: str,
         idempotency_key: str | None = None,
+        start_timeout: float | None = None,
+        priority: Priority | None = None,
+        execution_timeout: float | None = None,
     ) -> tuple[Job, JobInputs]:
         """Queue an extension: `seconds` more of the source, from its end."""
         _refuse_source_fields(extra, "an extension")
-        source = await self.source(key, ref)
+        amount = "4" if seconds is None else seconds
+        check = self._afford(key, model, default_model, amount, extra)
+        source = await self.source(key, ref, check)
         model = self._model(source, model, default_model, continuation.extend_refusal)
-        raw = source.raw_params(extra, prompt, "4" if seconds is None else seconds)
+        raw = source.raw_params(extra, prompt, amount)
+        _check_extension_size(source.decoded, amount, self.decoder)
         inputs = JobInputs(
             Operation.EXTEND,
             source_video_id=source.video_id,
             source_seconds=round(source.decoded.seconds, 3),
         )
-        return await self._submit(key, model, raw, inputs, source, idempotency_key)
+        return await self._submit(
+            key,
+            model,
+            raw,
+            inputs,
+            source,
+            idempotency_key,
+            (start_timeout, execution_timeout),
+            priority,
+        )
 
     async def edit(
         self,
@@ -126,11 +183,14 @@ class VideoOperations:
         *,
         default_model: str,
         idempotency_key: str | None = None,
+        start_timeout: float | None = None,
+        priority: Priority | None = None,
+        execution_timeout: float | None = None,
     ) -> tuple[Job, JobInputs]:
         """Queue an edit: video-to-video on the source, same duration and aspect."""
         _refuse_source_fields(extra, "an edit")
         strength = _strength(strength)
-        source = await self.source(key, ref)
+        source = await self.source(key, ref, self._afford(key, model, default_model, None, extra))
         model = self._model(source, model, default_model, continuation.edit_refusal)
         seconds = source.decoded.seconds
         # The price and the plan's size follow the shortest duration that covers the source.
@@ -138,6 +198,12 @@ class VideoOperations:
         raw = source.raw_params(extra, prompt, duration)
         backend = self.service.registry.resolve(model).backend
         continuation.edit_passes(backend, seconds)  # a 400 where the model cannot chain
+        continuation.check_output_size(
+            continuation.edit_frames(backend, seconds),
+            source.decoded.width,
+            source.decoded.height,
+            self.decoder.limits,
+        )
         _refuse_empty_denoise(extra.get("num_inference_steps"), backend, strength)
         inputs = JobInputs(
             Operation.EDIT,
@@ -145,7 +211,16 @@ class VideoOperations:
             source_seconds=round(seconds, 3),
             strength=strength,
         )
-        return await self._submit(key, model, raw, inputs, source, idempotency_key)
+        return await self._submit(
+            key,
+            model,
+            raw,
+            inputs,
+            source,
+            idempotency_key,
+            (start_timeout, execution_timeout),
+            priority,
+        )
 
     def _model(
         self,
@@ -195,7 +270,15 @@ class VideoOperations:
         return inputs, files
 
     async def remix(
-        self, key: ApiKey, source_id: str, prompt: Any, *, idempotency_key: str | None = None
+        self,
+        key: ApiKey,
+        source_id: str,
+        prompt: Any,
+        *,
+        idempotency_key: str | None = None,
+        start_timeout: float | None = None,
+        priority: Priority | None = None,
+        execution_timeout: float | None = None,
     ) -> tuple[Job, JobInputs | None]:
         """A remix of the caller's completed video, and the inputs it repeats (None for a
         plain one): an edit or an extension is the same operation on the same source, with a
@@ -203,10 +286,25 @@ class VideoOperations:
         source = await self.service.get(key, source_id)
         inputs = await self.service.inputs_of(source)
         if inputs is None or source.status != Status.COMPLETED:
-            job = await self.service.remix(key, source.id, prompt, idempotency_key=idempotency_key)
+            job = await self.service.remix(
+                key,
+                source.id,
+                prompt,
+                idempotency_key=idempotency_key,
+                start_timeout=start_timeout,
+                priority=priority,
+                execution_timeout=execution_timeout,
+            )
             return job, None
-        job = await self._repeat(key, source, inputs, prompt, idempotency_key)
-        await self.service.mark_remix(job.id, source.id)
+        job = await self._repeat(
+            key,
+            source,
+            inputs,
+            prompt,
+            idempotency_key,
+            (start_timeout, execution_timeout),
+            priority,
+        )
         return job, inputs
 
     async def _repeat(
@@ -216,6 +314,8 @@ class VideoOperations:
         inputs: JobInputs,
         prompt: Any,
         idempotency_key: str | None,
+        timeouts: tuple[float | None, float | None],  # start, execution
+        priority: Priority | None,
     ) -> Job:
         files = []
         for stored in inputs.inputs:
@@ -232,6 +332,10 @@ class VideoOperations:
             idempotency_key=idempotency_key,
             inputs=replace(inputs, inputs=()),
             files=files,
+            remixed_from=source.id,
+            start_timeout=timeouts[0],
+            execution_timeout=timeouts[1],
+            priority=priority,
         )
 
     async def _submit(
@@ -242,6 +346,8 @@ class VideoOperations:
         inputs: JobInputs,
         source: Source,
         idempotency_key: str | None,
+        timeouts: tuple[float | None, float | None],  # start, execution
+        priority: Priority | None,
     ) -> tuple[Job, JobInputs]:
         name = "source.webm" if source.decoded.container == "webm" else "source.mp4"
         content_type = "video/webm" if source.decoded.container == "webm" else "video/mp4"
@@ -252,8 +358,34 @@ class VideoOperations:
             idempotency_key=idempotency_key,
             inputs=inputs,
             files=[PendingInput(InputKind.VIDEO, name, source.data, content_type)],
+            start_timeout=timeouts[0],
+            execution_timeout=timeouts[1],
+            priority=priority,
         )
         return job, inputs
+
+
+def _check_extension_size(decoded: DecodedVideo, seconds: Any, decoder: VideoDecoder) -> None:
+    """A 400 now when the stitched extension would be over the decoded-size cap: the source's
+    frames and `seconds` more at its measured rate (itself capped), at its size."""
+    duration = _seconds(seconds)
+    if duration is None:
+        return  # the schema's check answers a bad duration
+    added = continuation.added_frames(duration, decoded.fps)
+    continuation.check_output_size(
+        decoded.frames + added, decoded.width, decoded.height, decoder.limits
+    )
+
+
+def _seconds(value: Any) -> float | None:
+    """A duration as a number, leniently (the schema checks it precisely); None if none."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 0 < number <= 3600 else None
 
 
 def _refuse_source_fields(extra: dict[str, Any], what: str) -> None:

@@ -24,6 +24,8 @@ from sqlalchemy import event
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 
+from videoserve.db import dialects
+
 T = TypeVar("T")
 
 
@@ -47,10 +49,7 @@ class _KeptConnection:
 
         @event.listens_for(self.engine, "connect")
         def _on_connect(dbapi_connection, _record) -> None:
-            cursor = dbapi_connection.cursor()
-            for pragma in pragmas:
-                cursor.execute(pragma)
-            cursor.close()
+            dialects.run_pragmas(dbapi_connection, pragmas)
 
     def _connection(self) -> sa.Connection:
         if self._conn is None:
@@ -113,7 +112,7 @@ class SyncReader:
     """
 
     def __init__(self, url: str) -> None:
-        self._kept = _KeptConnection(url, ("PRAGMA query_only=ON", "PRAGMA busy_timeout=1000"))
+        self._kept = _KeptConnection(url, dialects.SQLITE_READER_PRAGMAS)
 
     @classmethod
     def for_url(cls, url: str) -> SyncReader | None:
@@ -164,10 +163,8 @@ class SqliteWriter:
     """
 
     def __init__(self, url: str) -> None:
-        # synchronous is per connection: NORMAL, as on the aiosqlite engine (safe in WAL mode).
-        self._kept = _KeptConnection(
-            url, ("PRAGMA busy_timeout=30000", "PRAGMA synchronous=NORMAL")
-        )
+        # The aiosqlite engine's pragmas: synchronous is per connection, so it sets its own.
+        self._kept = _KeptConnection(url, dialects.SQLITE_PRAGMAS)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
 
     @classmethod

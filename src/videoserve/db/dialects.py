@@ -6,7 +6,7 @@ Only `database` uses this module; the stores ask the `Database` for what differs
   with `BEGIN IMMEDIATE` so two writers queue on the lock instead of failing at commit.
 - Single statements (reads, and writes that are one atomic UPDATE or INSERT) run on an
   autocommit engine: no BEGIN/COMMIT round trips. On a SQLite file they bypass aiosqlite
-  (`sqlite_direct`).
+  (`db.sqlite`).
 - Wake-ups ride in the writing statement on PostgreSQL (`pg_notify` in RETURNING, see
   `Notifier.returning`), so a one-statement write is one round trip.
 - Claiming, locks and insert-or-skip: see `Database`.
@@ -38,6 +38,12 @@ def is_postgres(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+def writes_in_ctes(dialect: Any) -> bool:
+    """Whether one statement may modify data in a CTE and use the result (PostgreSQL's
+    data-modifying WITH); asked by code that holds only a connection."""
+    return dialect.name == "postgresql"
+
+
 DEFAULT_POOL_SIZE = 20
 
 # Plan every statement for its own parameters and the table as it is now. Why: asyncpg
@@ -49,6 +55,54 @@ DEFAULT_POOL_SIZE = 20
 # planning and sees the table's current size. Set with SET on each new connection, not as a
 # startup parameter, which connection poolers such as PgBouncer refuse by default.
 POSTGRES_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+
+
+# Every connection that may write a SQLite file (the aiosqlite engine's, the fast path's
+# writer) runs these when it opens: WAL, so readers never wait for the writer; NORMAL sync,
+# safe in WAL mode (and per connection, so each sets it); a busy timeout, so a writer queues
+# on the lock instead of failing.
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA busy_timeout=30000",
+)
+# The fast path's reader in the event loop: it refuses writes (one could wait on our own
+# write transaction and deadlock the loop) and waits for a lock at most a second.
+SQLITE_READER_PRAGMAS = ("PRAGMA query_only=ON", "PRAGMA busy_timeout=1000")
+
+
+def run_pragmas(dbapi_connection: Any, pragmas: tuple[str, ...]) -> None:
+    """Run `pragmas` on a new sqlite3 connection (from a "connect" event)."""
+    cursor = dbapi_connection.cursor()
+    for pragma in pragmas:
+        cursor.execute(pragma)
+    cursor.close()
+
+
+# What SQLAlchemy's asyncpg adapter takes out of the connect arguments before it calls
+# `asyncpg.connect` (its own options: its statement cache, say). Left in, asyncpg would refuse
+# them as keywords, or, in a DSN, send them to the server as settings, which it refuses.
+SQLALCHEMY_ONLY_OPTIONS = (
+    "prepared_statement_cache_size",
+    "prepared_statement_name_func",
+    "async_creator_fn",
+)
+
+
+def asyncpg_connect_args(url: str) -> dict[str, Any]:
+    """The keyword arguments of `asyncpg.connect` for a PostgreSQL URL, exactly as the engine
+    connects: for every asyncpg connection of ours that is not the engine's (the poll's reader
+    pool, the LISTEN connection), so all of them reach the same server the same way.
+
+    Why the dialect's own `create_connect_args`: it is what the engine runs (host, port, user,
+    password, database, the query's options, a Unix socket or several hosts in the query);
+    a second parser would drift from it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"not a PostgreSQL URL: {parsed!r}")
+    parsed = parsed.set(drivername="postgresql+asyncpg")
+    _, args = parsed.get_dialect()().create_connect_args(parsed)
+    return {name: value for name, value in args.items() if name not in SQLALCHEMY_ONLY_OPTIONS}
 
 
 def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngine:
@@ -85,11 +139,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_connect(dbapi_connection, _record) -> None:
         # Take transaction control from pysqlite so BEGIN IMMEDIATE below is ours to emit.
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
+        run_pragmas(dbapi_connection, SQLITE_PRAGMAS)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn) -> None:
@@ -183,7 +233,7 @@ class PostgresNotifier(Notifier):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._connect = asyncpg_connect_args(url)
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -229,7 +279,7 @@ class PostgresNotifier(Notifier):
         while True:
             connection = None
             try:
-                connection = await asyncpg.connect(self._dsn)
+                connection = await asyncpg.connect(**self._connect)
                 await connection.add_listener(NOTIFY_CHANNEL, on_notify)
                 self._ready.set()
                 backoff = 0.2

@@ -1,0 +1,96 @@
+"""The remix source is a column of `jobs` (migration 12): listing reads no blob, and the
+markers of rows made before the migration are read into their rows once, at the first sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+from tests.conftest import LiveServer, wait_until
+from videoserve import clock
+from videoserve.db.database import migrations_table
+from videoserve.jobs import remixes, schema
+from videoserve.jobs.store import JobStore
+from videoserve.settings import Settings
+
+SOURCE = "video_" + "a" * 32
+OLD_REMIX = "video_" + "b" * 32
+OLD_PLAIN = "video_" + "c" * 32
+
+
+async def _database_at_version_11(url: str) -> None:
+    """The jobs tables as migration 11 left them, with three completed videos of the
+    anonymous key (auth off): a source, a remix of it, and a plain one."""
+    store = JobStore.open(url)
+    try:
+        async with store.database.transaction() as conn:
+            await conn.run_sync(lambda c: migrations_table.create(c, checkfirst=True))
+            for version, step in schema.MIGRATIONS.steps[:11]:
+                await conn.run_sync(step)
+                await conn.execute(
+                    migrations_table.insert().values(
+                        package="jobs", version=version, applied_at=clock.now()
+                    )
+                )
+            now = clock.now()
+            for i, job_id in enumerate((SOURCE, OLD_REMIX, OLD_PLAIN)):
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO jobs (id, api_key_id, model, served_by, params, status,"
+                        " progress, attempt, max_attempts, cancel_requested, created_at,"
+                        " finished_at, expires_at)"
+                        " VALUES (:id, 'anonymous', 'tiny-t2v', 'tiny-t2v', :params,"
+                        " 'COMPLETED', 100, 1, 1, false, :t, :t, :expires)"
+                    ),
+                    {
+                        "id": job_id,
+                        "params": json.dumps({"prompt": "old", "duration": 4}),
+                        "t": now + i,
+                        "expires": now + 3600,
+                    },
+                )
+    finally:
+        await store.close()
+
+
+async def _unread(url: str) -> list[str]:
+    store = JobStore.open(url)
+    try:
+        return await remixes.unread(store.database, 10)
+    finally:
+        await store.close()
+
+
+def _listed(server: LiveServer) -> dict[str, str | None]:
+    page = httpx.get(f"{server.url}/v1/videos", params={"limit": 100}, timeout=30)
+    assert page.status_code == 200, page.text
+    return {v["id"]: v["remixed_from_video_id"] for v in page.json()["data"]}
+
+
+def test_old_remix_markers_are_read_into_the_column_once(
+    make_server: Callable[..., LiveServer], tmp_path: Path, database_url: str
+) -> None:
+    data_dir = tmp_path / "old"
+    url = Settings(database_url=database_url, data_dir=data_dir).resolved_database_url()
+    asyncio.run(_database_at_version_11(url))
+    marker = data_dir / "blobs" / "jobs" / OLD_REMIX / "remix.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"remixed_from_video_id": SOURCE}))
+
+    server = make_server(
+        data_dir=data_dir, database_url=database_url, auth=False, embedded_worker=False
+    )
+    # Migration 12 marked the three rows unread; the first sweep reads their markers.
+    wait_until(lambda: asyncio.run(_unread(url)) == [])
+    expected = {SOURCE: None, OLD_REMIX: SOURCE, OLD_PLAIN: None}
+    assert _listed(server) == expected
+    # From the column now: the marker is no longer needed by a list or a retrieve.
+    marker.unlink()
+    assert _listed(server) == expected
+    one = httpx.get(f"{server.url}/v1/videos/{OLD_REMIX}", timeout=30)
+    assert one.json()["remixed_from_video_id"] == SOURCE
