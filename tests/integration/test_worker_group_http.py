@@ -11,6 +11,7 @@ after the same step and keeps the group.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import resource
@@ -58,9 +59,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Itera
         update={"models": models_file(folder, settings.tiny_model_dir(), entries)}
     )
     build_tiny_pipeline(settings.tiny_model_dir())  # the plain entry's weights, before the ranks
-    live = start_server(settings)
-    yield live
-    live.stop()
+    with pytest.MonkeyPatch.context() as patch:
+        # The ranks (spawned, so they take this environment) map every allocation of a page or
+        # more on its own and unmap it when freed: the out-of-memory test's cap then holds.
+        patch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4096")
+        live = start_server(settings)
+        yield live
+        live.stop()
 
 
 def group_of(server: LiveServer) -> WorkerGroup:
@@ -171,24 +176,41 @@ def test_a_rank_stuck_in_a_collective_times_out_and_the_job_completes_once(
 def test_out_of_memory_on_a_rank_fails_the_job_coded_and_the_worker_goes_on(
     server: LiveServer,
 ) -> None:
-    """A host allocation failure on rank 1: its address space capped where it stands (a real
-    limit, `prlimit`), so the next allocation that needs more fails as memory running out."""
+    """A host allocation failure on rank 1: between jobs its address space is capped where it
+    stands (a real limit, `prlimit`), then a longer video (three times the tokens) needs more.
+    The ranks map each allocation of a page or more on its own (`GLIBC_TUNABLES`, the module's
+    fixture), so no freed memory can serve it: the failure is certain, wherever it lands. The
+    cap was once set mid-job, and a job whose every step reused freed memory completed."""
     key = server.api_key
     group = group_of(server)
-    long = {**SEEDED, "num_inference_steps": 50}
-    response = submit(server, key, "tiny-ulysses", **long)
-    assert response.status_code == 200, response.text
-    request_id = response.json()["request_id"]
-    denoising(server, request_id)
+    warm = submit(server, key, "tiny-ulysses", **SEEDED).json()["request_id"]
+    assert completed(server, warm)["status"] == "COMPLETED"  # loaded on both ranks, idle
     rank = group.pids()[1]
-    used = address_space(rank)
-    resource.prlimit(rank, resource.RLIMIT_AS, (used, used))
-    failed = wait_for_status(server, key, request_id, "FAILED", "COMPLETED", timeout=300)
+    with capped(rank):
+        longer = {**SEEDED, "duration": 12}
+        response = submit(server, key, "tiny-ulysses", **longer)
+        assert response.status_code == 200, response.text
+        request_id = response.json()["request_id"]
+        failed = wait_for_status(server, key, request_id, "FAILED", "COMPLETED", timeout=300)
     assert failed["status"] == "FAILED" and failed["code"] == "out_of_memory", failed
     assert "out of memory on rank 1 (cpu)" in failed["error"]
     assert rank not in group.pids()  # the group was stopped: the memory is back for sure
     again = submit(server, key, "tiny-ulysses", **SEEDED).json()["request_id"]
     assert completed(server, again)["status"] == "COMPLETED"
+
+
+@contextlib.contextmanager
+def capped(pid: int) -> Iterator[None]:
+    """Cap `pid`'s address space at its size now (the soft limit, which the kernel enforces
+    and anyone may raise again), and lift it after, so that a rank this test left running
+    cannot fail the next test's loads."""
+    used = address_space(pid)
+    resource.prlimit(pid, resource.RLIMIT_AS, (used, resource.RLIM_INFINITY))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            resource.prlimit(pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY,) * 2)
 
 
 def address_space(pid: int) -> int:
