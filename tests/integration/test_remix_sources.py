@@ -1,5 +1,7 @@
-"""The remix source is a column of `jobs` (migration 12): listing reads no blob, and the
-markers of rows made before the migration are read into their rows once, at the first sweep."""
+"""What views show of a video is in its row: the remix source (migration 12; the markers of
+rows made before it are read into their rows once, at the first sweep), and an extension's
+or edit's delivered seconds (migration 15; older rows read their manifest). Listing reads no
+blob per video."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import numpy as np
 import sqlalchemy as sa
 
 from tests.conftest import LiveServer, wait_until
@@ -16,6 +19,7 @@ from videoserve import clock
 from videoserve.db.database import migrations_table
 from videoserve.jobs import remixes, schema
 from videoserve.jobs.store import JobStore
+from videoserve.media.encode import encode_mp4
 from videoserve.settings import Settings
 
 SOURCE = "video_" + "a" * 32
@@ -94,3 +98,53 @@ def test_old_remix_markers_are_read_into_the_column_once(
     assert _listed(server) == expected
     one = httpx.get(f"{server.url}/v1/videos/{OLD_REMIX}", timeout=30)
     assert one.json()["remixed_from_video_id"] == SOURCE
+
+
+def test_an_extensions_delivered_seconds_are_its_rows_and_older_rows_read_the_manifest(
+    make_server: Callable[..., LiveServer], tmp_path: Path, database_url: str
+) -> None:
+    data_dir = tmp_path / "ext"
+    server = make_server(
+        data_dir=data_dir, database_url=database_url, auth=False, embedded_worker=False
+    )
+    clip = tmp_path / "clip.mp4"
+    frames = np.random.default_rng(3).integers(0, 255, (16, 48, 64, 3), dtype=np.uint8)
+    encode_mp4(frames, 8, clip)  # 2 s
+    created = httpx.post(
+        f"{server.url}/v1/videos/extensions",
+        data={"prompt": "on", "seconds": "4"},
+        files={"video": ("clip.mp4", clip.read_bytes(), "video/mp4")},
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    video_id = created.json()["id"]
+    assert created.json()["seconds"] == "6"  # the stitched total: 2 s of source + 4 s
+
+    def seconds() -> tuple[str, str]:
+        listed = httpx.get(f"{server.url}/v1/videos", timeout=30).json()["data"]
+        one = httpx.get(f"{server.url}/v1/videos/{video_id}", timeout=30).json()
+        return next(v["seconds"] for v in listed if v["id"] == video_id), one["seconds"]
+
+    manifest = data_dir / "blobs" / "jobs" / video_id / "inputs.json"
+    held = manifest.read_bytes()
+    manifest.unlink()  # the row alone says it
+    assert seconds() == ("6", "6")
+
+    # A row made before migration 15 has no delivered seconds: its manifest says them.
+    manifest.write_bytes(held)
+    url = Settings(database_url=database_url, data_dir=data_dir).resolved_database_url()
+    asyncio.run(_forget_delivered_seconds(url, video_id))
+    assert seconds() == ("6", "6")
+
+
+async def _forget_delivered_seconds(url: str, job_id: str) -> None:
+    store = JobStore.open(url)
+    try:
+        async with store.database.transaction() as conn:
+            await conn.execute(
+                schema.jobs.update()
+                .where(schema.jobs.c.id == job_id)
+                .values(delivered_seconds=None)
+            )
+    finally:
+        await store.close()

@@ -23,7 +23,7 @@ from videoserve import errors
 from videoserve.api.errors import domain_error, status_for
 from videoserve.jobs import fairness, phases, text
 from videoserve.jobs.failures import FailureCode
-from videoserve.jobs.inputs import JobInputs
+from videoserve.jobs.inputs import JobInputs, is_manifest
 from videoserve.jobs.records import Job
 from videoserve.jobs.states import Status
 from videoserve.services.characters import Character
@@ -77,13 +77,16 @@ def video(
     """The `video` object for a job, whichever dialect submitted it.
 
     An extension's `seconds` is the stitched total (source plus what it adds), an edit's the
-    source's, as OpenAI documents; a completed one reports what the file really holds.
+    source's, as OpenAI documents (the row's `delivered_seconds`; `inputs`, the manifest, only
+    for a row made before that column); a completed one reports what the file really holds.
     """
     params = job.params
     duration = params.get("duration")
-    if inputs is not None and duration is not None:
+    if job.delivered_seconds is not None:
+        duration = _seconds(job.delivered_seconds)
+    elif inputs is not None and duration is not None:
         duration = _seconds(inputs.total_seconds(float(duration)))
-    if inputs is not None and job.result is not None:
+    if is_manifest(job.input_key) and job.result is not None:
         duration = _seconds(job.result.seconds)
     progress = {Status.QUEUED: 0, Status.COMPLETED: 100}.get(job.status, job.progress)
     body: dict[str, Any] = {
@@ -136,8 +139,9 @@ def waiting_fields(
 
 
 def _seconds(value: float) -> str:
-    """`12`, not `12.0`; a fraction only where there is one (`8.5`)."""
-    rounded = round(value, 2)
+    """`12`, not `12.0`; a fraction only where there is one (`8.5`). An integral REAL can come
+    back from SQLite's RETURNING as an int, hence the float()."""
+    rounded = round(float(value), 2)
     return str(int(rounded)) if rounded.is_integer() else f"{rounded:g}"
 
 

@@ -98,6 +98,8 @@ class Job:
     expected_seconds: float | None = None  # GPU-seconds fair share charged it at submit
     execution_timeout: float | None = None  # seconds it may run (X-Execution-Timeout); None:
     # the model's own limit
+    delivered_seconds: float | None = None  # an edit's or extension's duration as delivered;
+    # None: the `duration` parameter's (and on rows before migration 15, the manifest's)
 
     @classmethod
     def from_row(cls, row: Any) -> Job:

@@ -97,6 +97,9 @@ jobs = sa.Table(
     # Seconds the job may run, below its model's limit (migration 14; `X-Execution-Timeout`);
     # NULL: the model's limit.
     sa.Column("execution_timeout", sa.Float, nullable=True),
+    # An edit's or extension's duration as delivered (migration 15), so that views read no
+    # manifest blob; NULL: its `duration` parameter's, or a row made before it.
+    sa.Column("delivered_seconds", sa.Float, nullable=True),
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
 )
 
@@ -160,6 +163,7 @@ _ADDED_AFTER_V1 = {
     "remixed_from",
     *_SCHEDULING_COLUMNS,
     "execution_timeout",
+    "delivered_seconds",
 }
 # Migration 12's mark on the rows made before it: whether they are remixes, and of what, is
 # in a marker blob the database cannot read (`JobService.settle_remix_sources` reads it once).
@@ -325,6 +329,12 @@ def _v14_execution_timeout(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN execution_timeout DOUBLE PRECISION"))
 
 
+def _v15_delivered_seconds(conn: Connection) -> None:
+    """An edit's or extension's delivered duration as a column: listing read one manifest blob
+    per such video for it. Older rows keep NULL and their views read the manifest."""
+    conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN delivered_seconds DOUBLE PRECISION"))
+
+
 def _create_jobs_indexes(conn: Connection, names: set[str]) -> None:
     """The jobs table's indexes of these names, as declared above (skipping any that exist)."""
     for index in jobs.indexes:
@@ -367,6 +377,7 @@ MIGRATIONS = Migrations(
         (12, _v12_remix_source),
         (13, _v13_scheduling),
         (14, _v14_execution_timeout),
+        (15, _v15_delivered_seconds),
     ),
     # Versions 1-4 are the shared counter's (the webhook tables of its version 2 moved out).
     from_legacy=lambda version: version,

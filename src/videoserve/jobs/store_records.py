@@ -42,6 +42,9 @@ class NewJob:
     # the model's limit.
     execution_timeout: float | None = None
     remixed_from: str | None = None  # the video a remix repeats (`remixes`)
+    # An edit's or extension's duration as delivered (source, or source plus new seconds);
+    # None: its `duration` parameter's.
+    delivered_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -273,6 +273,9 @@ class JobService:
                     priority=priority,
                     execution_timeout=execution_timeout,
                     remixed_from=remixed_from,
+                    delivered_seconds=(
+                        None if inputs is None else inputs.total_seconds(float(params.duration))
+                    ),
                 )
             )
         except (errors.InsufficientCredits, IdempotencyConflict, DataError, IntegrityError) as exc:
@@ -322,6 +325,13 @@ class JobService:
         key = manifest_key(prefix)
         await self.blobs.put_bytes(key, manifest.to_json(), "application/json")
         return key
+
+    async def older_inputs(self, job: Job) -> JobInputs | None:
+        """The manifest the video view needs for an edit or extension made before migration 15
+        (its delivered seconds were not in the row); None, without a read, for any other."""
+        if job.delivered_seconds is not None:
+            return None
+        return await self.inputs_of(job)
 
     async def inputs_of(self, job: Job) -> JobInputs | None:
         """A job's input manifest; None for a plain job (no inputs or only an image)."""

@@ -147,7 +147,7 @@ class VideoOperations:
         start_timeout: float | None = None,
         priority: Priority | None = None,
         execution_timeout: float | None = None,
-    ) -> tuple[Job, JobInputs]:
+    ) -> Job:
         """Queue an extension: `seconds` more of the source, from its end."""
         _refuse_source_fields(extra, "an extension")
         amount = "4" if seconds is None else seconds
@@ -186,7 +186,7 @@ class VideoOperations:
         start_timeout: float | None = None,
         priority: Priority | None = None,
         execution_timeout: float | None = None,
-    ) -> tuple[Job, JobInputs]:
+    ) -> Job:
         """Queue an edit: video-to-video on the source, same duration and aspect."""
         _refuse_source_fields(extra, "an edit")
         strength = _strength(strength)
@@ -279,10 +279,10 @@ class VideoOperations:
         start_timeout: float | None = None,
         priority: Priority | None = None,
         execution_timeout: float | None = None,
-    ) -> tuple[Job, JobInputs | None]:
-        """A remix of the caller's completed video, and the inputs it repeats (None for a
-        plain one): an edit or an extension is the same operation on the same source, with a
-        new prompt; anything else is the job service's remix."""
+    ) -> Job:
+        """A remix of the caller's completed video: an edit or an extension is the same
+        operation on the same source, with a new prompt; anything else is the job service's
+        remix."""
         source = await self.service.get(key, source_id)
         inputs = await self.service.inputs_of(source)
         if inputs is None or source.status != Status.COMPLETED:
@@ -295,8 +295,8 @@ class VideoOperations:
                 priority=priority,
                 execution_timeout=execution_timeout,
             )
-            return job, None
-        job = await self._repeat(
+            return job
+        return await self._repeat(
             key,
             source,
             inputs,
@@ -305,7 +305,6 @@ class VideoOperations:
             (start_timeout, execution_timeout),
             priority,
         )
-        return job, inputs
 
     async def _repeat(
         self,
@@ -348,10 +347,10 @@ class VideoOperations:
         idempotency_key: str | None,
         timeouts: tuple[float | None, float | None],  # start, execution
         priority: Priority | None,
-    ) -> tuple[Job, JobInputs]:
+    ) -> Job:
         name = "source.webm" if source.decoded.container == "webm" else "source.mp4"
         content_type = "video/webm" if source.decoded.container == "webm" else "video/mp4"
-        job = await self.service.submit(
+        return await self.service.submit(
             key,
             model,
             raw,
@@ -362,7 +361,6 @@ class VideoOperations:
             execution_timeout=timeouts[1],
             priority=priority,
         )
-        return job, inputs
 
 
 def _check_extension_size(decoded: DecodedVideo, seconds: Any, decoder: VideoDecoder) -> None:

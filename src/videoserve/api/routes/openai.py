@@ -261,7 +261,7 @@ async def retrieve(
     video_id: str, jobs: JobsDep, settings: SettingsDep, key: KeyDep
 ) -> JSONResponse:
     job = await jobs.get(key, video_id)
-    inputs = await jobs.inputs_of(job)
+    inputs = await jobs.older_inputs(job)
     remixed_from = await jobs.remixed_from(job)
     body = openai_views.video(job, remixed_from=remixed_from, inputs=inputs)
     if job.status == Status.QUEUED:
@@ -284,7 +284,7 @@ async def list_videos(
     page, has_more = await jobs.list(key, after=after, limit=limit, order=order)
     # The remix source is the row's (a blob only for a row made before migration 12).
     sources = await asyncio.gather(*(jobs.remixed_from(job) for job in page))
-    manifests = await asyncio.gather(*(jobs.inputs_of(job) for job in page))
+    manifests = await asyncio.gather(*(jobs.older_inputs(job) for job in page))
     videos = [
         openai_views.video(job, remixed_from=src, inputs=inputs)
         for job, src, inputs in zip(page, sources, manifests, strict=True)
@@ -415,7 +415,7 @@ async def remix(
             f"unknown parameter(s): {', '.join(unknown)}; a remix takes only prompt",
             param=unknown[0],
         )
-    job, inputs = await video_ops.remix(
+    job = await video_ops.remix(
         key,
         video_id,
         body.get("prompt"),
@@ -424,4 +424,4 @@ async def remix(
         priority=queue.priority,
         execution_timeout=queue.execution_timeout,
     )
-    return openai_views.video(job, remixed_from=video_id, inputs=inputs)
+    return openai_views.video(job, remixed_from=video_id)

@@ -143,7 +143,7 @@ async def _on_source(
     """Extensions and edits read the same body: the source, prompt, model and one amount
     (`seconds` or `strength`); only the operation differs."""
     model = fields.pop("model", None)
-    job, inputs = await operation(
+    job = await operation(
         key,
         served_name(registry, model) if model else None,
         fields.pop("prompt", None),
@@ -156,7 +156,7 @@ async def _on_source(
         execution_timeout=queue.execution_timeout,
         priority=queue.priority,
     )
-    return openai_views.video(job, inputs=inputs)
+    return openai_views.video(job)
 
 
 async def source_request(request: Request, settings: Settings) -> tuple[dict[str, Any], SourceRef]:
