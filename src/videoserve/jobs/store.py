@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from videoserve import clock
 from videoserve.db import dialects
 from videoserve.db.database import Database, Migrations
-from videoserve.jobs import deadlines, fairness, ledger, schema, tickets
+from videoserve.jobs import bulk, deadlines, fairness, ledger, schema, tickets
 from videoserve.jobs.failures import Failure
 from videoserve.jobs.handoff import StandingClaim, StandingClaims
 from videoserve.jobs.job_status import JobStatus
@@ -46,8 +46,6 @@ from videoserve.jobs.store_records import (
     Observer,
     Policy,
     new_row,
-    queued_row,
-    stamped,
 )
 from videoserve.jobs.sweeps import DELETED_UNFINISHED, Sweeps
 
@@ -336,45 +334,8 @@ class JobStore(Sweeps):
         return Job.from_row(row) if row else None
 
     async def enqueue_many(self, new_jobs: Sequence[NewJob]) -> int:
-        """Queue many jobs in one transaction, each with its model's next ticket; returns how
-        many were stored.
-
-        For backlogs made in bulk (benchmarks, imports): jobs to queue only, so nothing is
-        charged, refused or deduplicated here (`create` does that per submit). The jobs of one
-        call share `created_at`, and the claim then takes them in id order: their tickets
-        follow that order, so queue positions stay exact."""
-        if not new_jobs:
-            return 0
-        for new in new_jobs:
-            if new.failed_with is not None or new.charge is not None or new.idempotency_key:
-                raise ValueError(
-                    f"enqueue_many stores queued jobs only: job {new.id} has a failure, a charge "
-                    "or an idempotency key (submit it with create)"
-                )
-        now = clock.now()
-        by_model: dict[str, list[NewJob]] = {}
-        for new in sorted(new_jobs, key=lambda new: new.id):
-            by_model.setdefault(new.served_by, []).append(new)
-        # Each key's jobs of a model take consecutive tags, in id order (see `fairness`).
-        stamps: dict[str, fairness.Stamp] = {}
-        for served_by, queued in by_model.items():
-            runs: dict[tuple[str, fairness.Priority], list[NewJob]] = {}
-            for new in queued:
-                runs.setdefault((new.api_key_id, new.priority), []).append(new)
-            for (key_id, priority), run in runs.items():
-                tags = await self.fair.stamp_many(key_id, served_by, priority, len(run))
-                stamps.update((new.id, tag) for new, tag in zip(run, tags, strict=True))
-        async with self.database.transaction() as conn:
-            for served_by, queued in by_model.items():
-                first = await tickets.reserve(self.database, conn, served_by, len(queued))
-                rows = [
-                    queued_row(new, now, first + i) | stamped(stamps[new.id])
-                    for i, new in enumerate(queued)
-                ]
-                await conn.execute(jobs.insert(), rows)
-            await self.notifier.send(conn, QUEUED_TOPIC)
-        self.notifier.after_commit(QUEUED_TOPIC)
-        return len(new_jobs)
+        """Queue many jobs in one transaction (`bulk`); returns how many were stored."""
+        return await bulk.enqueue_many(self.database, self.fair, new_jobs)
 
     async def queue_position(self, job: Job | JobStatus) -> int:
         """1 for the next job a worker of its model will claim, 2 behind it, and so on.
