@@ -35,6 +35,7 @@ import av.error
 import numpy as np
 
 from videoserve import errors
+from videoserve.settings import Settings
 
 # ISO base media (MP4, MOV) boxes that may open a file; the EBML magic opens WebM/Matroska.
 _ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
@@ -43,7 +44,7 @@ MAX_SAMPLE_RATE = 192_000  # the highest rate a real recording uses; more is a h
 BYTES_PER_PIXEL = 3  # decoded frames are kept as uint8 RGB
 
 
-def video_limits(settings: Any) -> VideoLimits:
+def video_limits(settings: Settings) -> VideoLimits:
     """The limits a `Settings` sets (`max_video_*`)."""
     return VideoLimits(
         max_bytes=settings.max_video_bytes,
