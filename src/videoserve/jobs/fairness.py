@@ -157,6 +157,7 @@ class FairShare:
         self._reading: dict[str, asyncio.Future[float]] = {}  # model -> its one read
         self._advanced_to = 0.0  # the largest V this process wrote (skips needless writes)
         self._key_caps: tuple[float, bool] = (0.0, False)  # (until, any key has max_running)
+        self._capping: asyncio.Future[bool] | None = None  # `keys_capped`'s one read
         self._writes: set[asyncio.Future[object]] = set()  # `_later`'s, awaited by `drain`
         virtual_time = sa.select(fair_clock.c.virtual_time).where(fair_clock.c.id == 1)
         self._virtual_time = virtual_time
@@ -340,15 +341,30 @@ class FairShare:
 
     async def keys_capped(self) -> bool:
         """Whether any key has its own running cap (read at most every 2 s): PostgreSQL's
-        claims then serialise, as they do under the server's cap (see `JobStore.claim`)."""
-        now = time.monotonic()
+        claims then serialise, as they do under the server's cap (see `JobStore.claim`).
+
+        Every PostgreSQL submit asks; as with `expected_seconds`, one read at a time, and the
+        last answer is served while it runs."""
         until, capped = self._key_caps
-        if until > now:
+        if until > time.monotonic():
             return capped
-        query = sa.select(keys.c.id).where(keys.c.max_running.is_not(None)).limit(1)
-        capped = await self.database.first(query) is not None
-        self._key_caps = (now + _KEY_CAPS_TTL_SECONDS, capped)
+        reading = self._capping
+        if reading is None:
+            reading = self._capping = asyncio.ensure_future(self._read_key_caps())
+            reading.add_done_callback(self._caps_read)
+        if until:  # answered before
+            return capped
+        return await asyncio.shield(reading)
+
+    async def _read_key_caps(self) -> bool:
+        capped = await self.database.first(_ANY_KEY_CAPPED) is not None
+        self._key_caps = (time.monotonic() + _KEY_CAPS_TTL_SECONDS, capped)
         return capped
+
+    def _caps_read(self, done: asyncio.Future[bool]) -> None:
+        self._capping = None
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("fair share: reading the keys' running caps failed: %s", done.exception())
 
     # --- end ---------------------------------------------------------------------------------
     def served(
@@ -362,6 +378,9 @@ class FairShare:
         delta = max(0.0, now - started_at) - expected
         if delta:
             self._later(self.database.write_one(self._correct, {"key": key_id, "delta": delta}))
+
+
+_ANY_KEY_CAPPED = sa.select(keys.c.id).where(keys.c.max_running.is_not(None)).limit(1)
 
 
 def _retrieved(done: asyncio.Future[float]) -> None:
