@@ -73,6 +73,12 @@ def code_env(src: Path | None) -> dict[str, str]:
     return {"PYTHONPATH": str(src or CHECKOUT_SRC)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def create_key(env: dict[str, str]) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "videoserve.cli", "keys", "create", "--name", "bench"],

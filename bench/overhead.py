@@ -41,6 +41,7 @@ import httpx
 from bench._servers import (
     baseline_source,
     code_env,
+    cpu_seconds,
     create_key,
     free_port,
     start_bare,
@@ -104,12 +105,6 @@ def httpx_load(url: str, seconds: int, connections: int, key: str | None) -> flo
         return count / seconds
 
     return asyncio.run(run())
-
-
-def cpu_seconds(pid: int) -> float:
-    """The process's CPU time so far (user + system), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def polls_with_cpu(load, url: str, args: argparse.Namespace, key: str | None, pid: int):
