@@ -15,10 +15,8 @@ waits in the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import queue
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -167,7 +165,7 @@ class SqliteWriter:
     def __init__(self, url: str) -> None:
         # The aiosqlite engine's pragmas: synchronous is per connection, so it sets its own.
         self._kept = _KeptConnection(url, dialects.SQLITE_PRAGMAS)
-        self._thread = _WriterThread("sqlite-writer")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
 
     @classmethod
     def for_url(cls, url: str) -> SqliteWriter | None:
@@ -178,71 +176,15 @@ class SqliteWriter:
         self, statement: sa.Executable, params: dict[str, Any] | None = None
     ) -> sa.Row | None:
         """Run the statement, committed on its own; its first returned row."""
-        return await self._thread.call(self._kept.first, statement, params)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._kept.first, statement, params)
 
     async def transaction(self, work: Callable[[sa.Connection], T]) -> T:
         """Run `work` (synchronous statements on the given connection) as one transaction,
         committed when it returns; its result. One hop, however many statements."""
-        return await self._thread.call(self._kept.transaction, work)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._kept.transaction, work)
 
     def dispose(self) -> None:
-        self._thread.stop(self._kept.close)
-
-
-class _WriterThread:
-    """One thread running calls in the order they came, each answered on its caller's loop.
-
-    Why not `loop.run_in_executor` with a one-thread `ThreadPoolExecutor`: its hop (the
-    executor's lock and idle semaphore, a concurrent Future chained to the loop's through two
-    callbacks) held the GIL for about a tenth of a SQLite submit's CPU under load (py-spy
-    --gil); here a hop is a `SimpleQueue.put` there and a `call_soon_threadsafe` back. As with
-    the executor, a call whose caller was cancelled before the thread reached it is skipped,
-    and one already running runs to its end.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[T] = loop.create_future()
-        self._calls.put((loop, answer, fn, args))
-        return await answer
-
-    def stop(self, last: Callable[[], object]) -> None:
-        """End the thread once every call queued before this has run, then run `last` here
-        (nothing else can touch what it closes by then). Blocks; needs no event loop."""
-        self._calls.put(None)
-        self._thread.join()
-        last()
-
-    def _serve(self) -> None:
-        while (item := self._calls.get()) is not None:
-            loop, answer, fn, args = item
-            if answer.cancelled():  # its caller gave up before it began
-                continue
-            try:
-                result = fn(*args)
-            except BaseException as exc:
-                _answer(loop, answer.set_exception, answer, exc)
-            else:
-                _answer(loop, answer.set_result, answer, result)
-
-
-_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
-
-
-def _answer(
-    loop: asyncio.AbstractEventLoop,
-    setter: Callable[[Any], None],
-    answer: asyncio.Future[Any],
-    value: Any,
-) -> None:
-    def settle() -> None:
-        if not answer.done():  # cancelled while it ran
-            setter(value)
-
-    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
-        loop.call_soon_threadsafe(settle)
+        self._thread.submit(self._kept.close).result()
+        self._thread.shutdown(wait=True)
