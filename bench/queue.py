@@ -13,6 +13,7 @@ figures come from one run on one machine.
 
     python -m bench.queue --jobs 2000 [--pg postgresql://postgres@127.0.0.1:5432/test]
     python -m bench.queue --skip-store --http-seconds 10 --baseline-ref main
+    python -m bench.queue --skip-store --server-env VIDEOSERVE_SCHEDULING_POLICY=fifo ...
     python -m bench.queue --skip-store --http-clients 0 --store-submits --jobs 1500 \
         --baseline-ref main   # charged submits of the store alone (no HTTP), 32 tasks
 Loopback only; bounded in count and time. Needs wrk for the HTTP part.
@@ -216,6 +217,7 @@ def http_submits(
     seconds: int,
     warmup: int = 0,
     cpu: bool = False,
+    server_env: dict[str, str] | None = None,
 ) -> float:
     """Submits/s over HTTP with `clients` concurrent connections, on a fresh database; the
     first `warmup` seconds of load are not counted (a server's first second of submits
@@ -223,7 +225,7 @@ def http_submits(
     CPU microseconds per submit instead (user + system, from /proc), which moves less than the
     rate on a shared host: it does not count the time the server waited for a core."""
     with tempfile.TemporaryDirectory() as tmp:
-        extra = {"VIDEOSERVE_EMBEDDED_WORKER": "false", **code_env(src)}
+        extra = {"VIDEOSERVE_EMBEDDED_WORKER": "false", **(server_env or {}), **code_env(src)}
         pg_name = None
         if database == "postgresql":
             url, pg_name = fresh_pg(pg)
@@ -263,6 +265,15 @@ def http_submits(
     return cpu_used / (rate * seconds) * 1e6 if cpu else rate
 
 
+def server_env(entries: list[str]) -> dict[str, str]:
+    """`--server-env` entries as environment variables; only videoserve's settings."""
+    found = dict(entry.split("=", 1) for entry in entries)
+    for name in found:
+        if not name.startswith("VIDEOSERVE_"):
+            raise SystemExit(f"--server-env: {name} is not a videoserve setting (VIDEOSERVE_*)")
+    return found
+
+
 def http_report(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     """Submits/s over HTTP per database, this checkout beside the baseline, alternating."""
     return alternating_report(
@@ -275,6 +286,7 @@ def http_report(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
             args.http_seconds,
             args.http_warmup,
             args.cpu_per_submit,
+            server_env(args.server_env),
         ),
     )
 
@@ -309,6 +321,14 @@ def main() -> None:
         choices=["none", "keys", "keys+models"],
         default="none",
         help="store submits: one key and model for all tasks, a key each, or a key and model each",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="VIDEOSERVE_X=VALUE",
+        help="HTTP submits: a setting for both sides' servers (repeatable); a revision that "
+        "lacks the setting ignores it",
     )
     parser.add_argument("--charged-store-url", help=argparse.SUPPRESS)  # one measurement
     args = parser.parse_args()

@@ -62,3 +62,39 @@ def test_the_engine_connects_with_the_same_arguments(url: str) -> None:
     # this fails, rather than the reader and the listener quietly connecting another way.
     assert engine_connect_kwargs(url) == asyncpg_connect_args(url)
     assert not set(asyncpg_connect_args(url)) & set(SQLALCHEMY_ONLY_OPTIONS)
+
+
+def test_the_compiler_exposes_what_the_asyncpg_pool_reads() -> None:
+    """`db/postgres.py` compiles statements with the engine's dialect and reads the compiled
+    form's parameter order, bound values, binds, and the markers that send a statement back to
+    the engine. If SQLAlchemy renames or changes one, this fails by name."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects.postgresql import asyncpg
+
+    table = sa.Table(
+        "t",
+        sa.MetaData(),
+        sa.Column("id", sa.String(8), primary_key=True),
+        sa.Column("doc", sa.JSON),
+        sa.Column("flag", sa.Boolean, default=False),
+    )
+    dialect = asyncpg.dialect()
+    insert = (
+        table.insert()
+        .values(id=sa.bindparam("id"), doc=sa.bindparam("doc"), flag=True)
+        .returning(table.c.id, table.c.doc)
+    )
+    compiled = insert.compile(dialect=dialect, column_keys=["id", "doc"])
+    assert compiled.string.startswith("INSERT INTO t (id, doc, flag) VALUES ($1::VARCHAR")
+    assert tuple(compiled.positiontup) == ("id", "doc", "flag")
+    assert compiled.params["flag"] is True  # a value bound in the statement itself
+    assert compiled.binds["doc"].type.dialect_impl(dialect).bind_processor(dialect)({"a": 1}) == (
+        '{"a": 1}'
+    )
+    assert [d["name"] for d in insert.returning_column_descriptions] == ["id", "doc"]
+    assert not (compiled.post_compile_params or compiled.insert_prefetch)
+    # Each marker that sends a statement to the engine, seen where it should be.
+    assert table.insert().compile(dialect=dialect, column_keys=["id"]).insert_prefetch
+    expanding = sa.select(table.c.id).where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+    assert expanding.compile(dialect=dialect).post_compile_params
+    assert hasattr(compiled, "literal_execute_params") and hasattr(compiled, "update_prefetch")

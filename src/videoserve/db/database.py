@@ -120,7 +120,7 @@ class Database:
         # One statement may modify data in a CTE and use the result (PostgreSQL).
         self.writable_ctes = dialects.writes_in_ctes(self.engine.dialect)
         # How statements run on this database, chosen once (see db/executors.py).
-        self.executor = executors.for_url(url, self.engine, self.read_engine)
+        self.executor = executors.for_url(url, self.engine, self.read_engine, pool_size=pool_size)
 
     # --- connections ---------------------------------------------------------------------------
     def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:

@@ -105,6 +105,13 @@ def asyncpg_connect_args(url: str) -> dict[str, Any]:
     return {name: value for name, value in args.items() if name not in SQLALCHEMY_ONLY_OPTIONS}
 
 
+def transaction_pool_size(pool_size: int) -> int:
+    """PostgreSQL: the engine's connections (transactions), beside the asyncpg pool's
+    `pool_size` for single statements; together about what one pool of `pool_size` plus the
+    poll's four used to be."""
+    return max(2, pool_size // 4)
+
+
 def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngine:
     """An async engine configured for the dialect in `url`.
 
@@ -128,7 +135,11 @@ def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngin
         # with a restarted server fails its statement with a disconnect error, which makes
         # SQLAlchemy invalidate the whole pool; the request answers 503 (api/errors.py), a
         # worker retries (worker/runner.py), and the next checkout connects afresh.
-        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+        # Single statements run on the executor's asyncpg pool of `pool_size` (db/postgres.py);
+        # the engine's pool serves the write transactions, migrations and locks: a quarter.
+        engine = create_async_engine(
+            url, pool_size=transaction_pool_size(pool_size), max_overflow=0
+        )
         _configure_postgres(engine)
         return engine
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")

@@ -7,8 +7,9 @@ way it allows, and only here is that decided:
 
 - a SQLite file (`SqliteFileExecutor`): reads on a DB-API connection in the event loop, writes
   on one writer thread (`db/sqlite.py`: each aiosqlite call was a hop of its own);
-- PostgreSQL (`PostgresExecutor`): SQLAlchemy's asyncpg engine, with the poll's reads on
-  asyncpg directly (`db/postgres.py`: they skip SQLAlchemy's result machinery);
+- PostgreSQL (`PostgresExecutor`): single statements on one asyncpg pool, compiled once by
+  SQLAlchemy (`db/postgres.py`: they skip its execution and result machinery); write
+  transactions on SQLAlchemy's asyncpg engine;
 - anything else (`:memory:` SQLite in tests): the SQLAlchemy engine (`EngineExecutor`).
 
 Multi-statement async work (migrations, bulk enqueues, advisory locks) takes a connection of
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from videoserve.db.postgres import PgReader
+from videoserve.db.postgres import PgPool
 from videoserve.db.sqlite import SqliteWriter, SyncReader, is_sqlite_file
 
 T = TypeVar("T")
@@ -93,17 +94,33 @@ class EngineExecutor:
 
 
 class PostgresExecutor(EngineExecutor):
-    """The engine, and the poll's one-row reads on asyncpg directly (`PgReader`)."""
+    """Single statements on one asyncpg pool (`PgPool`: reads, writes and the poll's reads),
+    compiled once by SQLAlchemy; transactions, and the statements the pool cannot run as the
+    engine would, on the engine."""
 
-    def __init__(self, engine: AsyncEngine, read_engine: AsyncEngine, reader: PgReader) -> None:
+    def __init__(self, engine: AsyncEngine, read_engine: AsyncEngine, pool: PgPool) -> None:
         super().__init__(engine, read_engine)
-        self.reader = reader
+        self.pool = pool
+
+    async def first(self, query: sa.Executable, params: dict[str, Any] | None) -> sa.Row | None:
+        compiled = self.pool.compiled_for(query, params or {})
+        if compiled is None:
+            return await super().first(query, params)
+        return await self.pool.fetch_one(compiled, params or {})  # type: ignore[return-value]
 
     def row_reader(self, query: sa.Select) -> RowReader:
-        return self.reader.prepared(query)
+        return self.pool.prepared(query)
+
+    async def write_one(
+        self, statement: sa.Executable, params: dict[str, Any] | None
+    ) -> sa.Row | None:
+        compiled = self.pool.compiled_for(statement, params or {})
+        if compiled is None:
+            return await super().write_one(statement, params)
+        return await self.pool.fetch_one(compiled, params or {})  # type: ignore[return-value]
 
     async def close(self) -> None:
-        await self.reader.close()
+        await self.pool.close()
 
 
 class SqliteFileExecutor:
@@ -138,11 +155,12 @@ class SqliteFileExecutor:
         self.writer.dispose()
 
 
-def for_url(url: str, engine: AsyncEngine, read_engine: AsyncEngine) -> Executor:
-    """The executor for `url`, over the `Database`'s engines."""
+def for_url(url: str, engine: AsyncEngine, read_engine: AsyncEngine, *, pool_size: int) -> Executor:
+    """The executor for `url`, over the `Database`'s engines; `pool_size`: PostgreSQL's
+    asyncpg pool."""
     if is_sqlite_file(url):
         return SqliteFileExecutor(SyncReader(url), SqliteWriter(url))
-    pg_reader = PgReader.for_url(url)
-    if pg_reader is not None:
-        return PostgresExecutor(engine, read_engine, pg_reader)
+    pool = PgPool.for_url(url, engine.dialect, size=pool_size)
+    if pool is not None:
+        return PostgresExecutor(engine, read_engine, pool)
     return EngineExecutor(engine, read_engine)

@@ -5,8 +5,8 @@ result, and decoding those two JSON columns into a `Job` cost more than the read
 poll reads only its columns, with one statement built once; on a SQLite file it runs straight
 on the DB-API cursor of the event loop's read connection (`Database.row_reader`), without
 SQLAlchemy's per-execution work, which was most of a poll's database time. Nothing is cached:
-every poll sees the job's current row. On PostgreSQL it runs on asyncpg directly, from a small
-pool of its own (`PgReader`), for the same reason.
+every poll sees the job's current row. On PostgreSQL it runs on asyncpg directly, on the pool
+of single statements (`db/postgres.py: PgPool`), for the same reason.
 """
 
 from __future__ import annotations
