@@ -7,10 +7,11 @@ queue (position = size), and wrk (or an httpx fallback) polls its status with 16
 The rate and latency at each size are reported beside their ratio to the 50-job rate of the
 same server in the same run: the goal is >= 0.80 behind 10,000 (issue 15). `--keys N`
 spreads the backlog over N keys round-robin (fair share stamps each key's jobs its own tags;
-issue 27 asks for the backlog on one key and over 100).
+issue 27 asks for the backlog on one key and over 100). `--baseline-ref` measures that
+revision beside this checkout, each side's server and bulk fill running its own code.
 
     python -m bench.backlog [--sizes 50,10000,100000] [--seconds 5] [--rounds 3]
-        [--databases sqlite,postgresql] [--keys 1]
+        [--databases sqlite,postgresql] [--keys 1] [--baseline-ref 544f4da]
 
 Loopback only; bounded in time (each load run `--seconds`).
 """
@@ -20,10 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -31,7 +34,14 @@ from pathlib import Path
 
 import httpx
 
-from bench._servers import create_key, free_port, start_videoserve, videoserve_env
+from bench._servers import (
+    baseline_source,
+    code_env,
+    create_key,
+    free_port,
+    start_videoserve,
+    videoserve_env,
+)
 from bench.load import parse_wrk
 from bench.queue import drop_pg, fresh_pg
 from videoserve.jobs.keys import KeyStore
@@ -40,6 +50,7 @@ from videoserve.jobs.store import JobStore, NewJob
 from videoserve.settings import Settings
 
 MODEL = "tiny-t2v"
+REPO = str(Path(__file__).resolve().parents[1])  # for `bench` itself, beside a side's `src`
 BATCH = 5_000  # jobs per enqueue_many transaction
 
 
@@ -53,6 +64,7 @@ class Polls:
     polls_per_s: float
     p50_ms: float
     p99_ms: float
+    side: str = "this checkout"
     ratio_vs_first: float = 1.0
 
 
@@ -108,6 +120,43 @@ async def fill(store: JobStore, like: Job, count: int, keys: list[str]) -> None:
         count -= await store.enqueue_many(batch)
 
 
+async def fill_here(url: str, like_id: str, count: int, keys: int, owners: list[str]) -> list[str]:
+    """In the process of the code being measured (`--fill`): `count` more jobs like `like_id`,
+    over `owners`, or over `like_id`'s key and `keys - 1` new ones when none are given.
+    Returns the owners."""
+    store = JobStore.open(Settings(database_url=url).resolved_database_url())
+    await store.start()
+    try:
+        like = await store.get(like_id)
+        assert like is not None
+        if not owners:
+            database = store.database
+            owners = [like.api_key_id] + [
+                (await KeyStore(database).create(f"backlog-{n}"))[0].id for n in range(keys - 1)
+            ]
+        await fill(store, like, count, owners)
+    finally:
+        await store.close()
+    return owners
+
+
+def fill_with(
+    env: dict[str, str], like_id: str, count: int, keys: int, owners: list[str]
+) -> list[str]:
+    """`fill_here` run by the measured side's own code (its `PYTHONPATH` in `env`): the
+    baseline's store writes the baseline's columns."""
+    command = [sys.executable, "-m", "bench.backlog", "--fill", env["VIDEOSERVE_DATABASE_URL"]]
+    command += [like_id, str(count), str(keys), ",".join(owners)]
+    out = subprocess.run(
+        command,
+        env=env | {"PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{REPO}"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()[-1].split(",")
+
+
 def submit(base: str, key: str) -> str:
     answer = httpx.post(
         f"{base}/v2/{MODEL}", json={"prompt": "poll me"}, headers={"x-api-key": key}
@@ -124,40 +173,36 @@ def measure(
     connections: int,
     tmp: Path,
     keys: int = 1,
+    src: Path | None = None,
+    side: str = "this checkout",
 ) -> list[Polls]:
     env = videoserve_env(
-        tmp / "data", VIDEOSERVE_DATABASE_URL=url, VIDEOSERVE_EMBEDDED_WORKER="false"
+        tmp / "data",
+        VIDEOSERVE_DATABASE_URL=url,
+        VIDEOSERVE_EMBEDDED_WORKER="false",
+        **code_env(src),
     )
     key = create_key(env)
     port = free_port()
     server = start_videoserve(env, port, tmp / f"server-{database}.log")
     base = f"http://127.0.0.1:{port}"
     load = wrk if shutil.which("wrk") else httpx_load
-    loop = asyncio.new_event_loop()
-    store = JobStore.open(Settings(database_url=url).resolved_database_url())
-    loop.run_until_complete(store.start())
     runs: list[Polls] = []
     try:
         queued = 1
-        first = loop.run_until_complete(store.get(submit(base, key)))
-        assert first is not None
-        owners = [first.api_key_id] + [
-            loop.run_until_complete(KeyStore(store.database).create(f"backlog-{n}"))[0].id
-            for n in range(keys - 1)
-        ]
+        first = submit(base, key)
+        owners: list[str] = []
         for size in sizes:
-            loop.run_until_complete(fill(store, first, size - queued - 1, owners))
+            owners = fill_with(env, first, size - queued - 1, keys, owners)
             job_id = submit(base, key)
             queued = size
             status_url = f"{base}/v2/requests/{job_id}/status"
             body = httpx.get(status_url, headers={"x-api-key": key}).json()
             load(status_url, key, 1, connections)  # warm-up
             rate, p50, p99 = load(status_url, key, seconds, connections)
-            runs.append(Polls(database, size, int(body["queue_position"]), rate, p50, p99))
+            runs.append(Polls(database, size, int(body["queue_position"]), rate, p50, p99, side))
             print(json.dumps(asdict(runs[-1])), flush=True)
     finally:
-        loop.run_until_complete(store.close())
-        loop.close()
         server.terminate()
         server.wait(timeout=30)
     return [
@@ -166,16 +211,18 @@ def measure(
     ]
 
 
-def one_database(database: str, sizes: list[int], args: argparse.Namespace) -> list[Polls]:
+def one_database(
+    database: str, sizes: list[int], args: argparse.Namespace, src: Path | None, side: str
+) -> list[Polls]:
     """One round on a fresh database: a new SQLite file, or a new PostgreSQL database."""
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
+        options = (sizes, args.seconds, args.connections, tmp, args.keys, src, side)
         if database == "sqlite":
-            url = f"sqlite:///{tmp / 'backlog.db'}"
-            return measure(database, url, sizes, args.seconds, args.connections, tmp, args.keys)
+            return measure(database, f"sqlite:///{tmp / 'backlog.db'}", *options)
         url, created = fresh_pg(args.pg)
         try:
-            return measure(database, url, sizes, args.seconds, args.connections, tmp, args.keys)
+            return measure(database, url, *options)
         finally:
             drop_pg(args.pg, created)
 
@@ -189,28 +236,46 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--keys", type=int, default=1, help="keys the backlog is spread over")
+    parser.add_argument("--baseline-ref", default=None, help="git revision to measure beside")
+    parser.add_argument("--fill", nargs=5, help=argparse.SUPPRESS)  # one side's bulk fill
     args = parser.parse_args()
+    if args.fill:
+        url, like_id, count, keys, owners = args.fill
+        filled = fill_here(url, like_id, int(count), int(keys), [o for o in owners.split(",") if o])
+        print(",".join(asyncio.run(filled)))
+        return
     sizes = sorted(int(s) for s in args.sizes.split(","))
     report: list[Polls] = []
-    for _ in range(args.rounds):  # rounds alternate the databases, so load drifts hit both
-        for database in args.databases.split(","):
-            report += one_database(database, sizes, args)
+    with baseline_source(args.baseline_ref) as baseline:
+        sides: list[tuple[str, Path | None]] = []
+        if baseline is not None:
+            sides.append((f"baseline ({args.baseline_ref})", baseline))
+        sides.append(("this checkout", None))
+        for _ in range(args.rounds):  # rounds alternate databases and sides: drifts hit all
+            for database in args.databases.split(","):
+                for side, src in sides:
+                    report += one_database(database, sizes, args, src, side)
     print(f"medians over {args.rounds} round(s); ratio range in brackets")
     print(
-        f"{'database':<11}{'queued':>8}{'polls/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'vs first':>9}"
-        "  range"
+        f"{'side':<22}{'database':<11}{'queued':>8}{'polls/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'vs first':>9}  range"
     )
-    for database in args.databases.split(","):
-        for size in sizes:
-            runs = [r for r in report if r.database == database and r.queued == size]
-            ratios = [r.ratio_vs_first for r in runs]
-            print(
-                f"{database:<11}{size:>8}"
-                f"{statistics.median(r.polls_per_s for r in runs):>9.0f}"
-                f"{statistics.median(r.p50_ms for r in runs):>8.2f}"
-                f"{statistics.median(r.p99_ms for r in runs):>8.2f}"
-                f"{statistics.median(ratios):>9.2f}  [{min(ratios):.2f}-{max(ratios):.2f}]"
-            )
+    for side, _src in sides:
+        for database in args.databases.split(","):
+            for size in sizes:
+                runs = [
+                    r
+                    for r in report
+                    if r.database == database and r.queued == size and r.side == side
+                ]
+                ratios = [r.ratio_vs_first for r in runs]
+                print(
+                    f"{side:<22}{database:<11}{size:>8}"
+                    f"{statistics.median(r.polls_per_s for r in runs):>9.0f}"
+                    f"{statistics.median(r.p50_ms for r in runs):>8.2f}"
+                    f"{statistics.median(r.p99_ms for r in runs):>8.2f}"
+                    f"{statistics.median(ratios):>9.2f}  [{min(ratios):.2f}-{max(ratios):.2f}]"
+                )
     print(
         json.dumps(
             {
