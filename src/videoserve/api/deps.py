@@ -18,6 +18,7 @@ from videoserve import errors
 from videoserve.api import credentials, guard
 from videoserve.jobs import deadlines, fairness, text
 from videoserve.jobs.keys import ANONYMOUS, KeyStore
+from videoserve.jobs.queue_options import QueueOptions
 from videoserve.jobs.records import ApiKey
 from videoserve.models.registry import ModelRegistry
 from videoserve.services.accounts import AccountService
@@ -160,15 +161,6 @@ async def json_body(request: Request) -> Any:
 
 
 JsonBody = Annotated[Any, Depends(json_body)]
-
-
-@dataclass(frozen=True)
-class QueueOptions:
-    """A submit's queue headers, parsed (None: the default of each)."""
-
-    start_timeout: float | None  # X-Start-Timeout: the server's default
-    priority: fairness.Priority | None  # X-Queue-Priority: normal
-    execution_timeout: float | None  # X-Execution-Timeout: the model's limit
 
 
 async def queue_options(request: Request) -> QueueOptions:

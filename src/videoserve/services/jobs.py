@@ -36,6 +36,7 @@ from videoserve.jobs.inputs import (
 )
 from videoserve.jobs.job_status import JobStatus, StatusReader
 from videoserve.jobs.keys import ANONYMOUS
+from videoserve.jobs.queue_options import DEFAULTS, QueueOptions
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status, is_terminal
 from videoserve.jobs.store import IdempotencyConflict, JobStore, NewJob
@@ -158,9 +159,7 @@ class JobService:
         inputs: JobInputs | None = None,
         files: Sequence[PendingInput] = (),
         remixed_from: str | None = None,
-        start_timeout: float | None = None,
-        priority: Priority | None = None,
-        execution_timeout: float | None = None,
+        queue: QueueOptions = DEFAULTS,
     ) -> Job:
         """Validate, moderate, charge and durably queue a request; returns the stored job.
 
@@ -168,14 +167,15 @@ class JobService:
         another job (a remix): it is copied, never decoded from base64 again. `inputs` (an
         edit, an extension, characters) with its `files` are stored under the job's prefix
         before the job is, and the job's `input_key` names their manifest. `remixed_from`:
-        the id of the video a remix repeats, recorded in the job's row. `start_timeout`
-        (X-Start-Timeout, else the server's default) bounds its wait for a worker; `priority`
+        the id of the video a remix repeats, recorded in the job's row. `queue`: its
+        `start_timeout` (X-Start-Timeout, else the server's default) bounds its wait for a
+        worker; its `priority`
         (X-Queue-Priority, default normal) is its class, at most the key's bound (`Forbidden`
-        naming it); `execution_timeout` (X-Execution-Timeout) bounds its run, within the
+        naming it); its `execution_timeout` (X-Execution-Timeout) bounds its run, within the
         model's own limit (above it, `InvalidRequest`). `InsufficientCredits` when the key
         cannot pay, `StorageFull` when the disk is: either way nothing is stored."""
         text.check_field("Idempotency-Key", idempotency_key, text.MAX_IDEMPOTENCY_KEY_CHARS)
-        priority = Priority.NORMAL if priority is None else priority
+        priority = Priority.NORMAL if queue.priority is None else queue.priority
         check_bound(priority, Priority(key.max_priority), admin=key.is_admin)
         text.check_tree(raw_params)  # multipart fields and the CLI's too, not only JSON bodies
         resolved = self.registry.resolve(model)
@@ -188,7 +188,7 @@ class JobService:
             )
         limits = self.registry.compute_limits(model)
         deadlines.check_execution_timeout(
-            execution_timeout,
+            queue.execution_timeout,
             limits.max_job_seconds or self.settings.max_job_seconds,
             resolved.served_by,
         )
@@ -267,11 +267,11 @@ class JobService:
                     charge=price,
                     start_timeout=(
                         self.settings.start_timeout_seconds
-                        if start_timeout is None
-                        else start_timeout
+                        if queue.start_timeout is None
+                        else queue.start_timeout
                     ),
                     priority=priority,
-                    execution_timeout=execution_timeout,
+                    execution_timeout=queue.execution_timeout,
                     remixed_from=remixed_from,
                     delivered_seconds=(
                         None if inputs is None else inputs.total_seconds(float(params.duration))
@@ -528,16 +528,14 @@ class JobService:
     async def remix(
         self,
         key: ApiKey,
-        source_id: str,
+        source: Job,
         prompt: Any,
         *,
         idempotency_key: str | None = None,
-        start_timeout: float | None = None,
-        priority: Priority | None = None,
-        execution_timeout: float | None = None,
+        queue: QueueOptions = DEFAULTS,
     ) -> Job:
-        """A new job from a completed one: its parameters and reference image, a new prompt."""
-        source = await self.get(key, source_id)
+        """A new job from a completed one of the key's (`get` it first): its parameters and
+        reference image, a new prompt."""
         if source.status != Status.COMPLETED:
             raise errors.InvalidRequest(
                 f"video '{source.id}' is {source.status.value.lower()}: only a completed video "
@@ -555,9 +553,7 @@ class JobService:
             idempotency_key=idempotency_key,
             stored_input=source.input_key,
             remixed_from=source.id,
-            start_timeout=start_timeout,
-            priority=priority,
-            execution_timeout=execution_timeout,
+            queue=queue,
         )
         return job
 

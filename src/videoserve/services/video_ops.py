@@ -20,8 +20,8 @@ from typing import Any
 
 from videoserve import errors
 from videoserve.jobs import ledger
-from videoserve.jobs.fairness import Priority
 from videoserve.jobs.inputs import InputKind, JobInputs, Operation, PendingInput
+from videoserve.jobs.queue_options import DEFAULTS, QueueOptions
 from videoserve.jobs.records import ApiKey, Job
 from videoserve.jobs.states import Status
 from videoserve.media.video_input import DecodedVideo, VideoDecoder
@@ -144,9 +144,7 @@ class VideoOperations:
         *,
         default_model: str,
         idempotency_key: str | None = None,
-        start_timeout: float | None = None,
-        priority: Priority | None = None,
-        execution_timeout: float | None = None,
+        queue: QueueOptions = DEFAULTS,
     ) -> Job:
         """Queue an extension: `seconds` more of the source, from its end."""
         _refuse_source_fields(extra, "an extension")
@@ -168,8 +166,7 @@ class VideoOperations:
             inputs,
             source,
             idempotency_key,
-            (start_timeout, execution_timeout),
-            priority,
+            queue,
         )
 
     async def edit(
@@ -183,9 +180,7 @@ class VideoOperations:
         *,
         default_model: str,
         idempotency_key: str | None = None,
-        start_timeout: float | None = None,
-        priority: Priority | None = None,
-        execution_timeout: float | None = None,
+        queue: QueueOptions = DEFAULTS,
     ) -> Job:
         """Queue an edit: video-to-video on the source, same duration and aspect."""
         _refuse_source_fields(extra, "an edit")
@@ -218,8 +213,7 @@ class VideoOperations:
             inputs,
             source,
             idempotency_key,
-            (start_timeout, execution_timeout),
-            priority,
+            queue,
         )
 
     def _model(
@@ -276,9 +270,7 @@ class VideoOperations:
         prompt: Any,
         *,
         idempotency_key: str | None = None,
-        start_timeout: float | None = None,
-        priority: Priority | None = None,
-        execution_timeout: float | None = None,
+        queue: QueueOptions = DEFAULTS,
     ) -> Job:
         """A remix of the caller's completed video: an edit or an extension is the same
         operation on the same source, with a new prompt; anything else is the job service's
@@ -286,24 +278,16 @@ class VideoOperations:
         source = await self.service.get(key, source_id)
         inputs = await self.service.inputs_of(source)
         if inputs is None or source.status != Status.COMPLETED:
-            job = await self.service.remix(
-                key,
-                source.id,
-                prompt,
-                idempotency_key=idempotency_key,
-                start_timeout=start_timeout,
-                priority=priority,
-                execution_timeout=execution_timeout,
+            return await self.service.remix(
+                key, source, prompt, idempotency_key=idempotency_key, queue=queue
             )
-            return job
         return await self._repeat(
             key,
             source,
             inputs,
             prompt,
             idempotency_key,
-            (start_timeout, execution_timeout),
-            priority,
+            queue,
         )
 
     async def _repeat(
@@ -313,8 +297,7 @@ class VideoOperations:
         inputs: JobInputs,
         prompt: Any,
         idempotency_key: str | None,
-        timeouts: tuple[float | None, float | None],  # start, execution
-        priority: Priority | None,
+        queue: QueueOptions,
     ) -> Job:
         files = []
         for stored in inputs.inputs:
@@ -332,9 +315,7 @@ class VideoOperations:
             inputs=replace(inputs, inputs=()),
             files=files,
             remixed_from=source.id,
-            start_timeout=timeouts[0],
-            execution_timeout=timeouts[1],
-            priority=priority,
+            queue=queue,
         )
 
     async def _submit(
@@ -345,8 +326,7 @@ class VideoOperations:
         inputs: JobInputs,
         source: Source,
         idempotency_key: str | None,
-        timeouts: tuple[float | None, float | None],  # start, execution
-        priority: Priority | None,
+        queue: QueueOptions,
     ) -> Job:
         name = "source.webm" if source.decoded.container == "webm" else "source.mp4"
         content_type = "video/webm" if source.decoded.container == "webm" else "video/mp4"
@@ -357,9 +337,7 @@ class VideoOperations:
             idempotency_key=idempotency_key,
             inputs=inputs,
             files=[PendingInput(InputKind.VIDEO, name, source.data, content_type)],
-            start_timeout=timeouts[0],
-            execution_timeout=timeouts[1],
-            priority=priority,
+            queue=queue,
         )
 
 

@@ -126,9 +126,7 @@ async def create(
                 idempotency_key=idempotency_key,
                 inputs=inputs,
                 files=files,
-                start_timeout=queue.start_timeout,
-                priority=queue.priority,
-                execution_timeout=queue.execution_timeout,
+                queue=queue,
             )
         else:
             job = await jobs.submit(
@@ -136,9 +134,7 @@ async def create(
                 model,
                 raw,
                 idempotency_key=idempotency_key,
-                start_timeout=queue.start_timeout,
-                priority=queue.priority,
-                execution_timeout=queue.execution_timeout,
+                queue=queue,
             )
     except errors.InvalidRequest as exc:
         raise _in_openai_terms(exc) from None
@@ -420,8 +416,6 @@ async def remix(
         video_id,
         body.get("prompt"),
         idempotency_key=idempotency_key,
-        start_timeout=queue.start_timeout,
-        priority=queue.priority,
-        execution_timeout=queue.execution_timeout,
+        queue=queue,
     )
     return openai_views.video(job, remixed_from=video_id)

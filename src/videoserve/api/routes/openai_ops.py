@@ -20,7 +20,6 @@ from videoserve.api.deps import (
     CharactersDep,
     KeyDep,
     QueueDep,
-    QueueOptions,
     RegistryDep,
     SettingsDep,
     VideoOpsDep,
@@ -29,6 +28,7 @@ from videoserve.api.deps import (
 )
 from videoserve.api.openai_views import OpenAIRoute
 from videoserve.api.routes.openai import DEFAULT_MODEL, served_name
+from videoserve.jobs.queue_options import QueueOptions
 from videoserve.models.registry import ModelRegistry
 from videoserve.services.video_ops import PARAM, SourceRef
 from videoserve.settings import Settings
@@ -152,9 +152,7 @@ async def _on_source(
         fields,
         default_model=served_name(registry, DEFAULT_MODEL),
         idempotency_key=idempotency_key,
-        start_timeout=queue.start_timeout,
-        execution_timeout=queue.execution_timeout,
-        priority=queue.priority,
+        queue=queue,
     )
     return openai_views.video(job)
 

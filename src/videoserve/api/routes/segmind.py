@@ -82,9 +82,7 @@ async def submit(
         body,
         idempotency_key=idempotency_key,
         webhook_url=webhook_url,
-        start_timeout=queue.start_timeout,
-        priority=queue.priority,
-        execution_timeout=queue.execution_timeout,
+        queue=queue,
     )
     # JSON types already: no walk through jsonable_encoder (see `_answer`).
     return JSONResponse(views.submitted(job, base_url(request, jobs.settings)))
@@ -131,9 +129,7 @@ async def run_blocking(
         model,
         body,
         idempotency_key=idempotency_key,
-        start_timeout=queue.start_timeout,
-        priority=queue.priority,
-        execution_timeout=queue.execution_timeout,
+        queue=queue,
     )
     job = await jobs.wait(key, job.id, settings.sync_timeout_seconds)
     if job.status == Status.FAILED:
