@@ -65,6 +65,14 @@ async def test_a_statements_second_use_runs_on_the_pool_with_the_engines_row(
     assert by_pool.doc == {"a": [1, "two", None]} and by_pool.count == 0  # a column, not a method
     assert by_pool._mapping["flag"] is True
 
+    # None in a JSON column is JSON null, as the engine stores it (not SQL NULL).
+    nulls = sa.select(sa.func.count()).where(things.c.doc.is_(None))
+    for id_ in ("n1", "n2"):  # the engine's, then the pool's
+        await database.write_one(INSERT, insert_params(id_) | {"doc": None})
+        assert (await database.first(nulls, {}) or (None,))[0] == 0
+        stored = await database.first(READ, {"id": id_})
+        assert stored is not None and stored.doc is None
+
     first = await database.first(READ, {"id": "b"})
     again = await database.first(READ, {"id": "b"})
     assert isinstance(again, Row) and tuple(again) == tuple(first or ())

@@ -87,7 +87,8 @@ class _Compiled:
         for name in self.names:
             value = params[name] if name in params else self.defaults.get(name)
             convert = self.converters.get(name)
-            args.append(value if convert is None or value is None else convert(value))
+            # None too, as SQLAlchemy does: a JSON column stores it as JSON null.
+            args.append(value if convert is None else convert(value))
         return args
 
     def row(self, record: Any) -> Row:
