@@ -65,7 +65,7 @@ def status_body(
             body["waiting_reason"] = waiting_reason
     if job.status in (Status.PROCESSING, Status.COMPLETED):
         body["progress"] = job.progress
-    body |= phases.live_fields(job.status.value, job.phase, job.step, job.steps, job.preview_step)
+    phases.add_live_fields(body, job.status.value, job.phase, job.step, job.steps, job.preview_step)
     if job.status == Status.FAILED:
         body["error"] = job.error
         body["code"] = job.failure.value if job.failure is not None else None

@@ -69,6 +69,8 @@ _COLUMNS = (
     jobs.c.preview_step,
     jobs.c.priority,
 )
+if JobStatus._fields != tuple(column.name for column in _COLUMNS):  # `_record` reads by position
+    raise RuntimeError("job_status: _COLUMNS and JobStatus must list the same names in order")
 # The same liveness rule as `JobStore.get`: an expired job answers 404 before the sweep runs.
 _READ = sa.select(*_COLUMNS).where(
     jobs.c.id == sa.bindparam("job_id"),
@@ -83,45 +85,17 @@ _FAILURES = {code.value: code for code in FailureCode}
 
 
 def _record(row: Any) -> JobStatus:
-    (
-        job_id,
-        owner,
-        model,
-        served_by,
-        status,
-        progress,
-        created,
-        started,
-        finished,
-        expires,
-        error,
-        failure,
-        ticket,
-        phase,
-        step,
-        steps,
-        preview_step,
-        priority,
-    ) = row
-    return JobStatus(
-        job_id,
-        owner,
-        model,
-        served_by,
-        _STATUSES[status],
-        progress,
-        created,
-        started,
-        finished,
-        expires,
-        error,
-        _FAILURES[failure] if failure is not None else None,
-        ticket,
-        phase,
-        step,
-        steps,
-        preview_step,
-        priority,
+    # By position (`_COLUMNS`' order, which is `JobStatus`'s): two columns converted, the
+    # rest passed on as they are, without naming each.
+    failure = row[11]
+    return JobStatus._make(
+        (
+            *row[:4],
+            _STATUSES[row[4]],
+            *row[5:11],
+            _FAILURES[failure] if failure is not None else None,
+            *row[12:],
+        )
     )
 
 

@@ -80,10 +80,23 @@ def live_fields(
 ) -> dict[str, object]:
     """The live fields of a status body: `phase`, and while denoising `step` of `steps`, and
     `preview_step` once a running job has a preview."""
-    fields: dict[str, object] = {"phase": shown(status, phase)}
+    fields: dict[str, object] = {}
+    add_live_fields(fields, status, phase, step, steps, preview_step)
+    return fields
+
+
+def add_live_fields(
+    body: dict[str, object],
+    status: str,
+    phase: str | None,
+    step: int | None,
+    steps: int | None,
+    preview_step: int | None,
+) -> None:
+    """`live_fields` written into `body` (the status poll's: no dict built and merged)."""
+    body["phase"] = shown(status, phase)
     if status == "PROCESSING":
         if phase == Phase.DENOISING.value and step is not None:
-            fields["step"], fields["steps"] = step, steps
+            body["step"], body["steps"] = step, steps
         if preview_step is not None:
-            fields["preview_step"] = preview_step
-    return fields
+            body["preview_step"] = preview_step
