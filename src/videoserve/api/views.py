@@ -40,6 +40,10 @@ async def status(jobs: JobService, job: Job) -> dict[str, Any]:
     return status_body(job, *await jobs.waiting(job))
 
 
+# A lookup, not `.value`: an enum member's `value` is a descriptor call, three a poll.
+_STATUS_VALUES = {status: status.value for status in Status}
+
+
 def status_body(
     job: Job | JobStatus,
     queue_position: int | None,
@@ -49,24 +53,26 @@ def status_body(
     """The status answer's body (`queue_position` and `estimated_start_seconds`, null when
     unknown, are shown only for a QUEUED job, and `waiting_reason` only when it has one: no
     live worker serves its model)."""
+    status = job.status
+    value = _STATUS_VALUES[status]
     body: dict[str, Any] = {
         "request_id": job.id,
-        "status": job.status.value,
+        "status": value,
         "model": job.model,
         "priority": fairness.LABELS[job.priority],
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "completed_at": iso(job.finished_at),
     }
-    if job.status == Status.QUEUED:
+    if status == Status.QUEUED:
         body["queue_position"] = queue_position
         body["estimated_start_seconds"] = estimated_start_seconds
         if waiting_reason is not None:
             body["waiting_reason"] = waiting_reason
-    if job.status in (Status.PROCESSING, Status.COMPLETED):
+    if status in (Status.PROCESSING, Status.COMPLETED):
         body["progress"] = job.progress
-    phases.add_live_fields(body, job.status.value, job.phase, job.step, job.steps, job.preview_step)
-    if job.status == Status.FAILED:
+    phases.add_live_fields(body, value, job.phase, job.step, job.steps, job.preview_step)
+    if status == Status.FAILED:
         body["error"] = job.error
         body["code"] = job.failure.value if job.failure is not None else None
     if job.expires_at:
