@@ -102,6 +102,9 @@ class PostgresExecutor(EngineExecutor):
         super().__init__(engine, read_engine)
         self.pool = pool
 
+    # The pool's rows are `postgres.Row`s, not `sa.Row`s: a tuple with the column attributes,
+    # `_fields` and `_mapping` the stores read of a row (test_pg_pool checks them), hence the
+    # two ignores below.
     async def first(self, query: sa.Executable, params: dict[str, Any] | None) -> sa.Row | None:
         compiled = self.pool.compiled_for(query, params or {})
         if compiled is None:
