@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from bench._servers import (
+    CHECKOUT_SRC,
     baseline_source,
     code_env,
     create_key,
@@ -50,7 +51,7 @@ from videoserve.jobs.store import JobStore, NewJob
 from videoserve.settings import Settings
 
 MODEL = "tiny-t2v"
-REPO = str(Path(__file__).resolve().parents[1])  # for `bench` itself, beside a side's `src`
+REPO = str(CHECKOUT_SRC.parent)  # for `bench` itself, beside a side's `src`
 BATCH = 5_000  # jobs per enqueue_many transaction
 
 

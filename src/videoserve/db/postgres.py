@@ -70,8 +70,7 @@ class _Compiled:
 
     __slots__ = ("converters", "defaults", "names", "row_class", "sql")
 
-    def __init__(self, statement: sa.Executable, dialect: Dialect, keys: tuple[str, ...]):
-        compiled = _compile(statement, dialect, keys)
+    def __init__(self, compiled: Any, dialect: Dialect):
         self.sql = compiled.string
         self.names = tuple(compiled.positiontup or ())
         self.defaults = {n: value for n, value in compiled.params.items() if value is not None}
@@ -98,8 +97,9 @@ class _Compiled:
         return row_class(record.values())
 
 
-def _runs_here(statement: sa.Executable, dialect: Dialect, keys: tuple[str, ...]) -> bool:
-    """Whether the statement runs exactly as the engine would run it (module docstring)."""
+def _runs_here(statement: sa.Executable, compiled: Any) -> bool:
+    """Whether the statement (and `compiled`, its form for the call's parameter names) runs
+    exactly as the engine would run it (module docstring)."""
     if isinstance(statement, sa.Select):
         columns = [column.type for column in statement.selected_columns]
     elif isinstance(statement, sa.Insert | sa.Update | sa.Delete):
@@ -108,7 +108,6 @@ def _runs_here(statement: sa.Executable, dialect: Dialect, keys: tuple[str, ...]
         return False
     if not all(_plain(column) for column in columns):
         return False
-    compiled = _compile(statement, dialect, keys)
     return not (
         compiled.post_compile_params
         or compiled.literal_execute_params
@@ -183,10 +182,10 @@ class PgPool:
                 self._seen.clear()
             self._seen[id(statement)] = statement
             return None
-        here = _runs_here(statement, self._dialect, keys)
-        compiled = _Compiled(statement, self._dialect, keys) if here else _ENGINE
-        self._compiled[key] = (statement, compiled)
-        return compiled if isinstance(compiled, _Compiled) else None
+        compiled = _compile(statement, self._dialect, keys)  # once, for the check and the run
+        ready = _Compiled(compiled, self._dialect) if _runs_here(statement, compiled) else None
+        self._compiled[key] = (statement, _ENGINE if ready is None else ready)
+        return ready
 
     async def fetch_one(self, compiled: _Compiled, params: dict[str, Any]) -> Row | None:
         """Run the compiled statement on its own (autocommit); its first row."""
@@ -205,7 +204,7 @@ class PgPool:
         """`query` (one row of strings and numbers) compiled once; a call runs it and returns
         its first row as a plain tuple (None: no row). The status poll's reads: its errors are
         answered 503 as they are, nothing else to convert."""
-        compiled = _Compiled(query, self._dialect, ())
+        compiled = _Compiled(_compile(query, self._dialect, ()), self._dialect)
         sql, names, defaults = compiled.sql, compiled.names, compiled.defaults
 
         async def run(params: dict[str, Any]) -> tuple[Any, ...] | None:
