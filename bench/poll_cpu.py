@@ -63,7 +63,11 @@ async def ours(polls):
     lifespan = asyncio.create_task(
         app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put))
     assert (await outbox.get())["type"] == "lifespan.startup.complete"
-    _record, key = await app.state.services.keys.create("bench", admin=True)
+    # The key store: `app.state.services` since the core's redesign, the runtime before it
+    # (so that a `--baseline-ref` from before it runs too).
+    state = app.state
+    keys = state.services.keys if hasattr(state, "services") else state.runtime.keys
+    _record, key = await keys.create("bench", admin=True)
     headers = [(b"x-api-key", key.encode()), (b"user-agent", b"bench"), (b"accept", b"*/*")]
     body = json.dumps({"prompt": "x", "duration": 4, "num_inference_steps": 1}).encode()
     submit = scope("POST", "/v2/tiny-t2v", headers + [(b"content-type", b"application/json"),
@@ -102,9 +106,10 @@ def one(which: str, src: Path | None, polls: int) -> float:
         env=env | code_env(src),
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    return float(out.strip().splitlines()[-1])
+    )
+    if out.returncode != 0:  # the child's traceback, not just its exit status
+        raise SystemExit(f"{which} ({src or 'this checkout'}) failed:\n{out.stderr[-3000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

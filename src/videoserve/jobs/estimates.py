@@ -57,20 +57,32 @@ class StartEstimates:
         self._reading: dict[str, asyncio.Task[None]] = {}
         self._failed_at: dict[str, float] = {}  # a first read that failed: one try per ttl
 
-    async def seconds(self, served_by: str, position: int | None) -> float | None:
-        """About how long until the QUEUED job at `position` of `served_by`'s queue starts."""
+    def answers_now(self, served_by: str) -> bool:
+        """Whether `seconds_now` can answer for `served_by` without a read: its facts were
+        read, or its first read failed moments ago (then it says nothing rather than guess)."""
+        return (
+            served_by in self._facts
+            or time.monotonic() - self._failed_at.get(served_by, -math.inf) <= self._ttl
+        )
+
+    def seconds_now(self, served_by: str, position: int | None) -> float | None:
+        """`seconds` from the facts this process has read (`answers_now` must hold), with no
+        wait: a status poll's path. Starts the next read when the last is `ttl` old; the next
+        call sees it."""
         facts = self._facts.get(served_by)
         if facts is None:
-            if time.monotonic() - self._failed_at.get(served_by, -math.inf) <= self._ttl:
-                return None
+            return None
+        if time.monotonic() - facts.read_at > self._ttl and served_by not in self._reading:
+            self._start_read(served_by)
+        return estimate(position, facts.job_seconds, facts.slots)
+
+    async def seconds(self, served_by: str, position: int | None) -> float | None:
+        """About how long until the QUEUED job at `position` of `served_by`'s queue starts.
+        The first call of a process for a model reads before it answers."""
+        if not self.answers_now(served_by):
             # Concurrent first polls of a model share one read.
             await asyncio.shield(self._reading.get(served_by) or self._start_read(served_by))
-            facts = self._facts.get(served_by)
-            if facts is None:  # the read failed: say nothing rather than guess
-                return None
-        elif time.monotonic() - facts.read_at > self._ttl and served_by not in self._reading:
-            self._start_read(served_by)  # answer from the last read; the next poll sees the new
-        return estimate(position, facts.job_seconds, facts.slots)
+        return self.seconds_now(served_by, position)
 
     def _start_read(self, served_by: str) -> asyncio.Task[None]:
         task = asyncio.create_task(self._read(served_by))

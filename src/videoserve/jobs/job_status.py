@@ -49,8 +49,9 @@ class JobStatus(NamedTuple):
     priority: int  # class: 0 low, 1 normal, 2 high (`fairness.Priority`)
 
 
+# Not `id`: the caller has it (the read is by it), and every column read costs a poll ~0.2 us
+# (the driver describes each one afresh on every execution).
 _COLUMNS = (
-    jobs.c.id,
     jobs.c.api_key_id,
     jobs.c.model,
     jobs.c.served_by,
@@ -69,8 +70,10 @@ _COLUMNS = (
     jobs.c.preview_step,
     jobs.c.priority,
 )
-if JobStatus._fields != tuple(column.name for column in _COLUMNS):  # `_record` reads by position
-    raise RuntimeError("job_status: _COLUMNS and JobStatus must list the same names in order")
+if JobStatus._fields[1:] != tuple(column.name for column in _COLUMNS):  # read by position
+    raise RuntimeError(
+        "job_status: _COLUMNS, JobStatus and _record must list the same names in order"
+    )
 # The same liveness rule as `JobStore.get`: an expired job answers 404 before the sweep runs.
 _READ = sa.select(*_COLUMNS).where(
     jobs.c.id == sa.bindparam("job_id"),
@@ -84,18 +87,55 @@ _STATUSES = {status.value: status for status in Status}
 _FAILURES = {code.value: code for code in FailureCode}
 
 
-def _record(row: Any) -> JobStatus:
-    # By position (`_COLUMNS`' order, which is `JobStatus`'s): two columns converted, the
-    # rest passed on as they are, without naming each.
-    failure = row[11]
-    return JobStatus._make(
+# `tuple.__new__`, not `JobStatus(...)` or `JobStatus._make`: a NamedTuple's constructor is a
+# Python function taking 18 arguments by name; this builds the same tuple in half the time.
+_new = tuple.__new__
+
+
+def _record(job_id: str, row: Any) -> JobStatus:
+    # Unpacked into locals and rebuilt: the fastest of the ways timed (slices and `_make` took
+    # twice as long); two columns converted, the rest passed on as they are.
+    (
+        owner,
+        model,
+        served_by,
+        status,
+        progress,
+        created,
+        started,
+        finished,
+        expires,
+        error,
+        failure,
+        ticket,
+        phase,
+        step,
+        steps,
+        preview_step,
+        priority,
+    ) = row
+    return _new(  # type: ignore[no-any-return]
+        JobStatus,
         (
-            *row[:4],
-            _STATUSES[row[4]],
-            *row[5:11],
+            job_id,
+            owner,
+            model,
+            served_by,
+            _STATUSES[status],
+            progress,
+            created,
+            started,
+            finished,
+            expires,
+            error,
             _FAILURES[failure] if failure is not None else None,
-            *row[12:],
-        )
+            ticket,
+            phase,
+            step,
+            steps,
+            preview_step,
+            priority,
+        ),
     )
 
 
@@ -108,4 +148,4 @@ class StatusReader:
     async def read(self, job_id: str, now: float) -> JobStatus | None:
         """The job's status columns, unless it does not exist or has expired."""
         row = await self._read({"job_id": job_id, "now": now})
-        return _record(row) if row is not None else None
+        return _record(job_id, row) if row is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class WorkerRegistry:
             return int((await conn.execute(query)).scalar_one())
 
 
+@functools.lru_cache(maxsize=256)  # one string per model, built once rather than every poll
 def no_worker_reason(served_by: str) -> str:
     """Why a queued job waits when no live worker serves its model (its `waiting_reason`)."""
     return f"no worker serving model '{served_by}' is running"
@@ -126,22 +128,29 @@ class ServedModels:
         self._read_at = -float("inf")
         self._refreshing: asyncio.Task[None] | None = None
 
-    async def waiting_reason(self, served_by: str) -> str | None:
-        """Why a QUEUED job of `served_by` waits beyond its place in line; None: a live
-        worker serves its model."""
+    def answers_now(self) -> bool:
+        """Whether `reason_now` can answer without a read: the workers were read, or the last
+        read failed moments ago (then it says nothing rather than guess)."""
+        return self._served is not None or time.monotonic() - self._read_at <= self._ttl
+
+    def reason_now(self, served_by: str) -> str | None:
+        """`waiting_reason` from what this process has read (`answers_now` must hold), with
+        no wait: a status poll's path. Starts the next read when the last is `ttl` old; the
+        next call sees it."""
         served = self._served
         if served is None:
-            if time.monotonic() - self._read_at <= self._ttl:
-                return None  # the last read failed moments ago: say nothing rather than guess
-            await self._refresh()
-            if self._served is None:
-                return None
-            served = self._served
-        elif time.monotonic() - self._read_at > self._ttl and self._refreshing is None:
-            # Answer from the last read; the next call sees the new one.
+            return None
+        if time.monotonic() - self._read_at > self._ttl and self._refreshing is None:
             self._refreshing = asyncio.create_task(self._refresh())
             self._refreshing.add_done_callback(self._refreshed)
         return None if served_by in served else no_worker_reason(served_by)
+
+    async def waiting_reason(self, served_by: str) -> str | None:
+        """Why a QUEUED job of `served_by` waits beyond its place in line; None: a live
+        worker serves its model. The first call of a process reads before it answers."""
+        if not self.answers_now():
+            await self._refresh()
+        return self.reason_now(served_by)
 
     def _refreshed(self, _task: asyncio.Task[None]) -> None:
         self._refreshing = None
