@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,8 @@ import pytest
 from sqlalchemy.dialects import postgresql
 
 from tests.conftest import LiveServer
-from videoserve.jobs import ledger, tickets
+from videoserve.jobs import job_status, ledger, tickets
+from videoserve.jobs.job_status import StatusReader
 from videoserve.jobs.records import Job, Lease
 from videoserve.jobs.store import JobStore, NewJob
 
@@ -247,3 +249,53 @@ def test_postgres_reads_the_head_without_aggregating_the_queue(queue) -> None:
     explained = (json.loads(found) if isinstance(found, str) else found)[0]["Plan"]
     assert explained["Node Type"] == "Limit"
     assert explained["Plans"][0]["Actual Rows"] == 1  # one index entry read, not 2,001
+
+
+def test_a_poll_reads_the_same_position_as_the_store_in_one_statement(queue) -> None:
+    # The status poll reads its queue's head with the job (`tickets.own_queue_head`); the
+    # store's two-read `queue_position` must agree with it, for jobs of two models' queues
+    # and after the head moved.
+    server, claimer = queue
+    ids = submit(server, 4)
+    claimer.claim()
+    waiting = ids[1:]
+    by_store = [claimer._run(claimer.store.queue_position(claimer.job(i))) for i in waiting]
+    assert positions(server, waiting) == by_store == [1, 2, 3]
+    status = StatusReader(claimer.store.database)
+    found = [claimer._run(status.read(i, time.time())) for i in waiting]
+    assert [f.queue_head for f in found if f is not None] == [claimer.job(waiting[0]).ticket] * 3
+    running = claimer._run(status.read(ids[0], time.time()))
+    assert running is not None and running.queue_head is None  # read only while QUEUED
+
+
+def test_postgres_reads_a_polled_jobs_head_without_aggregating_the_queue(queue) -> None:
+    # The same index walk as `tickets.HEAD`, inside the poll's one statement, and only for a
+    # QUEUED job: a completed job's poll must not walk the queue at all.
+    server, claimer = queue
+    if not server.settings.resolved_database_url().startswith("postgresql"):
+        pytest.skip("PostgreSQL only: SQLite's plan is checked by its own walk")
+    like = claimer.job(submit(server, 1)[0])
+    claimer.enqueue(like, 2_000)
+    read = job_status._READ.params(job_id=like.id, now=time.time())
+    sql = str(read.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+
+    async def plan() -> Any:
+        async with claimer.store.database.connect() as conn:
+            return (await conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)).scalar()
+
+    def subplans(node: dict[str, Any]) -> list[dict[str, Any]]:
+        found = [node] if node.get("Parent Relationship") == "SubPlan" else []
+        for child in node.get("Plans", []):
+            found += subplans(child)
+        return found
+
+    def walk() -> dict[str, Any]:
+        found = claimer._run(plan())
+        (only,) = subplans((json.loads(found) if isinstance(found, str) else found)[0]["Plan"])
+        return only
+
+    queued = walk()
+    assert queued["Node Type"] == "Limit" and queued["Actual Loops"] == 1
+    assert queued["Plans"][0]["Actual Rows"] == 1  # one index entry read, not 2,001
+    assert claimer.claim().job_id == like.id  # now PROCESSING: its poll walks no queue
+    assert walk()["Actual Loops"] == 0

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from videoserve.db.database import Database
-from videoserve.jobs import schema
+from videoserve.jobs import schema, tickets
 from videoserve.jobs.failures import FailureCode
 from videoserve.jobs.states import Status
 
@@ -47,6 +47,9 @@ class JobStatus(NamedTuple):
     steps: int | None
     preview_step: int | None
     priority: int  # class: 0 low, 1 normal, 2 high (`fairness.Priority`)
+    # Not on `Job`: while QUEUED, the lowest ticket of its model's queue, read with the job
+    # (`tickets.own_queue_head`); its position is `tickets.position(ticket, queue_head)`.
+    queue_head: int | None
 
 
 # Not `id`: the caller has it (the read is by it), and every column read costs a poll ~0.2 us
@@ -69,6 +72,7 @@ _COLUMNS = (
     jobs.c.steps,
     jobs.c.preview_step,
     jobs.c.priority,
+    tickets.own_queue_head().label("queue_head"),
 )
 if JobStatus._fields[1:] != tuple(column.name for column in _COLUMNS):  # read by position
     raise RuntimeError(
@@ -113,8 +117,9 @@ def _record(job_id: str, row: Any) -> JobStatus:
         steps,
         preview_step,
         priority,
+        queue_head,
     ) = row
-    return _new(  # type: ignore[no-any-return]
+    return _new(
         JobStatus,
         (
             job_id,
@@ -135,6 +140,7 @@ def _record(job_id: str, row: Any) -> JobStatus:
             steps,
             preview_step,
             priority,
+            queue_head,
         ),
     )
 

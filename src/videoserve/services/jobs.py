@@ -21,7 +21,7 @@ from PIL import Image
 from sqlalchemy.exc import DataError, IntegrityError
 
 from videoserve import clock, errors
-from videoserve.jobs import deadlines, ledger, listing, remixes, text
+from videoserve.jobs import deadlines, ledger, listing, remixes, text, tickets
 from videoserve.jobs.estimates import StartEstimates
 from videoserve.jobs.failures import Failure, FailureCode
 from videoserve.jobs.fairness import Priority, check_bound
@@ -413,7 +413,11 @@ class JobService:
         (`job` must be QUEUED)."""
         # A status poll's path: the caches answer without a coroutine once this process has
         # read them (this path had five nested coroutines, ~0.15 us each on this machine).
-        position = await self.store.queue_position(job)
+        if isinstance(job, JobStatus) and job.ticket is not None:
+            # A poll's read brought the head of the job's queue with the job: no second read.
+            position = tickets.position(job.ticket, job.queue_head)
+        else:
+            position = await self.store.queue_position(job)
         served_by = job.served_by
         reason = None
         models = self._served_models
