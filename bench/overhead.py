@@ -11,11 +11,13 @@ uvicorn options as `videoserve serve` (its guarded http protocol, connection cap
 headers): the ratio is what the platform keeps of what the framework can do on this machine.
 The bare endpoint on uvicorn's defaults is measured once too, to show what those options cost.
 
-With `--baseline-ref main` the same run first measures that git revision's code (jobs and
-polls), so every figure has its before beside it, from one run on one machine.
+With `--baseline-ref main` the same run measures that git revision's code too (jobs and
+polls), so every figure has its before beside it, from one run on one machine: both sides'
+servers run at once and the poll runs alternate between them (`--poll-rounds`, medians).
 
     python -m bench.overhead --jobs 200 [--baseline-ref main]
     python -m bench.overhead --jobs 60 --rounds 3 --baseline-ref main  # jobs in rounds
+    python -m bench.overhead --jobs 20 --rounds 2 --poll-rounds 5 --baseline-ref main
 Loopback only; bounded in count and time.
 """
 
@@ -172,25 +174,16 @@ def job_figures(samples: dict[str, list[float]]) -> dict[str, Any]:
     return figures
 
 
-def measure_server(
-    src: Path | None, args: argparse.Namespace, load, *, jobs: bool = True
-) -> dict[str, Any]:
-    """Per-job overhead (unless `jobs` is false) and the status-poll rate of one revision's
-    `videoserve serve`."""
-    with serving(src) as (url, key, pid):
-        figures: dict[str, Any] = {}
-        if jobs:
-            measure_jobs(url, key, 5, args.poll)  # warm-up: builds and loads the model
-            figures = job_figures(measure_jobs(url, key, args.jobs, args.poll))
-        status_url = httpx.post(
-            f"{url}/v2/tiny-t2v",
-            json={"prompt": "poll me", "duration": 4, "num_inference_steps": 1},
-            headers={"x-api-key": key},
-        ).json()["status_url"]
-        while httpx.get(status_url, headers={"x-api-key": key}).json()["status"] != "COMPLETED":
-            time.sleep(0.05)
-        polls, cpu_per_poll = polls_with_cpu(load, status_url, args, key, pid)
-    return figures | {"status_polls_per_s": polls, "server_cpu_us_per_poll": cpu_per_poll}
+def completed_status_url(url: str, key: str) -> str:
+    """The status URL of a tiny job run to COMPLETED: what the poll runs ask for."""
+    status_url = httpx.post(
+        f"{url}/v2/tiny-t2v",
+        json={"prompt": "poll me", "duration": 4, "num_inference_steps": 1},
+        headers={"x-api-key": key},
+    ).json()["status_url"]
+    while httpx.get(status_url, headers={"x-api-key": key}).json()["status"] != "COMPLETED":
+        time.sleep(0.05)
+    return str(status_url)
 
 
 def bare_polls(args: argparse.Namespace, load, *, plain: bool = False) -> tuple[float, float]:
@@ -218,6 +211,12 @@ def main() -> None:
         help="measure jobs in this many alternating rounds per side (--jobs each), each in "
         "a fresh server, before the polls; 0: jobs and polls in one server per side",
     )
+    parser.add_argument(
+        "--poll-rounds",
+        type=int,
+        default=3,
+        help="status-poll runs per side, alternating between the sides' servers (medians)",
+    )
     args = parser.parse_args()
     load = wrk if shutil.which("wrk") else httpx_load
 
@@ -232,14 +231,32 @@ def main() -> None:
         )
         sides.append(("this checkout", None))
         rounds = job_rounds(sides, args) if args.rounds else {}
-        for name, src in sides:
-            figures = measure_server(src, args, load, jobs=not rounds)
-            if rounds:
-                figures = job_figures(rounds[name]) | figures
-            bare_rates.append(bare_polls(args, load))
-            # Against the bare runs just before and after it: the load may drift.
-            bare = statistics.mean(rate for rate, _cpu in bare_rates[-2:])
-            bare_cpu = statistics.mean(cpu for _rate, cpu in bare_rates[-2:])
+        # Every side's server at once, then the poll runs alternating between them
+        # (`--poll-rounds`), a bare run after each round: one wrk run per side moved by 10 %
+        # and more between runs on a machine others share.
+        polls: dict[str, list[tuple[float, float]]] = {name: [] for name, _src in sides}
+        with contextlib.ExitStack() as stack:
+            servers: dict[str, tuple[str, str, int]] = {}
+            figures_of: dict[str, dict[str, Any]] = {}
+            for name, src in sides:
+                url, key, pid = stack.enter_context(serving(src))
+                if rounds:
+                    figures_of[name] = job_figures(rounds[name])
+                else:
+                    measure_jobs(url, key, 5, args.poll)  # warm-up: builds and loads the model
+                    figures_of[name] = job_figures(measure_jobs(url, key, args.jobs, args.poll))
+                servers[name] = (completed_status_url(url, key), key, pid)
+            for _ in range(args.poll_rounds):
+                for name, (status_url, key, pid) in servers.items():
+                    polls[name].append(polls_with_cpu(load, status_url, args, key, pid))
+                bare_rates.append(bare_polls(args, load))
+        bare = statistics.median(rate for rate, _cpu in bare_rates)
+        bare_cpu = statistics.median(cpu for _rate, cpu in bare_rates)
+        for name, _src in sides:
+            figures = figures_of[name]
+            figures["status_polls_per_s"] = statistics.median(rate for rate, _ in polls[name])
+            figures["server_cpu_us_per_poll"] = statistics.median(cpu for _, cpu in polls[name])
+            figures["poll_rounds (polls/s, CPU us per poll)"] = polls[name]
             figures["bare_starlette_per_s"] = round(bare, 1)
             figures["ratio"] = round(figures["status_polls_per_s"] / bare, 3)
             figures["bare_cpu_us_per_poll"] = round(bare_cpu, 1)
