@@ -91,7 +91,7 @@ class JobStore(Sweeps):
             capped=self.policy.max_running_per_key > 0,
             fair=self.fair if self.policy.scheduling == fairness.SchedulingPolicy.FAIR else None,
         )
-        self._queue_head = database.row_reader(self._hot.queue_head)  # a poll's second read
+        self._queue_head = database.row_reader(self._hot.queue_head)  # for a `Job`'s position
         # This process's idle worker slots, which a submit claims for (`handoff`).
         self.standing = StandingClaims()
         # Wakes this process's expiry loop for a deadline sooner than it planned (`deadlines`).
