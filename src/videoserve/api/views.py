@@ -44,6 +44,10 @@ async def status(jobs: JobService, job: Job) -> dict[str, Any]:
 _STATUS_VALUES = {status: status.value for status in Status}
 _PRIORITY_LABELS = fairness.LABELS
 _QUEUED, _PROCESSING, _COMPLETED = Status.QUEUED, Status.PROCESSING, Status.COMPLETED
+# What `phases.shown` answers for each ended or waiting status.
+_PHASE_COMPLETED = phases.shown("COMPLETED", None)
+_PHASE_QUEUED = phases.shown("QUEUED", None)
+_PHASE_FAILED = phases.shown("FAILED", None)
 
 
 def status_body(
@@ -69,16 +73,16 @@ def status_body(
         "started_at": iso(job.started_at),
         "completed_at": iso(job.finished_at),
     }
-    if status is _COMPLETED:
+    if status == _COMPLETED:
         body["progress"] = job.progress
         body["phase"] = _PHASE_COMPLETED
-    elif status is _QUEUED:
+    elif status == _QUEUED:
         body["queue_position"] = queue_position
         body["estimated_start_seconds"] = estimated_start_seconds
         if waiting_reason is not None:
             body["waiting_reason"] = waiting_reason
         body["phase"] = _PHASE_QUEUED
-    elif status is _PROCESSING:
+    elif status == _PROCESSING:
         body["progress"] = job.progress
         phases.add_live_fields(body, "PROCESSING", job.phase, job.step, job.steps, job.preview_step)
     else:  # FAILED
@@ -90,15 +94,9 @@ def status_body(
     return body
 
 
-# What `phases.shown` answers for each ended or waiting status.
-_PHASE_COMPLETED = phases.shown("COMPLETED", None)
-_PHASE_QUEUED = phases.shown("QUEUED", None)
-_PHASE_FAILED = phases.shown("FAILED", None)
-
-
 async def poll(jobs: JobService, key: ApiKey, request_id: str) -> tuple[Status, dict[str, Any]]:
     """A status poll's answer: the job's status and the body, the job read afresh (its poll
-    columns hold what a queued job's position needs: its model and ticket)."""
+    columns hold what a queued job's position needs: its model, ticket and queue's head)."""
     found = await jobs.status(key, request_id)
     if found.status != Status.QUEUED:
         return found.status, status_body(found, None)
