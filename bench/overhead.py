@@ -246,10 +246,13 @@ def main() -> None:
                     measure_jobs(url, key, 5, args.poll)  # warm-up: builds and loads the model
                     figures_of[name] = job_figures(measure_jobs(url, key, args.jobs, args.poll))
                 servers[name] = (completed_status_url(url, key), key, pid)
+            order = list(servers)
             for _ in range(args.poll_rounds):
-                for name, (status_url, key, pid) in servers.items():
+                for name in order:
+                    status_url, key, pid = servers[name]
                     polls[name].append(polls_with_cpu(load, status_url, args, key, pid))
                 bare_rates.append(bare_polls(args, load))
+                order.reverse()  # each side first in every other round: no order bias
         bare = statistics.median(rate for rate, _cpu in bare_rates)
         bare_cpu = statistics.median(cpu for _rate, cpu in bare_rates)
         for name, _src in sides:
