@@ -397,16 +397,6 @@ class JobService:
         True if it changed. Callers re-read the job either way."""
         return await self.store.wait_for_change(job_id, timeout)
 
-    async def queue_position(self, job: Job | JobStatus) -> int | None:
-        return await self.store.queue_position(job) if job.status == Status.QUEUED else None
-
-    async def waiting_reason(self, job: Job | JobStatus) -> str | None:
-        """Why a QUEUED job waits beyond its place in line (no live worker serves its model);
-        None when nothing but the line holds it. From a per-process set: no read here."""
-        if self._served_models is None:
-            return None
-        return await self._served_models.waiting_reason(job.served_by)
-
     async def waiting(self, job: Job | JobStatus) -> tuple[int | None, str | None, float | None]:
         """A QUEUED job's place in line, why it waits beyond that (None: a live worker serves
         its model) and about when it starts: one index seek, the rest from per-process caches
