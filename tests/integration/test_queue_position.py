@@ -253,8 +253,8 @@ def test_postgres_reads_the_head_without_aggregating_the_queue(queue) -> None:
 
 def test_a_poll_reads_the_same_position_as_the_store_in_one_statement(queue) -> None:
     # The status poll reads its queue's head with the job (`tickets.own_queue_head`); the
-    # store's two-read `queue_position` must agree with it, for jobs of two models' queues
-    # and after the head moved.
+    # store's two-read `queue_position` must agree with it after the head moved, and the
+    # head is read only for a QUEUED job.
     server, claimer = queue
     ids = submit(server, 4)
     claimer.claim()
@@ -270,7 +270,7 @@ def test_a_poll_reads_the_same_position_as_the_store_in_one_statement(queue) -> 
 
 def test_postgres_reads_a_polled_jobs_head_without_aggregating_the_queue(queue) -> None:
     # The same index walk as `tickets.HEAD`, inside the poll's one statement, and only for a
-    # QUEUED job: a completed job's poll must not walk the queue at all.
+    # QUEUED job: a running job's poll must not walk the queue at all.
     server, claimer = queue
     if not server.settings.resolved_database_url().startswith("postgresql"):
         pytest.skip("PostgreSQL only: SQLite's plan is checked by its own walk")
