@@ -92,57 +92,21 @@ _FAILURES = {code.value: code for code in FailureCode}
 
 
 # `tuple.__new__`, not `JobStatus(...)` or `JobStatus._make`: a NamedTuple's constructor is a
-# Python function taking 18 arguments by name; this builds the same tuple in half the time.
+# Python function taking 19 arguments by name; this builds the same tuple in half the time.
 _new = tuple.__new__
+_STATUS_AT = JobStatus._fields.index("status")
+_FAILURE_AT = JobStatus._fields.index("failure")
 
 
 def _record(job_id: str, row: Any) -> JobStatus:
-    # Unpacked into locals and rebuilt: the fastest of the ways timed (slices and `_make` took
-    # twice as long); two columns converted, the rest passed on as they are.
-    (
-        owner,
-        model,
-        served_by,
-        status,
-        progress,
-        created,
-        started,
-        finished,
-        expires,
-        error,
-        failure,
-        ticket,
-        phase,
-        step,
-        steps,
-        preview_step,
-        priority,
-        queue_head,
-    ) = row
-    return _new(
-        JobStatus,
-        (
-            job_id,
-            owner,
-            model,
-            served_by,
-            _STATUSES[status],
-            progress,
-            created,
-            started,
-            finished,
-            expires,
-            error,
-            _FAILURES[failure] if failure is not None else None,
-            ticket,
-            phase,
-            step,
-            steps,
-            preview_step,
-            priority,
-            queue_head,
-        ),
-    )
+    # The row after the id, two columns converted in place: about half `_make`'s time with
+    # slices; unpacking into 19 named locals was ~50 ns faster, not worth two lists of names.
+    values = [job_id, *row]
+    values[_STATUS_AT] = _STATUSES[values[_STATUS_AT]]
+    failure = values[_FAILURE_AT]
+    if failure is not None:
+        values[_FAILURE_AT] = _FAILURES[failure]
+    return _new(JobStatus, values)
 
 
 class StatusReader:
