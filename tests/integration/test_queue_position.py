@@ -229,6 +229,20 @@ def test_postgres_sessions_plan_each_statement_for_its_parameters(queue) -> None
     assert claimer._run(setting()) == "force_custom_plan"
 
 
+def explain(claimer: Claimer, statement: Any) -> dict[str, Any]:
+    """PostgreSQL's executed plan of `statement` (its parameters bound in it)."""
+    sql = str(
+        statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+    )
+
+    async def plan() -> Any:
+        async with claimer.store.database.connect() as conn:
+            return (await conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)).scalar()
+
+    found = claimer._run(plan())
+    return dict((json.loads(found) if isinstance(found, str) else found)[0]["Plan"])
+
+
 def test_postgres_reads_the_head_without_aggregating_the_queue(queue) -> None:
     # Behind a backlog queued in bulk, before any ANALYZE, PostgreSQL planned `min(ticket)` as
     # an aggregate over every queued job (8.7 ms a poll behind 10,000); the head must be an
@@ -238,15 +252,7 @@ def test_postgres_reads_the_head_without_aggregating_the_queue(queue) -> None:
         pytest.skip("PostgreSQL only: SQLite's min() is a seek on this index")
     like = claimer.job(submit(server, 1)[0])
     claimer.enqueue(like, 2_000)
-    head = tickets.HEAD.params(served_by=like.served_by)
-    sql = str(head.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
-
-    async def plan() -> Any:
-        async with claimer.store.database.connect() as conn:
-            return (await conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)).scalar()
-
-    found = claimer._run(plan())
-    explained = (json.loads(found) if isinstance(found, str) else found)[0]["Plan"]
+    explained = explain(claimer, tickets.HEAD.params(served_by=like.served_by))
     assert explained["Node Type"] == "Limit"
     assert explained["Plans"][0]["Actual Rows"] == 1  # one index entry read, not 2,001
 
@@ -277,11 +283,6 @@ def test_postgres_reads_a_polled_jobs_head_without_aggregating_the_queue(queue) 
     like = claimer.job(submit(server, 1)[0])
     claimer.enqueue(like, 2_000)
     read = job_status._READ.params(job_id=like.id, now=time.time())
-    sql = str(read.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
-
-    async def plan() -> Any:
-        async with claimer.store.database.connect() as conn:
-            return (await conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)).scalar()
 
     def subplans(node: dict[str, Any]) -> list[dict[str, Any]]:
         found = [node] if node.get("Parent Relationship") == "SubPlan" else []
@@ -290,8 +291,7 @@ def test_postgres_reads_a_polled_jobs_head_without_aggregating_the_queue(queue) 
         return found
 
     def walk() -> dict[str, Any]:
-        found = claimer._run(plan())
-        (only,) = subplans((json.loads(found) if isinstance(found, str) else found)[0]["Plan"])
+        (only,) = subplans(explain(claimer, read))
         return only
 
     queued = walk()
