@@ -117,6 +117,20 @@ async def test_statements_the_pool_cannot_run_exactly_stay_on_the_engine(
         assert row is not None and not isinstance(row, Row) and row.id == "e1"
 
 
+async def test_every_use_of_a_pooled_connection_keeps_the_engines_session_settings(
+    database: Database,
+) -> None:
+    # asyncpg's default release ran RESET ALL, which put `plan_cache_mode` back to `auto`
+    # after a connection's first statement (the generic-plan trap of db/dialects.py).
+    setting = sa.select(sa.func.current_setting("plan_cache_mode").label("mode"))
+    reader = database.row_reader(setting)
+    seen = {await reader({}) for _ in range(5)}
+    for _ in range(5):  # the engine's first use, then the pool's
+        row = await database.first(setting, {})
+        seen.add(None if row is None else tuple(row))
+    assert seen == {("force_custom_plan",)}
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

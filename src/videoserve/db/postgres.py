@@ -158,7 +158,11 @@ class PgPool:
         if self._opening is None:
             self._opening = asyncio.ensure_future(
                 asyncpg.create_pool(
-                    min_size=1, max_size=self._size, init=_configure, **self._connect
+                    min_size=1,
+                    max_size=self._size,
+                    init=_configure,
+                    reset=_keep_session,
+                    **self._connect,
                 )
             )
         opening = self._opening
@@ -274,6 +278,17 @@ def _unreachable(exc: Exception) -> bool:
 
 def _json_text(value: bytes) -> Any:
     return json.loads(value.decode())
+
+
+async def _keep_session(_conn: Any) -> None:
+    """What a connection needs on its way back to the pool: nothing more than asyncpg's own
+    clean-up (an open transaction rolled back, listeners dropped), which runs before this.
+
+    Why not asyncpg's default (`Connection.reset`: `RESET ALL`, `UNLISTEN *`, `CLOSE ALL`,
+    advisory locks released): our statements change no session state, and `RESET ALL` undid
+    `_configure`'s settings after a connection's first use (`plan_cache_mode` back to `auto`,
+    the generic-plan trap `dialects.POSTGRES_SETTINGS` describes), while costing a round trip
+    on every release, on every poll's read."""
 
 
 async def _configure(conn: Any) -> None:
