@@ -183,6 +183,48 @@ async def test_a_transactions_statements_stay_prepared_from_one_checkout_to_the_
     assert len(names[0]) == 1 and names == [names[0]] * 4, names
 
 
+async def test_connections_the_server_closed_are_replaced_before_a_statement_meets_them(
+    postgres_url: str,
+) -> None:
+    # As when the server restarts: every connection of the pool is cut at once. Once the
+    # server has closed them, no statement fails on either path: the pool notices a closed
+    # connection when it lends it and opens a new one.
+    db = Database(Settings(database_url=postgres_url).resolved_database_url(), pool_size=4)
+
+    def in_a_transaction(conn: sa.Connection) -> int:
+        return int(conn.execute(SLOW_PID).scalar_one())
+
+    async def single() -> int:
+        row = await db.first(SLOW_PID, {})
+        assert row is not None
+        return int(row[0])
+
+    ours = sa.text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    cut = sa.text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    other = Database(Settings(database_url=postgres_url).resolved_database_url())
+    try:
+        await single()  # its first use runs on the engine; the pool's from then on
+        before = set(await asyncio.gather(*(single() for _ in range(8))))
+        assert len(before) == 4  # every connection of the pool open and used
+        async with other.connect() as conn:  # a connection of its own, not the pool's
+            assert (await conn.execute(cut)).scalar_one() >= 4
+            async with asyncio.timeout(30):
+                while (await conn.execute(ours)).scalar_one():
+                    await asyncio.sleep(0.05)
+        after = [await db.run_transaction(in_a_transaction), await single()]
+        after += await asyncio.gather(*(single() for _ in range(8)))
+        assert not set(after) & before  # all on new connections
+    finally:
+        await other.close()
+        await db.close()
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
