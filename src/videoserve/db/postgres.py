@@ -37,6 +37,7 @@ asyncpg's pool then replaces the connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import operator
 import weakref
@@ -283,7 +284,7 @@ class _Lent:
         # If SQLAlchemy drops the connection without closing it (its close rolls back first,
         # and on a connection the server dropped that raises before the close is reached),
         # the pool would lose the slot for good: terminating it frees the slot.
-        self._lost = weakref.finalize(self, conn.terminate)
+        self._lost = weakref.finalize(self, _terminate, conn)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
@@ -305,12 +306,30 @@ class _Lent:
             return await self._conn.prepare(query, name=name, **kwargs)
         return _Prepared(await self._conn._prepare(query, use_cache=True), self._conn)
 
+    def is_closed(self) -> bool:
+        """Closed, or taken back by the pool when its socket closed mid-statement (asyncpg
+        then refuses every call on it, this one included)."""
+        import asyncpg
+
+        try:
+            return bool(self._conn.is_closed())
+        except asyncpg.InterfaceError:
+            return True
+
     async def close(self, *, timeout: float | None = None) -> None:
         if self._lost.detach() is not None:  # once, however often SQLAlchemy asks
             await self._pool.release(self._conn, timeout=timeout)
 
     def terminate(self) -> None:
         self._lost()  # asyncpg frees the pool's slot; it opens a new connection when asked
+
+
+def _terminate(conn: Any) -> None:
+    """End a lent connection now; one the pool has already taken back is left alone."""
+    import asyncpg
+
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 
 
 class _Prepared:
@@ -362,10 +381,14 @@ def _as_sqlalchemy(exc: Exception, sql: str, args: list[Any]) -> Exception:
 def _unreachable(exc: Exception) -> bool:
     """A lost or refused connection (the server restarting, say), not a fault of the
     statement: OS and asyncpg interface errors, SQLSTATE classes 08 (connection) and 57
-    (operator intervention: shutdown, cannot connect now), and timeouts."""
+    (operator intervention: shutdown, cannot connect now), and timeouts. Also asyncpg's
+    internal client error: a connection whose server said goodbye (a FATAL message while it
+    was idle) before its socket closed is out of step with asyncpg's protocol until then."""
     import asyncpg
 
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(
+        exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError
+    ):
         return True
     state = getattr(exc, "sqlstate", None) or ""
     return isinstance(exc, asyncpg.PostgresError) and state[:2] in ("08", "57")
