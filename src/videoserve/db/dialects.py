@@ -132,12 +132,12 @@ def create_engine(
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        # No pool_pre_ping: it costs a round trip on every checkout. A connection that died
-        # with a restarted server fails its statement with a disconnect error, which makes
-        # SQLAlchemy invalidate the whole pool; the request answers 503 (api/errors.py), a
-        # worker retries (worker/runner.py), and the next checkout connects afresh.
         # No pool of its own: each checkout borrows a connection of the asyncpg pool, which
-        # the single statements share (db/postgres.py), and its close gives it back.
+        # the single statements share (db/postgres.py), and its close gives it back. No
+        # pre-ping (a round trip a checkout): asyncpg's pool replaces a connection it sees
+        # closed when it lends it, and one that dies under a statement fails it with a
+        # disconnect error: the request answers 503 (api/errors.py), a worker retries
+        # (worker/runner.py).
         if lend is None:
             raise ValueError("a PostgreSQL engine borrows its connections: pass `lend`")
         return create_async_engine(url, poolclass=NullPool, async_creator=lend)

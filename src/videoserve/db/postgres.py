@@ -144,7 +144,8 @@ def _plain(kind: sa.types.TypeEngine[Any]) -> bool:
 
 
 class PgPool:
-    """One asyncpg pool for a PostgreSQL database's single statements."""
+    """A process's one asyncpg pool for a PostgreSQL database: its single statements run
+    here, and its engine's transactions borrow connections from it (`lend`)."""
 
     def __init__(self, url: str, *, size: int) -> None:
         self._connect = dialects.asyncpg_connect_args(url)
@@ -403,7 +404,9 @@ async def _keep_session(_conn: Any) -> None:
     clean-up (an open transaction rolled back, listeners dropped), which runs before this.
 
     Why not asyncpg's default (`Connection.reset`: `RESET ALL`, `UNLISTEN *`, `CLOSE ALL`,
-    advisory locks released): our statements change no session state, and `RESET ALL` undid
+    advisory locks released): our statements change no session state (no SET but
+    `_configure`'s, no LISTEN but on the notifier's own connection, no cursors, advisory
+    locks only for a transaction, `Database.advisory_lock`), and `RESET ALL` undid
     `_configure`'s settings after a connection's first use (`plan_cache_mode` back to `auto`,
     the generic-plan trap `dialects.POSTGRES_SETTINGS` describes), while costing a round trip
     on every release, on every poll's read."""
