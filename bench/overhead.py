@@ -18,6 +18,7 @@ servers run at once and the poll runs alternate between them (`--poll-rounds`, m
     python -m bench.overhead --jobs 200 [--baseline-ref main]
     python -m bench.overhead --jobs 60 --rounds 3 --baseline-ref main  # jobs in rounds
     python -m bench.overhead --jobs 20 --rounds 2 --poll-rounds 5 --baseline-ref main
+    python -m bench.overhead ... --pg postgresql://postgres@127.0.0.1:5432/test  # PostgreSQL
 Loopback only; bounded in count and time.
 """
 
@@ -50,6 +51,7 @@ from bench._servers import (
     start_videoserve,
     videoserve_env,
 )
+from bench.queue import drop_pg, fresh_pg
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -119,11 +121,20 @@ def polls_with_cpu(load, url: str, args: argparse.Namespace, key: str | None, pi
 
 
 @contextlib.contextmanager
-def serving(src: Path | None) -> Iterator[tuple[str, str, int]]:
-    """A fresh `videoserve serve` of one revision's code: (url, key, pid)."""
-    with tempfile.TemporaryDirectory() as tmp:
+def serving(src: Path | None, pg: str | None = None) -> Iterator[tuple[str, str, int]]:
+    """A fresh `videoserve serve` of one revision's code: (url, key, pid). With `pg` (an
+    admin URL), on a fresh PostgreSQL database of its own, dropped afterwards."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as cleanup:
+        database: dict[str, str] = {}
+        if pg is not None:
+            database_url, name = fresh_pg(pg)
+            cleanup.callback(drop_pg, pg, name)
+            database["VIDEOSERVE_DATABASE_URL"] = database_url
         env = videoserve_env(
-            Path(tmp) / "data", VIDEOSERVE_POLL_INTERVAL_SECONDS="0.5", **code_env(src)
+            Path(tmp) / "data",
+            VIDEOSERVE_POLL_INTERVAL_SECONDS="0.5",
+            **database,
+            **code_env(src),
         )
         key = create_key(env)
         port = free_port()
@@ -143,7 +154,7 @@ def job_rounds(
     samples: dict[str, dict[str, list[float]]] = {}
     for _ in range(args.rounds):
         for name, src in sides:
-            with serving(src) as (url, key, _pid):
+            with serving(src, args.pg) as (url, key, _pid):
                 measure_jobs(url, key, 5, args.poll)  # warm-up: builds and loads the model
                 got = measure_jobs(url, key, args.jobs, args.poll)
             side = samples.setdefault(name, {"rounds_plumbing_p50": []})
@@ -217,10 +228,20 @@ def main() -> None:
         default=3,
         help="status-poll runs per side, alternating between the sides' servers (medians)",
     )
+    parser.add_argument(
+        "--pg",
+        default=None,
+        metavar="ADMIN_URL",
+        help="run each server on a fresh PostgreSQL database made through this URL "
+        "(postgresql://postgres@127.0.0.1:5432/test, say); default: SQLite",
+    )
     args = parser.parse_args()
     load = wrk if shutil.which("wrk") else httpx_load
 
-    report: dict[str, object] = {"jobs": args.jobs}
+    report: dict[str, object] = {
+        "jobs": args.jobs,
+        "database": "postgresql" if args.pg else "sqlite",
+    }
     # Once on uvicorn's defaults, to show what our server options cost the bare endpoint.
     plain_rate, plain_cpu = bare_polls(args, load, plain=True)
     report["bare_on_uvicorn_defaults"] = {"per_s": plain_rate, "cpu_us_per_poll": plain_cpu}
@@ -239,7 +260,7 @@ def main() -> None:
             servers: dict[str, tuple[str, str, int]] = {}
             figures_of: dict[str, dict[str, Any]] = {}
             for name, src in sides:
-                url, key, pid = stack.enter_context(serving(src))
+                url, key, pid = stack.enter_context(serving(src, args.pg))
                 if rounds:
                     figures_of[name] = job_figures(rounds[name])
                 else:
