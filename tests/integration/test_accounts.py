@@ -25,7 +25,7 @@ from tests.integration.accounting import (
     wait_for_status,
     with_store,
 )
-from videoserve.db import database
+from videoserve.db import database, dialects
 from videoserve.jobs import schema
 from videoserve.jobs.keys import KeyStore
 from videoserve.jobs.store import JobStore
@@ -199,10 +199,10 @@ async def test_migration_4_makes_existing_keys_unlimited(database_url: str) -> N
     """A database at version 3 of the shared counter (before migrations were per package)
     with a key upgrades in place: the key keeps working, unlimited."""
     url = Settings(database_url=database_url).resolved_database_url()
-    old_tables = database.Database(url)  # no migrations of its own: the old layout by hand
+    engine = dialects.create_engine(url)
     legacy = database.legacy_schema_table
     try:
-        async with old_tables.transaction() as conn:
+        async with engine.begin() as conn:
             await conn.run_sync(lambda sync: legacy.create(sync))
             for version, step in schema.MIGRATIONS.steps[:3]:
                 await conn.run_sync(step)
@@ -216,7 +216,7 @@ async def test_migration_4_makes_existing_keys_unlimited(database_url: str) -> N
                 )
             )
     finally:
-        await old_tables.close()
+        await engine.dispose()
     store = JobStore.open(url)
     try:
         assert await store.migrate() == {"jobs": schema.MIGRATIONS.latest}

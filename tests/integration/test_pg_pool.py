@@ -136,61 +136,14 @@ PID = sa.select(sa.func.pg_backend_pid().label("pid"))
 SLOW_PID = sa.select(sa.func.pg_backend_pid().label("pid"), sa.func.pg_sleep(0.02))
 
 
-async def test_transactions_and_single_statements_share_one_pool_of_pool_size(
-    postgres_url: str,
-) -> None:
-    # The engine has no connections of its own: it borrows the asyncpg pool's, so a process
-    # holds at most `pool_size` connections, whatever mix of work it runs.
-    db = Database(Settings(database_url=postgres_url).resolved_database_url(), pool_size=2)
-
-    def in_a_transaction(conn: sa.Connection) -> int:
-        return int(conn.execute(SLOW_PID).scalar_one())
-
-    async def single() -> int:
-        row = await db.first(SLOW_PID, {})
-        assert row is not None
-        return int(row[0])
-
-    try:
-        await db.first(SLOW_PID, {})  # the first use runs on the engine; the pool's from then
-        work = [db.run_transaction(in_a_transaction) for _ in range(8)]
-        work += [single() for _ in range(8)]
-        pids = await asyncio.gather(*work)
-        async with db.transaction() as conn:  # migrations, locks, sweeps: the same pool
-            pids.append(int((await conn.execute(PID)).scalar_one()))
-    finally:
-        await db.close()
-    assert 1 <= len(set(pids)) <= 2, pids
-
-
-async def test_a_transactions_statements_stay_prepared_from_one_checkout_to_the_next(
-    postgres_url: str,
-) -> None:
-    db = Database(Settings(database_url=postgres_url).resolved_database_url(), pool_size=1)
-    marker = sa.select(sa.literal_column("'stays prepared'").label("marker"))
-
-    def run(conn: sa.Connection) -> list[str]:
-        conn.execute(marker)
-        prepared = sa.text("SELECT name FROM pg_prepared_statements WHERE statement LIKE :text")
-        return list(conn.execute(prepared, {"text": "%'stays prepared'%"}).scalars())
-
-    try:
-        names = [await db.run_transaction(run) for _ in range(4)]
-    finally:
-        await db.close()
-    # One connection; the statement prepared at the first checkout, the same one used at
-    # every later one (prepared anew, it would have a new name each time).
-    assert len(names[0]) == 1 and names == [names[0]] * 4, names
-
-
 async def test_connections_the_server_closed_are_replaced_on_both_paths(
     postgres_url: str,
 ) -> None:
     # As when the server restarts: every connection of the pool is cut at once. A statement
     # that meets a cut connection before its socket has closed fails as a lost connection
-    # (a DBAPIError: the API answers 503), nothing else; the pool replaces the connections,
-    # and both paths then run on new ones. (The engine's own pool, before, handed a closed
-    # connection out: "connection is closed", however long after the cut.)
+    # (a DBAPIError: the API answers 503), nothing else; the pools replace the connections
+    # (asyncpg's when it next lends one, the engine's when a disconnect invalidates it), and
+    # both paths then run on new ones.
     db = Database(Settings(database_url=postgres_url).resolved_database_url(), pool_size=4)
 
     def in_a_transaction(conn: sa.Connection) -> int:

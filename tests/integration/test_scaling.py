@@ -56,7 +56,9 @@ def _finish_jobs_of_cold(store: JobStore) -> Any:
 
 
 def _scaling(server: Any, key: str) -> dict[str, dict[str, Any]]:
-    answer = httpx.get(f"{server.url}/v1/admin/scaling", headers=headers(key))
+    # A generous timeout: the first read races the embedded worker loading its models in
+    # the same process, which on a loaded 2-core CI host took more than httpx's 5 s.
+    answer = httpx.get(f"{server.url}/v1/admin/scaling", headers=headers(key), timeout=60)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["object"] == "list" and body["target_wait_seconds"] == TARGET_WAIT

@@ -145,19 +145,3 @@ def test_json_c_make_encoder_takes_the_arguments_we_pass_in_that_order() -> None
     from starlette.responses import JSONResponse
 
     assert polls._encode(payload) == JSONResponse(payload).body
-
-
-# --- asyncpg: db/postgres.py lends pool connections to SQLAlchemy's engine ---------------------
-def test_asyncpg_prepares_from_its_statement_cache_through_connection_prepare() -> None:
-    # `_Lent.prepare` calls `Connection._prepare(query, use_cache=True)`: a statement of the
-    # connection's cache, valid for the current checkout (the public `prepare` prepares anew).
-    import asyncpg
-    from asyncpg import pool
-
-    parameters = inspect.signature(asyncpg.Connection._prepare).parameters
-    assert list(parameters)[:2] == ["self", "query"]
-    assert parameters["use_cache"].kind is inspect.Parameter.KEYWORD_ONLY
-    assert parameters["use_cache"].default is False
-    # Reached through the pool's connection proxy, which passes unknown names on.
-    assert "__getattr__" in vars(pool.PoolConnectionProxy)
-    assert "reset" in inspect.signature(asyncpg.create_pool).parameters  # `_keep_session`

@@ -32,7 +32,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from videoserve import clock
 from videoserve.db import dialects, executors
-from videoserve.db.postgres import PgPool
 
 log = logging.getLogger("videoserve.jobs")
 
@@ -109,13 +108,7 @@ class Database:
         migrations: Sequence[Migrations] = (),
     ) -> None:
         self.url = url
-        # PostgreSQL: the process's one asyncpg pool; the engine borrows its connections.
-        pool = PgPool.for_url(url, size=pool_size)
-        self.engine = dialects.create_engine(
-            url, pool_size=pool_size, lend=None if pool is None else pool.lend
-        )
-        if pool is not None:
-            pool.compile_with(self.engine.dialect)
+        self.engine = dialects.create_engine(url, pool_size=pool_size)
         # Single statements (reads, one-statement writes) run here: autocommit, no BEGIN.
         self.read_engine = dialects.autocommit(self.engine)
         self.notifier = dialects.create_notifier(self.engine, url)
@@ -127,7 +120,7 @@ class Database:
         # One statement may modify data in a CTE and use the result (PostgreSQL).
         self.writable_ctes = dialects.writes_in_ctes(self.engine.dialect)
         # How statements run on this database, chosen once (see db/executors.py).
-        self.executor = executors.for_url(url, self.engine, self.read_engine, pool)
+        self.executor = executors.for_url(url, self.engine, self.read_engine, pool_size=pool_size)
 
     # --- connections ---------------------------------------------------------------------------
     def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
@@ -289,8 +282,8 @@ class Database:
 
     async def close(self) -> None:
         await self.notifier.close()
-        await self.engine.dispose()
         await self.executor.close()
+        await self.engine.dispose()
 
     async def migrate(self) -> dict[str, int]:
         """Bring every registered package's tables to its latest version; safe to run from many

@@ -20,14 +20,12 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 log = logging.getLogger("videoserve.jobs")
 
@@ -54,8 +52,8 @@ DEFAULT_POOL_SIZE = 20
 # jobs table held 50 rows (a sequential scan: cheapest over two pages) stayed in use behind
 # 100,000 queued jobs: 46 ms a poll instead of 1 ms, and without autovacuum (or before it
 # runs, after a burst of submits) nothing replaces it. A custom plan costs ~0.1 ms of
-# planning and sees the table's current size. Set with SET on each new connection of the pool
-# (`db/postgres.py`), not as a startup parameter, which poolers such as PgBouncer refuse.
+# planning and sees the table's current size. Set with SET on each new connection, not as a
+# startup parameter, which connection poolers such as PgBouncer refuse by default.
 POSTGRES_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 
@@ -107,14 +105,15 @@ def asyncpg_connect_args(url: str) -> dict[str, Any]:
     return {name: value for name, value in args.items() if name not in SQLALCHEMY_ONLY_OPTIONS}
 
 
-def create_engine(
-    url: str,
-    *,
-    pool_size: int = DEFAULT_POOL_SIZE,
-    lend: Callable[[], Awaitable[Any]] | None = None,
-) -> AsyncEngine:
-    """An async engine configured for the dialect in `url`; on PostgreSQL `lend` gives it a
-    connection of the process's one asyncpg pool for each checkout (`PgPool.lend`).
+def transaction_pool_size(pool_size: int) -> int:
+    """PostgreSQL: the engine's connections (transactions), beside the asyncpg pool's
+    `pool_size` for single statements; together about what one pool of `pool_size` plus the
+    poll's four used to be."""
+    return max(2, pool_size // 4)
+
+
+def create_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngine:
+    """An async engine configured for the dialect in `url`.
 
     The pool is fixed (no overflow): under load, requests beyond `pool_size` wait for a
     connection instead of opening one that is closed again after one statement. That churn
@@ -132,15 +131,17 @@ def create_engine(
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        # No pool of its own: each checkout borrows a connection of the asyncpg pool, which
-        # the single statements share (db/postgres.py), and its close gives it back. No
-        # pre-ping (a round trip a checkout): asyncpg's pool replaces a connection it sees
-        # closed when it lends it, and one that dies under a statement fails it with a
-        # disconnect error: the request answers 503 (api/errors.py), a worker retries
-        # (worker/runner.py).
-        if lend is None:
-            raise ValueError("a PostgreSQL engine borrows its connections: pass `lend`")
-        return create_async_engine(url, poolclass=NullPool, async_creator=lend)
+        # No pool_pre_ping: it costs a round trip on every checkout. A connection that died
+        # with a restarted server fails its statement with a disconnect error, which makes
+        # SQLAlchemy invalidate the whole pool; the request answers 503 (api/errors.py), a
+        # worker retries (worker/runner.py), and the next checkout connects afresh.
+        # Single statements run on the executor's asyncpg pool of `pool_size` (db/postgres.py);
+        # the engine's pool serves the write transactions, migrations and locks: a quarter.
+        engine = create_async_engine(
+            url, pool_size=transaction_pool_size(pool_size), max_overflow=0
+        )
+        _configure_postgres(engine)
+        return engine
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
 
 
@@ -157,6 +158,17 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # (WAL lets them run beside a writer). Writes take the write lock at BEGIN.
         if not conn.get_execution_options().get(AUTOCOMMIT):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _configure_postgres(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        # On the driver's own connection, outside any transaction: a SET inside the one the
+        # adapter would open could be rolled back with it when the pool resets the connection.
+        for name, value in POSTGRES_SETTINGS.items():
+            dbapi_connection.run_async(
+                lambda conn, name=name, value=value: conn.execute(f"SET {name} = {value}")
+            )
 
 
 def autocommit(engine: AsyncEngine) -> AsyncEngine:

@@ -9,7 +9,7 @@ way it allows, and only here is that decided:
   on one writer thread (`db/sqlite.py`: each aiosqlite call was a hop of its own);
 - PostgreSQL (`PostgresExecutor`): single statements on one asyncpg pool, compiled once by
   SQLAlchemy (`db/postgres.py`: they skip its execution and result machinery); write
-  transactions on SQLAlchemy's asyncpg engine, over connections it borrows from that pool;
+  transactions on SQLAlchemy's asyncpg engine;
 - anything else (`:memory:` SQLite in tests): the SQLAlchemy engine (`EngineExecutor`).
 
 Multi-statement async work (migrations, bulk enqueues, advisory locks) takes a connection of
@@ -158,13 +158,12 @@ class SqliteFileExecutor:
         self.writer.dispose()
 
 
-def for_url(
-    url: str, engine: AsyncEngine, read_engine: AsyncEngine, pool: PgPool | None
-) -> Executor:
-    """The executor for `url`, over the `Database`'s engines and, on PostgreSQL, its asyncpg
-    pool (whose connections the engines borrow)."""
+def for_url(url: str, engine: AsyncEngine, read_engine: AsyncEngine, *, pool_size: int) -> Executor:
+    """The executor for `url`, over the `Database`'s engines; `pool_size`: PostgreSQL's
+    asyncpg pool."""
     if is_sqlite_file(url):
         return SqliteFileExecutor(SyncReader(url), SqliteWriter(url))
+    pool = PgPool.for_url(url, engine.dialect, size=pool_size)
     if pool is not None:
         return PostgresExecutor(engine, read_engine, pool)
     return EngineExecutor(engine, read_engine)

@@ -1,5 +1,4 @@
-"""PostgreSQL's one asyncpg pool (`PgPool`): single statements straight on asyncpg, and the
-connections SQLAlchemy's engine runs its transactions on, lent from the same pool.
+"""PostgreSQL's single statements straight on asyncpg, from one pool (`PgPool`).
 
 Why: through SQLAlchemy's async engine a statement costs this process far more CPU than the
 statement itself: a pool checkout through the greenlet adapter (~65 us), parameter
@@ -17,30 +16,20 @@ as the engine would: expanding `IN` parameters, Python-side column defaults, and
 types that need converting (anything but text, integers, floats, booleans and JSON, whose
 codec is set on each connection as SQLAlchemy's dialect sets it).
 
-The engine owns no connection of its own: each checkout borrows one of the pool's
-(`PgPool.lend`, the engine's `async_creator`, with SQLAlchemy's `NullPool`) and closing it
-gives it back, so a process holds at most `pool_size` connections, and single statements and
-transactions wait in one queue. The statements SQLAlchemy prepares on a borrowed connection
-come from asyncpg's statement cache of that connection (`_Lent.prepare`), so they stay
-prepared from one checkout to the next, as on the engine's own pooled connections before.
-
-The pool connects from the URL as the engine's dialect would (`dialects.asyncpg_connect_args`,
-which the LISTEN connection uses too), and each connection gets the session settings
-(`dialects.POSTGRES_SETTINGS`) and JSON codecs once, when it opens. A single statement's
-errors are the engine's: asyncpg's integrity and data errors become SQLAlchemy's
-`IntegrityError` and `DataError` (the stores catch those: an idempotency race, a value the
-database cannot store), a lost or refused connection an `OperationalError` (answered 503
-with `Retry-After`; a refused connect stays the OS's `ConnectionError`, as with the engine);
-asyncpg's pool then replaces the connection.
+The pool connects as the engine does, from the same URL (`dialects.asyncpg_connect_args`,
+which the LISTEN connection uses too), and each connection gets the engine's session settings
+(`dialects.POSTGRES_SETTINGS`). Its errors are the engine's: asyncpg's integrity and data
+errors become SQLAlchemy's `IntegrityError` and `DataError` (the stores catch those: an
+idempotency race, a value the database cannot store), a lost or refused connection an
+`OperationalError` (answered 503 with `Retry-After`; a refused connect stays the OS's
+`ConnectionError`, as with the engine); asyncpg's pool then replaces the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import operator
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -144,12 +133,11 @@ def _plain(kind: sa.types.TypeEngine[Any]) -> bool:
 
 
 class PgPool:
-    """A process's one asyncpg pool for a PostgreSQL database: its single statements run
-    here, and its engine's transactions borrow connections from it (`lend`)."""
+    """One asyncpg pool for a PostgreSQL database's single statements."""
 
-    def __init__(self, url: str, *, size: int) -> None:
+    def __init__(self, url: str, dialect: Dialect, *, size: int) -> None:
         self._connect = dialects.asyncpg_connect_args(url)
-        self._dialect: Dialect | None = None  # the engine's: `compile_with`
+        self._dialect = dialect
         self._size = size
         self._pool: Any = None
         self._opening: asyncio.Future[Any] | None = None  # one open, however many ask
@@ -159,27 +147,10 @@ class PgPool:
         self._compiled: dict[tuple[int, tuple[str, ...]], tuple[sa.Executable, Any]] = {}
 
     @classmethod
-    def for_url(cls, url: str, *, size: int) -> PgPool | None:
-        """The pool for a PostgreSQL URL (None for any other)."""
+    def for_url(cls, url: str, dialect: Dialect, *, size: int) -> PgPool | None:
         if make_url(url).get_backend_name() != "postgresql":
             return None
-        return cls(url, size=size)
-
-    def compile_with(self, dialect: Dialect) -> None:
-        """Compile statements with the engine's dialect, so their SQL is the engine's. (The
-        engine is made after the pool: it borrows the pool's connections.)"""
-        self._dialect = dialect
-
-    @property
-    def dialect(self) -> Dialect:
-        assert self._dialect is not None, "PgPool.compile_with(engine.dialect) first"
-        return self._dialect
-
-    async def lend(self) -> Any:
-        """One of the pool's connections for a checkout of SQLAlchemy's engine (its
-        `async_creator`); the engine's close of it gives it back."""
-        pool = self._pool if self._pool is not None else await self._open()
-        return _Lent(pool, await pool.acquire())
+        return cls(url, dialect, size=size)
 
     async def _open(self) -> Any:
         import asyncpg  # the engine's driver; imported where it is used, as SQLAlchemy does
@@ -215,8 +186,8 @@ class PgPool:
                 self._seen.clear()
             self._seen[id(statement)] = statement
             return None
-        compiled = _compile(statement, self.dialect, keys)  # once, for the check and the run
-        ready = _Compiled(compiled, self.dialect) if _runs_here(statement, compiled) else None
+        compiled = _compile(statement, self._dialect, keys)  # once, for the check and the run
+        ready = _Compiled(compiled, self._dialect) if _runs_here(statement, compiled) else None
         self._compiled[key] = (statement, _ENGINE if ready is None else ready)
         return ready
 
@@ -237,7 +208,7 @@ class PgPool:
         """`query` (one row of strings and numbers) compiled once; a call runs it and returns
         its first row as a plain tuple (None: no row). The status poll's reads: its errors are
         answered 503 as they are, nothing else to convert."""
-        compiled = _Compiled(_compile(query, self.dialect, ()), self.dialect)
+        compiled = _Compiled(_compile(query, self._dialect, ()), self._dialect)
         sql, names, defaults = compiled.sql, compiled.names, compiled.defaults
 
         async def run(params: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -269,92 +240,6 @@ class PgPool:
             await asyncio.wait_for(pool.close(), 5)
         except Exception:
             pool.terminate()  # a connection hung on a server that is gone, say
-
-
-class _Lent:
-    """A pool connection lent to the engine for one checkout: what SQLAlchemy's asyncpg
-    adapter calls on a connection, passed through, except that closing gives it back to the
-    pool, statements come from the connection's statement cache, and codecs are not set
-    again."""
-
-    __slots__ = ("__weakref__", "_conn", "_lost", "_pool")
-
-    def __init__(self, pool: Any, conn: Any) -> None:
-        self._pool = pool
-        self._conn = conn
-        # If SQLAlchemy drops the connection without closing it (its close rolls back first,
-        # and on a connection the server dropped that raises before the close is reached),
-        # the pool would lose the slot for good: terminating it frees the slot.
-        self._lost = weakref.finalize(self, _terminate, conn)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-    async def set_type_codec(self, *_args: Any, **_kwargs: Any) -> None:
-        """Nothing: `_configure` set the engine's JSON codecs when the connection opened, and
-        setting one again would empty asyncpg's statement cache, which the single
-        statements on this connection use."""
-
-    async def prepare(self, query: str, *, name: str | None = None, **kwargs: Any) -> Any:
-        """The statement, prepared on this connection by an earlier checkout if one did.
-
-        Why asyncpg's private `_prepare(use_cache=True)` (tests/unit/test_library_internals.py
-        names it): SQLAlchemy's statement cache lives and dies with one checkout now, and
-        the public `prepare` always prepares anew, a round trip more for every statement of
-        every transaction; statements prepared that way are also invalid after the pool's
-        release, so they cannot be kept across checkouts by us."""
-        if name is not None or kwargs:  # a name of the URL's choosing: prepared as asked
-            return await self._conn.prepare(query, name=name, **kwargs)
-        return _Prepared(await self._conn._prepare(query, use_cache=True), self._conn)
-
-    def is_closed(self) -> bool:
-        """Closed, or taken back by the pool when its socket closed mid-statement (asyncpg
-        then refuses every call on it, this one included)."""
-        import asyncpg
-
-        try:
-            return bool(self._conn.is_closed())
-        except asyncpg.InterfaceError:
-            return True
-
-    async def close(self, *, timeout: float | None = None) -> None:
-        if self._lost.detach() is not None:  # once, however often SQLAlchemy asks
-            await self._pool.release(self._conn, timeout=timeout)
-
-    def terminate(self) -> None:
-        self._lost()  # asyncpg frees the pool's slot; it opens a new connection when asked
-
-
-def _terminate(conn: Any) -> None:
-    """End a lent connection now; one the pool has already taken back is left alone."""
-    import asyncpg
-
-    with contextlib.suppress(asyncpg.InterfaceError):
-        conn.terminate()
-
-
-class _Prepared:
-    """A cached statement; one the server says is stale (a migration changed its result's
-    type) makes the pool forget its statements, so the next use prepares afresh, as
-    SQLAlchemy's cache did on that error (asyncpg's own `fetch` does it itself)."""
-
-    __slots__ = ("_conn", "_statement")
-
-    def __init__(self, statement: Any, conn: Any) -> None:
-        self._statement = statement
-        self._conn = conn
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._statement, name)
-
-    async def fetch(self, *args: Any, **kwargs: Any) -> Any:
-        import asyncpg
-
-        try:
-            return await self._statement.fetch(*args, **kwargs)
-        except asyncpg.InvalidCachedStatementError:
-            await self._conn.reload_schema_state()
-            raise
 
 
 def _as_sqlalchemy(exc: Exception, sql: str, args: list[Any]) -> Exception:
@@ -404,27 +289,17 @@ async def _keep_session(_conn: Any) -> None:
     clean-up (an open transaction rolled back, listeners dropped), which runs before this.
 
     Why not asyncpg's default (`Connection.reset`: `RESET ALL`, `UNLISTEN *`, `CLOSE ALL`,
-    advisory locks released): our statements change no session state (no SET but
-    `_configure`'s, no LISTEN but on the notifier's own connection, no cursors, advisory
-    locks only for a transaction, `Database.advisory_lock`), and `RESET ALL` undid
+    advisory locks released): our statements change no session state, and `RESET ALL` undid
     `_configure`'s settings after a connection's first use (`plan_cache_mode` back to `auto`,
     the generic-plan trap `dialects.POSTGRES_SETTINGS` describes), while costing a round trip
     on every release, on every poll's read."""
 
 
 async def _configure(conn: Any) -> None:
-    """Each new connection: the engine's session settings, and JSON and JSONB passed as text
-    and returned parsed, as SQLAlchemy's asyncpg dialect sets up a connection (`_Lent` keeps
-    it from doing so again on each checkout)."""
+    """Each new connection: the engine's session settings, and JSON passed as text and
+    returned parsed, as SQLAlchemy's asyncpg dialect sets up its own connections."""
     for name, value in dialects.POSTGRES_SETTINGS.items():
         await conn.execute(f"SET {name} = {value}")
     await conn.set_type_codec(
         "json", encoder=str.encode, decoder=_json_text, schema="pg_catalog", format="binary"
-    )
-    await conn.set_type_codec(  # binary JSONB starts with its format's version byte, 1
-        "jsonb",
-        encoder=lambda text: b"\x01" + text.encode(),
-        decoder=lambda value: _json_text(value[1:]),
-        schema="pg_catalog",
-        format="binary",
     )
