@@ -1,11 +1,12 @@
 """PostgreSQL through `Database`, in process: a write transaction, a single-statement read,
 and both at once from many tasks.
 
-Why: on PostgreSQL the engine borrows the asyncpg pool's connections for its transactions
-(`db/postgres.py`, `PgPool.lend`) instead of keeping a pool of its own; this measures what
-a transaction and a single statement cost this process either way, and a mixed load's rate,
-side by side with `--baseline-ref`. Each side runs in its own process, alternating,
-`--rounds` times; each figure is the best of five runs in that process.
+Why: how PostgreSQL's connections are pooled (the engine's own pool for transactions beside
+the asyncpg pool for single statements, or one pool the engine borrows from, tried and
+reverted: docs/benchmarks.md) moves what a transaction and a single statement cost this
+process and a mixed load's rate; this measures them side by side with `--baseline-ref`. Each
+side runs in its own process, alternating, `--rounds` times; each figure is the best of five
+runs in that process.
 
     python -m bench.pg_statements --baseline-ref 9e152f6 [--ops 400 --rounds 3]
 A transaction is an UPDATE and a SELECT of one row (`run_transaction`); a read is one SELECT
