@@ -132,7 +132,6 @@ async def test_every_use_of_a_pooled_connection_keeps_the_engines_session_settin
     assert seen == {("force_custom_plan",)}
 
 
-PID = sa.select(sa.func.pg_backend_pid().label("pid"))
 SLOW_PID = sa.select(sa.func.pg_backend_pid().label("pid"), sa.func.pg_sleep(0.02))
 
 
