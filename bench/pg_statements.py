@@ -27,13 +27,15 @@ import time
 from pathlib import Path
 
 from bench._servers import baseline_source, code_env
+from bench.queue import drop_pg, fresh_pg
 
 CHILD = r"""
 import asyncio, json, sys, time
 import sqlalchemy as sa
 from videoserve.db.database import Database
+from videoserve.settings import Settings
 
-url, ops = sys.argv[1], int(sys.argv[2])
+url, ops = Settings(database_url=sys.argv[1]).resolved_database_url(), int(sys.argv[2])
 meta = sa.MetaData()
 rows = sa.Table("bench_rows", meta, sa.Column("id", sa.Integer, primary_key=True),
                 sa.Column("n", sa.Integer))
@@ -57,7 +59,6 @@ async def main():
     db = Database(url, pool_size=20)
     async with db.transaction() as conn:
         await conn.run_sync(meta.create_all)
-        await conn.execute(sa.text("DELETE FROM bench_rows"))
         await conn.execute(rows.insert(), [{"id": i, "n": 0} for i in range(1, 33)])
     transaction = lambda: db.run_transaction(work)
     read = lambda: db.first(READ, {"k": 1})
@@ -93,15 +94,19 @@ asyncio.run(main())
 """
 
 
-def measure(src: Path | None, url: str, ops: int) -> dict[str, float]:
-    env = os.environ | code_env(src)
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, url, str(ops)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def measure(src: Path | None, admin_url: str, ops: int) -> dict[str, float]:
+    """One side's figures, in a process of its own, on a fresh database dropped after."""
+    url, name = fresh_pg(admin_url)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, url, str(ops)],
+            env=os.environ | code_env(src),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        drop_pg(admin_url, name)
     if done.returncode != 0:
         raise SystemExit(f"a side failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -109,7 +114,9 @@ def measure(src: Path | None, url: str, ops: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--pg", default="postgresql://postgres@127.0.0.1:5432/test", help="an admin URL"
+    )
     parser.add_argument("--ops", type=int, default=400, help="operations per timed run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating processes per side")
     parser.add_argument("--baseline-ref", default=None, help="git revision to measure beside")
